@@ -1,0 +1,118 @@
+"""The ``codegpt`` command: one entry point, a subcommand per stage."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+EXIT_BAD_INPUT = 2
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from codegpt.checkpoint import CheckpointError
+    from codegpt.config import ConfigError
+    from codegpt.data import BatchConfigError
+    from codegpt.shards import ShardError
+    from codegpt.train_config import load_train_config
+    from codegpt.trainer import (NONFINITE_EXIT_CODE, PREEMPTED_EXIT_CODE, NonFiniteLossError,
+                                 train)
+
+    try:
+        cfg = load_train_config(args.config, args.overrides)
+        result = train(cfg)
+    except (ConfigError, ShardError, CheckpointError, BatchConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return NONFINITE_EXIT_CODE
+    if result.status == "preempted":
+        return PREEMPTED_EXIT_CODE
+    print(f"finished at step {result.step}; last checkpoint {result.last_checkpoint}")
+    return 0
+
+
+def cmd_show_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from codegpt.config import ConfigError, to_dict
+    from codegpt.train_config import load_train_config
+
+    try:
+        cfg = to_dict(load_train_config(args.config, args.overrides))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.get:
+        node = cfg
+        for part in args.get.split("."):
+            if not isinstance(node, dict) or part not in node:
+                print(f"error: no config key '{args.get}'", file=sys.stderr)
+                return EXIT_BAD_INPUT
+            node = node[part]
+        print(node)
+    else:
+        print(yaml.safe_dump(cfg, sort_keys=False), end="")
+    return 0
+
+
+def cmd_shards_bytes(args: argparse.Namespace) -> int:
+    from codegpt.shards import write_byte_shards
+
+    meta = write_byte_shards(args.out, max_mb=args.max_mb, seed=args.seed)
+    for split, info in meta["splits"].items():
+        print(f"{split}: {info['documents']} files, {info['tokens']:,} tokens")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from codegpt.plot import plot_run
+
+    out = plot_run(args.run_dir, args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="codegpt", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model (same as `accelerate launch train.py ...`)")
+    t.add_argument("config", help="configs/train/NAME.yaml or a NAME under configs/train/")
+    t.add_argument("overrides", nargs="*", help="section.field=value")
+    t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("show-config", help="print a training config resolved with overrides")
+    c.add_argument("config")
+    c.add_argument("overrides", nargs="*")
+    c.add_argument("--get", default=None, help="print one dotted key, e.g. run.dir")
+    c.set_defaults(func=cmd_show_config)
+
+    s = sub.add_parser("shards-bytes",
+                       help="byte-level token shards of the standard library (demo data)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--max-mb", type=float, default=8.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_shards_bytes)
+
+    pl = sub.add_parser("plot", help="plot a run's loss curves to PNG")
+    pl.add_argument("run_dir")
+    pl.add_argument("--out", default=None, help="PNG path (default RUN_DIR/loss.png)")
+    pl.set_defaults(func=cmd_plot)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _setup_logging()
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

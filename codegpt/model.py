@@ -1,0 +1,168 @@
+"""A GPT-3-style decoder: the whole forward pass on one screen.
+
+Token + learned position embeddings, pre-LayerNorm blocks of causal self-attention and a GELU
+MLP of 4x width, a final LayerNorm, and an output head tied to the token embedding. Attention
+goes through ``F.scaled_dot_product_attention`` so PyTorch picks the fastest kernel (flash,
+memory-efficient or math) for the device. GPT-3 alternated dense layers with locally banded
+sparse ones; ``sparse_attention=True`` does the same, with the band given by ``local_window``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the decoder. Named sizes live in ``configs/model/*.yaml``."""
+
+    n_layer: int = 2
+    n_head: int = 4
+    d_model: int = 64
+    block_size: int = 128
+    # 0 means "take it from the token shards' meta.json" when training.
+    vocab_size: int = 0
+    # The embedding matrix is padded to a multiple of this for faster matmuls; padded ids
+    # are sliced off the logits, so neither the loss nor sampling ever sees them.
+    pad_vocab_multiple: int = 64
+    dropout: float = 0.0
+    bias: bool = True
+    # GPT-3: even layers dense, odd layers attend only to the previous ``local_window`` tokens.
+    sparse_attention: bool = False
+    local_window: int = 128
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_head != 0:
+            raise ValueError(
+                f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}"
+            )
+        if self.sparse_attention and self.local_window < 1:
+            raise ValueError(f"model.local_window must be >= 1, got {self.local_window}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = max(1, self.pad_vocab_multiple)
+        return ((self.vocab_size + m - 1) // m) * m
+
+    def is_sparse_layer(self, layer: int) -> bool:
+        return self.sparse_attention and layer % 2 == 1
+
+
+def banded_causal_mask(seq_len: int, window: int, device=None) -> torch.Tensor:
+    """Boolean [T, T] mask, True where query i may attend key j: j <= i and i - j < window."""
+    i = torch.arange(seq_len, device=device)[:, None]
+    j = torch.arange(seq_len, device=device)[None, :]
+    return (j <= i) & (i - j < window)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.dropout = cfg.dropout
+        self.window = cfg.local_window if cfg.is_sparse_layer(layer) else None
+        self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)  # fused q, k, v
+        self.c_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.c_proj.residual_scaled = True  # marks the GPT-2 1/sqrt(2L) init
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # [B, T, C] -> [B, H, T, C/H]
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        p = self.dropout if self.training else 0.0
+        if self.window is None or self.window >= T:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:
+            mask = banded_causal_mask(T, self.window, device=x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_drop(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.d_model, 4 * cfg.d_model, bias=cfg.bias)
+        self.c_proj = nn.Linear(4 * cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.c_proj.residual_scaled = True
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The tanh approximation is GPT-2/3's GELU; one fused kernel instead of six pointwise ops.
+        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block (the unit FSDP wraps)."""
+
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg, layer)
+        self.ln_2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("model.vocab_size must be set (> 0) before building the model")
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """GPT-2/3 init: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2L)."""
+        resid_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                std = resid_std if getattr(module, "residual_scaled", False) else 0.02
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (tied head counted once); ``non_embedding`` drops position embeddings."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """idx, targets: [B, T] token ids. Returns (logits [B, T, vocab_size], loss or None)."""
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds model.block_size={self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # [B, T, C]
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_f(x)
+        logits = self.lm_head(x)[..., : self.config.vocab_size]  # drop padded ids
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().reshape(B * T, -1), targets.reshape(B * T))
+        return logits, loss

@@ -1,0 +1,233 @@
+"""Token shards: flat binary files of token ids plus ``meta.json`` (see shared DESIGN notes).
+
+Layout of a token folder::
+
+    meta.json            dtype, vocab_size, eot_id, tokenizer hash, shards per split
+    train/shard_000000.bin   raw little-endian token ids, documents separated by <|endoftext|>
+    val/shard_000000.bin
+
+Training memory-maps the shards; nothing is loaded whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from codegpt.io import atomic_write_json, fsync_dir
+
+FORMAT = "codegpt-tokens-v1"
+SPLITS = ("train", "val")
+
+
+class ShardError(ValueError):
+    """Token shards that are missing, truncated or inconsistent with their meta.json."""
+
+
+def dtype_for_vocab(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+class ShardWriter:
+    """Appends documents (each followed by eot) to fixed-size shards of one split."""
+
+    def __init__(self, out_dir: str | Path, split: str, vocab_size: int, eot_id: int,
+                 tokens_per_shard: int = 100_000_000):
+        self.dir = Path(out_dir) / split
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.split = split
+        self.dtype = dtype_for_vocab(vocab_size)
+        self.vocab_size = vocab_size
+        self.eot_id = eot_id
+        self.tokens_per_shard = tokens_per_shard
+        self.shards: list[dict] = []
+        self.documents = 0
+        self._buf: list[np.ndarray] = []
+        self._buffered = 0
+
+    def add(self, ids: Iterable[int] | np.ndarray) -> None:
+        arr = np.asarray(ids, dtype=np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
+            raise ShardError(f"token id out of range [0, {self.vocab_size}) in document {self.documents}")
+        arr = np.append(arr, self.eot_id).astype(self.dtype)
+        self.documents += 1
+        while arr.size:
+            room = self.tokens_per_shard - self._buffered
+            self._buf.append(arr[:room])
+            self._buffered += min(room, arr.size)
+            arr = arr[room:]
+            if self._buffered >= self.tokens_per_shard:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffered:
+            return
+        name = f"shard_{len(self.shards):06d}.bin"
+        tmp = self.dir / f".{name}.tmp"
+        data = np.concatenate(self._buf)
+        with open(tmp, "wb") as f:
+            f.write(data.tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.dir / name)
+        self.shards.append({"file": f"{self.split}/{name}", "tokens": int(data.size)})
+        self._buf, self._buffered = [], 0
+
+    def finish(self) -> dict:
+        self._flush()
+        fsync_dir(self.dir)
+        return {"shards": self.shards, "tokens": sum(s["tokens"] for s in self.shards),
+                "documents": self.documents}
+
+
+def write_meta(out_dir: str | Path, vocab_size: int, eot_id: int, tokenizer: str,
+               tokenizer_hash: str, splits: dict, tokens_per_shard: int) -> dict:
+    meta = {
+        "format": FORMAT,
+        "dtype": dtype_for_vocab(vocab_size).name,
+        "vocab_size": vocab_size,
+        "eot_id": eot_id,
+        "tokenizer": tokenizer,
+        "tokenizer_hash": tokenizer_hash,
+        "tokens_per_shard": tokens_per_shard,
+        "splits": splits,
+    }
+    atomic_write_json(Path(out_dir) / "meta.json", meta)
+    return meta
+
+
+def read_meta(token_dir: str | Path) -> dict:
+    path = Path(token_dir) / "meta.json"
+    if not path.is_file():
+        raise ShardError(f"no meta.json in {token_dir}: not a token-shard folder "
+                         "(make one with `codegpt tokenize` or `codegpt shards-bytes`)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ShardError(f"{path} is not valid JSON: {e}") from e
+    for key in ("dtype", "vocab_size", "eot_id", "splits"):
+        if key not in meta:
+            raise ShardError(f"{path} lacks the field '{key}'")
+    return meta
+
+
+@dataclass
+class SequenceIndex:
+    """Fixed-length training windows over the memory-mapped shards of one split.
+
+    Window i covers ``seq_len + 1`` tokens (inputs and shifted targets); windows never cross a
+    shard boundary, so each is one contiguous slice of one memmap.
+    """
+
+    arrays: list[np.memmap]
+    starts: np.ndarray  # cumulative window counts per shard
+    seq_len: int
+
+    @classmethod
+    def open(cls, token_dir: str | Path, split: str, seq_len: int) -> "SequenceIndex":
+        meta = read_meta(token_dir)
+        if split not in meta["splits"]:
+            raise ShardError(f"{token_dir}/meta.json has no '{split}' split")
+        dtype = np.dtype(meta["dtype"])
+        arrays, counts = [], []
+        for shard in meta["splits"][split]["shards"]:
+            path = Path(token_dir) / shard["file"]
+            if not path.is_file():
+                raise ShardError(f"missing token shard {path} (listed in meta.json)")
+            expected = shard["tokens"] * dtype.itemsize
+            if path.stat().st_size != expected:
+                raise ShardError(f"token shard {path} has {path.stat().st_size} bytes, meta.json "
+                                 f"says {expected}: truncated or rewritten")
+            arr = np.memmap(path, dtype=dtype, mode="r")
+            arrays.append(arr)
+            counts.append(max(0, (arr.size - 1) // seq_len))
+        if sum(counts) == 0:
+            raise ShardError(f"split '{split}' of {token_dir} has fewer than {seq_len + 1} tokens: "
+                             "nothing to train on")
+        return cls(arrays, np.cumsum([0] + counts), seq_len)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def get(self, i: int) -> np.ndarray:
+        shard = int(np.searchsorted(self.starts, i, side="right") - 1)
+        off = (i - int(self.starts[shard])) * self.seq_len
+        return np.asarray(self.arrays[shard][off: off + self.seq_len + 1], dtype=np.int64)
+
+    def batch(self, indices: Iterable[int]) -> np.ndarray:
+        return np.stack([self.get(int(i)) for i in indices])
+
+
+# --- byte-level shards for the demo, until the BPE tokenizer stage lands ---------------------
+
+BYTE_VOCAB = 257  # 256 byte values + <|endoftext|>
+BYTE_EOT = 256
+
+
+def stdlib_python_files() -> list[Path]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and p.is_file())
+
+
+def _repo_of(path: Path, root: Path) -> str:
+    rel = path.relative_to(root)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def write_byte_shards(out_dir: str | Path, files: list[Path] | None = None, max_mb: float = 8.0,
+                      val_fraction: float = 0.05, seed: int = 0,
+                      tokens_per_shard: int = 1_000_000) -> dict:
+    """Byte-level token shards of Python files, split into train/val by top-level package."""
+    from tqdm import tqdm
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = list(files) if files is not None else stdlib_python_files()
+    if not files:
+        raise ShardError("no Python files to encode")
+    random.Random(seed).shuffle(files)
+    writers = {s: ShardWriter(out_dir, s, BYTE_VOCAB, BYTE_EOT, tokens_per_shard) for s in SPLITS}
+    budget = int(max_mb * 1e6)
+    used = 0
+    for path in tqdm(files, desc="byte shards", unit="file"):
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if not data:
+            continue
+        try:
+            repo = _repo_of(path, root)
+        except ValueError:
+            repo = path.parent.name
+        bucket = int(hashlib.sha256(repo.encode()).hexdigest(), 16) % 1000
+        split = "val" if bucket < val_fraction * 1000 else "train"
+        writers[split].add(np.frombuffer(data, dtype=np.uint8))
+        used += len(data)
+        if used >= budget:
+            break
+    splits = {s: w.finish() for s, w in writers.items()}
+    return write_meta(out_dir, BYTE_VOCAB, BYTE_EOT, "bytes", "bytes-v1", splits, tokens_per_shard)
+
+
+def iter_documents(token_dir: str | Path, split: str) -> Iterator[np.ndarray]:
+    """Yield each document's ids (without eot) of a split, in shard order."""
+    meta = read_meta(token_dir)
+    eot = meta["eot_id"]
+    carry = np.empty(0, dtype=np.int64)
+    for shard in meta["splits"][split]["shards"]:
+        arr = np.concatenate([carry, np.fromfile(Path(token_dir) / shard["file"],
+                                                 dtype=meta["dtype"]).astype(np.int64)])
+        ends = np.flatnonzero(arr == eot)
+        prev = 0
+        for e in ends:
+            yield arr[prev:e]
+            prev = e + 1
+        carry = arr[prev:]

@@ -1,0 +1,107 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from codegpt import checkpoint as ckpt
+
+
+def save(root: Path, step: int, value: float = 1.0, numel: int = 1000, keep_last: int = 3):
+    model = {"wte.weight": torch.full((numel,), value), "lm_head.weight": torch.zeros(1)}
+    return ckpt.save_checkpoint(
+        root, step, model_state=model, optim_state={"state": {}, "param_groups": []},
+        sched_state={"last_epoch": step}, trainer_state={"step": step, "data": {}, "tokens_seen": 0,
+                                                          "world_size": 1},
+        config_yaml="a: 1\n", rank=0, barrier=lambda: None, keep_last=keep_last)
+
+
+def test_save_verify_load_and_keep_last(tmp_path):
+    for step in (1, 2, 3, 4):
+        save(tmp_path, step, value=float(step), keep_last=2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_0000003", "step_0000004"]
+    latest = ckpt.find_latest(tmp_path)
+    state = ckpt.load_model_state(latest)
+    assert torch.all(state["wte.weight"] == 4.0)
+    assert state["lm_head.weight"] is state["wte.weight"]  # tied head restored
+    assert ckpt.load_trainer_state(latest).step == 4
+
+
+def test_truncated_file_is_a_clear_error_and_auto_resume_skips_it(tmp_path, caplog):
+    save(tmp_path, 1, value=1.0)
+    bad = save(tmp_path, 2, value=2.0)
+    f = bad / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(ckpt.CheckpointError, match="model.safetensors has 100 bytes.*truncated"):
+        ckpt.verify(bad)
+    assert ckpt.find_latest(tmp_path).name == "step_0000001"
+    assert "skipping checkpoint" in caplog.text
+
+
+def test_bit_flip_and_missing_manifest_are_refused(tmp_path):
+    good = save(tmp_path, 1)
+    f = good / "optimizer.pt"
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError, match="optimizer.pt does not match its sha256"):
+        ckpt.verify(good)
+    (good / "manifest.json").unlink()
+    with pytest.raises(ckpt.CheckpointError, match="save did not finish"):
+        ckpt.verify(good)
+    assert ckpt.find_latest(tmp_path) is None
+
+
+SAVER = textwrap.dedent("""
+    import sys, torch
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    from test_checkpoint import save
+    root = Path(sys.argv[1])
+    for step in range(1, 10_000):
+        save(root, step, value=float(step), numel=4_000_000, keep_last=2)
+""")
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path):
+    """Kill a process that saves 16 MB checkpoints in a loop while a save is in flight."""
+    code = SAVER.format(tests=str(Path(__file__).parent))
+    for attempt in range(5):
+        root = tmp_path / f"attempt{attempt}"
+        proc = subprocess.Popen([sys.executable, "-c", code, str(root)])
+        try:
+            deadline = time.time() + 120
+            # wait until at least one checkpoint is complete and the next save is under way
+            while time.time() < deadline:
+                if ckpt.list_checkpoints(root) and list(root.glob(".tmp_step_*/model.safetensors")):
+                    break
+                time.sleep(0.001)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.wait()
+        if list(root.glob(".tmp_step_*")):
+            break
+    assert list(root.glob(".tmp_step_*")), "never caught a save in flight"
+    latest = ckpt.find_latest(root)
+    assert latest is not None
+    step = ckpt.load_trainer_state(latest).step
+    assert torch.all(ckpt.load_model_state(latest)["wte.weight"] == float(step))
+    ckpt.remove_stale_tmp(root)
+    assert not list(root.glob(".tmp_step_*"))
+
+
+def test_rng_state_round_trip():
+    import random
+
+    import numpy as np
+
+    state = ckpt.rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    ckpt.set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a

@@ -1,0 +1,54 @@
+import pytest
+
+from codegpt.config import ConfigError
+from codegpt.train_config import load_train_config
+
+from conftest import SMOKE
+
+
+def test_smoke_config_loads_with_named_size():
+    cfg = load_train_config(SMOKE)
+    assert cfg.model.n_layer == 2 and cfg.model.d_model == 128
+    assert cfg.optim.beta2 == 0.95 and cfg.optim.weight_decay == 0.1
+
+
+def test_any_field_can_be_overridden():
+    cfg = load_train_config(SMOKE, ["optim.lr=1e-4", "model.n_layer=3", "run.compile=true",
+                                    "model.size=mini", "run.dir=/tmp/x"])
+    assert cfg.optim.lr == 1e-4
+    assert cfg.model.n_layer == 3 and cfg.model.d_model == 256  # size first, then the override
+    assert cfg.run.compile is True and cfg.run.dir == "/tmp/x"
+
+
+def test_named_config_resolves_without_path():
+    assert load_train_config("smoke").run.max_steps == load_train_config(SMOKE).run.max_steps
+
+
+@pytest.mark.parametrize("override, closest", [
+    ("optim.lr_max=1", "optim.lr"),
+    ("optim.warmup=3", "optim.warmup_steps"),
+    ("modle.n_layer=3", "model.n_layer"),
+    ("run.max_step=3", "run.max_steps"),
+])
+def test_unknown_key_names_the_closest_valid_key(override, closest):
+    with pytest.raises(ConfigError, match=f"did you mean '{closest}'"):
+        load_train_config(SMOKE, [override])
+
+
+@pytest.mark.parametrize("override, words", [
+    ("model.n_layer=two", "expects an integer"),
+    ("run.compile=maybe", "true/false"),
+    ("optim.lr=fast", "expects a number"),
+    ("run.precision=fp8", "run.precision"),
+    ("model.size=gpt3-125", "did you mean 'gpt3-125m'"),
+    ("batch.micro_batch_size=0", "must be >= 1"),
+    ("noequals", "section.field=value"),
+])
+def test_bad_values_are_clear_errors(override, words):
+    with pytest.raises(ConfigError, match=words):
+        load_train_config(SMOKE, [override])
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_train_config("configs/train/nope.yaml")

@@ -1,0 +1,114 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from codegpt.config import CONFIG_ROOT, from_dict, read_yaml
+from codegpt.model import GPT, CausalSelfAttention, ModelConfig, banded_causal_mask
+
+# GPT-3 table 2.1 (Brown et al. 2020), with GPT-2's 50257-token vocabulary and 2048 context.
+GPT3_PARAMS = {
+    "gpt3-125m": 125e6, "gpt3-350m": 350e6, "gpt3-760m": 760e6, "gpt3-1.3b": 1.3e9,
+    "gpt3-2.7b": 2.7e9, "gpt3-6.7b": 6.7e9, "gpt3-13b": 13.0e9,
+}
+
+
+def load_size(name: str, **kw) -> ModelConfig:
+    raw = read_yaml(CONFIG_ROOT / "model" / f"{name}.yaml")
+    return from_dict(ModelConfig, {**raw, **kw})
+
+
+@pytest.mark.parametrize("name", sorted(GPT3_PARAMS))
+def test_named_sizes_match_the_gpt3_table(name):
+    cfg = load_size(name, vocab_size=50257)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    count = model.num_params()
+    assert abs(count - GPT3_PARAMS[name]) / GPT3_PARAMS[name] < 0.03, count
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(n_layer=2, d_model=32, n_head=4, block_size=32, vocab_size=100)
+    return ModelConfig(**{**base, **kw})
+
+
+def test_vocab_is_padded_but_padded_ids_never_get_logits():
+    model = GPT(tiny(vocab_size=100))
+    assert model.wte.weight.shape[0] == 128
+    logits, _ = model(torch.randint(0, 100, (2, 8)))
+    assert logits.shape == (2, 8, 100)
+    # greedy / sampled ids always come from the real vocabulary
+    assert int(logits.argmax(-1).max()) < 100
+
+
+def test_head_is_tied_and_init_follows_gpt2():
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layer=8, d_model=256, n_head=4, block_size=64, vocab_size=5000)
+    model = GPT(cfg)
+    assert model.lm_head.weight is model.wte.weight
+    assert model.wte.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.blocks[0].attn.c_attn.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    resid = 0.02 / (2 * 8) ** 0.5
+    assert model.blocks[3].attn.c_proj.weight.std().item() == pytest.approx(resid, rel=0.05)
+    assert model.blocks[3].mlp.c_proj.weight.std().item() == pytest.approx(resid, rel=0.05)
+    assert torch.all(model.blocks[0].attn.c_attn.bias == 0)
+    assert torch.all(model.blocks[0].ln_1.weight == 1)
+
+
+def test_causality_future_tokens_do_not_change_past_logits():
+    torch.manual_seed(0)
+    model = GPT(tiny()).eval()
+    x = torch.randint(0, 100, (1, 16))
+    y = x.clone()
+    y[0, 10:] = (y[0, 10:] + 1) % 100
+    a, _ = model(x)
+    b, _ = model(y)
+    torch.testing.assert_close(a[:, :10], b[:, :10])
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+def test_banded_layers_alternate_and_only_see_the_window():
+    cfg = tiny(n_layer=4, sparse_attention=True, local_window=4)
+    assert [cfg.is_sparse_layer(i) for i in range(4)] == [False, True, False, True]
+    mask = banded_causal_mask(6, 2)
+    assert mask.tolist()[5] == [False, False, False, False, True, True]
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(cfg, layer=1).eval()
+    x = torch.randn(1, 16, 32)
+    x2 = x.clone()
+    x2[0, 0] += 10.0  # position 0 is outside the window of positions >= 4
+    a, b = attn(x), attn(x2)
+    torch.testing.assert_close(a[:, 4:], b[:, 4:])
+    assert not torch.allclose(a[:, :4], b[:, :4])
+    dense = CausalSelfAttention(cfg, layer=0).eval()
+    assert not torch.allclose(dense(x)[:, 4:], dense(x2)[:, 4:])
+
+
+def test_sparse_model_trains_forward_and_backward():
+    model = GPT(tiny(sparse_attention=True, local_window=8))
+    x = torch.randint(0, 100, (2, 32))
+    _, loss = model(x, x)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_overfits_one_fixed_batch_to_near_zero_loss():
+    torch.manual_seed(0)
+    model = GPT(tiny(n_layer=2, d_model=64, block_size=32))
+    batch = torch.randint(0, 100, (4, 33))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    for _ in range(300):
+        _, loss = model(batch[:, :-1], batch[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+
+
+def test_too_long_input_and_bad_config_are_clear_errors():
+    with pytest.raises(ValueError, match="block_size"):
+        GPT(tiny())(torch.zeros(1, 33, dtype=torch.long))
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(d_model=30, n_head=4)
+    with pytest.raises(ValueError, match="vocab_size"):
+        GPT(ModelConfig())

@@ -1,0 +1,29 @@
+import torch
+
+from codegpt.model import GPT, ModelConfig
+from codegpt.optim import build_optimizer, param_groups
+
+
+def test_weight_decay_only_on_linear_weight_matrices():
+    model = GPT(ModelConfig(n_layer=2, d_model=32, n_head=4, block_size=16, vocab_size=50))
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decayed == {f"blocks.{i}.{m}.weight" for i in range(2)
+                       for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert {"wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias",
+            "blocks.0.attn.c_attn.bias", "blocks.1.ln_2.weight"} <= skipped
+    # every parameter exactly once (the tied head is the embedding)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_gpt3_adam_settings_and_fused_flag():
+    model = GPT(ModelConfig(n_layer=1, d_model=32, n_head=4, block_size=16, vocab_size=50))
+    opt = build_optimizer(model, 6e-4, (0.9, 0.95), 1e-8, 0.1, fused=True)
+    g = opt.param_groups[0]
+    assert g["betas"] == (0.9, 0.95) and g["eps"] == 1e-8 and g["fused"]
+    x = torch.randint(0, 50, (2, 16))
+    model(x, x)[1].backward()
+    opt.step()

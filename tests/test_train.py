@@ -1,0 +1,166 @@
+"""End-to-end training runs through train.py, as a user launches them."""
+
+import json
+import math
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from codegpt.checkpoint import list_checkpoints
+from codegpt.metrics import read_metrics
+from codegpt.train_config import load_train_config
+from codegpt.trainer import PREEMPTED_EXIT_CODE, NonFiniteLossError, Trainer
+
+from conftest import REPO, SMOKE, run_cli
+
+
+def smoke_args(token_dir, run_dir, *extra):
+    return [str(SMOKE), f"data.dir={token_dir}", f"run.dir={run_dir}", *extra]
+
+
+def losses(run_dir, key="loss"):
+    return {r["step"]: r[key] for r in read_metrics(run_dir / "metrics.jsonl") if key in r}
+
+
+def check_ok(proc, code=0):
+    assert proc.returncode == code, proc.stderr[-3000:]
+
+
+# a slower model than smoke, so a kill lands reliably between step 10 and step 20
+SLOW = ["model.n_layer=4", "model.d_model=256", "run.max_steps=20", "checkpoint.every=10",
+        "data.val_every=0"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_bit_identical_losses(token_dir, tmp_path):
+    straight = tmp_path / "straight"
+    check_ok(run_cli(smoke_args(token_dir, straight, *SLOW)))
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, str(REPO / "train.py"), *smoke_args(token_dir, killed, *SLOW)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / "step_0000010").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before step 10"
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert max(losses(killed)) < 20, "the kill came too late to test anything"
+    assert [p.name for p in list_checkpoints(killed / "checkpoints")] == ["step_0000010"]
+
+    check_ok(run_cli(smoke_args(token_dir, killed, *SLOW)))  # resume=auto
+    a, b = losses(straight), losses(killed)
+    assert sorted(b) == list(range(1, 21))
+    assert a == b  # bit-identical floats, not approximately equal
+    assert losses(straight, "grad_norm") == losses(killed, "grad_norm")
+    assert losses(straight, "lr") == losses(killed, "lr")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_at_the_same_global_batch(token_dir, tmp_path):
+    extra = ["run.max_steps=20", "checkpoint.every=0"]
+    one = tmp_path / "one"
+    check_ok(run_cli(smoke_args(token_dir, one, *extra)))
+    two = tmp_path / "two"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    proc = run_cli(smoke_args(token_dir, two, *extra), launcher=torchrun)
+    check_ok(proc)
+    a, b = losses(one), losses(two)
+    assert sorted(a) == sorted(b) == list(range(1, 21))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-5), step
+    va, vb = losses(one, "val_loss"), losses(two, "val_loss")
+    assert sorted(va) == sorted(vb) == [10, 20]
+    for step in va:
+        assert vb[step] == pytest.approx(va[step], rel=1e-5)
+    state = json.loads((two / "checkpoints" / "step_0000020" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["extra"]["accum"] == 1
+    assert len(list((two / "checkpoints" / "step_0000020" / "rng").iterdir())) == 2
+
+
+@pytest.mark.slow
+def test_sigusr1_saves_and_exits_with_the_requeue_code_then_resumes(token_dir, tmp_path):
+    run = tmp_path / "run"
+    args = smoke_args(token_dir, run, *SLOW, "checkpoint.every=0")
+    cmd = [sys.executable, str(REPO / "train.py"), *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 240
+    while not any(r.get("step", 0) >= 3 for r in read_metrics(run / "metrics.jsonl")):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == PREEMPTED_EXIT_CODE, err[-2000:]
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "preempted" and 3 <= status["step"] < 20
+    assert (run / "checkpoints" / f"step_{status['step']:07d}").is_dir()
+    check_ok(run_cli(args))
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+    assert sorted(losses(run)) == list(range(1, 21))
+
+
+def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(token_dir, tmp_path,
+                                                                         monkeypatch):
+    cfg = load_train_config(SMOKE, [f"data.dir={token_dir}", f"run.dir={tmp_path}",
+                                    "run.max_steps=12", "checkpoint.every=4", "data.val_every=0"])
+    trainer = Trainer(cfg)
+    forward = trainer.raw_model.forward
+    calls = {"n": 0}
+
+    def poisoned(idx, targets=None):
+        logits, loss = forward(idx, targets)
+        calls["n"] += 1
+        if calls["n"] > 2 * 6:  # two micro-batches per step: poison step 7
+            loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(trainer.raw_model, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 7.*step_0000004"):
+        trainer.fit()
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_0000004"]
+    assert all(torch.isfinite(p).all() for p in trainer.raw_model.parameters())
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
+
+
+def test_cli_errors_are_clear_and_name_the_problem(token_dir, tmp_path):
+    proc = run_cli(smoke_args(token_dir, tmp_path, "optim.lr_peak=1"))
+    assert proc.returncode == 2
+    assert "unknown config key 'optim.lr_peak'; did you mean 'optim.lr'?" in proc.stderr
+    proc = run_cli(smoke_args(token_dir, tmp_path, "model.vocab_size=1000"))
+    assert proc.returncode == 2 and "vocabulary of 257" in proc.stderr
+    proc = run_cli(smoke_args(tmp_path / "nowhere", tmp_path))
+    assert proc.returncode == 2 and "no meta.json" in proc.stderr
+    proc = run_cli(smoke_args(token_dir, tmp_path, f"run.resume={tmp_path}/missing"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_in_process_training_learns_and_writes_what_it_promises(token_dir, tmp_path):
+    cfg = load_train_config(SMOKE, [f"data.dir={token_dir}", f"run.dir={tmp_path}",
+                                    "run.max_steps=30", "logging.wandb=true"])
+    result = Trainer(cfg).fit()
+    assert result.status == "finished" and result.step == 30
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    steps = [r for r in records if "loss" in r]
+    assert steps[-1]["loss"] < steps[0]["loss"] - 1.5
+    for key in ("lr", "grad_norm", "tokens_per_s", "mfu", "tokens", "step_time_s"):
+        assert key in steps[0]
+    assert steps[-1]["tokens"] == 30 * 1024
+    assert [r["step"] for r in records if "val_loss" in r] == [10, 20, 30]
+    assert (tmp_path / "config.yaml").read_text().count("n_layer: 2") == 1
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb offline run not written"
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_0000020",
+                                                                            "step_0000030"]
