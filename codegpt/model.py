@@ -53,6 +53,11 @@ class ModelConfig:
         return self.sparse_attention and layer % 2 == 1
 
 
+def dropout(p: float) -> nn.Module:
+    """nn.Dropout, or nothing at all when p == 0 (GPT-3 pretraining used none)."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 def banded_causal_mask(seq_len: int, window: int, device=None) -> torch.Tensor:
     """Boolean [T, T] mask, True where query i may attend key j: j <= i and i - j < window."""
     i = torch.arange(seq_len, device=device)[:, None]
@@ -69,7 +74,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)  # fused q, k, v
         self.c_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.c_proj.residual_scaled = True  # marks the GPT-2 1/sqrt(2L) init
-        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.resid_drop = dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -92,7 +97,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.d_model, 4 * cfg.d_model, bias=cfg.bias)
         self.c_proj = nn.Linear(4 * cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.c_proj.residual_scaled = True
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The tanh approximation is GPT-2/3's GELU; one fused kernel instead of six pointwise ops.
@@ -122,11 +127,17 @@ class GPT(nn.Module):
         self.config = cfg
         self.wte = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
         self.wpe = nn.Embedding(cfg.block_size, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
+        # -inf on padded ids, added inside the head's GEMM (addmm) at no cost: the loss over all
+        # padded columns equals the loss over the real vocabulary, with no slice-and-copy of the
+        # [B, T, V] logits. Not persistent: checkpoints hold only learned weights.
+        pad = torch.zeros(cfg.padded_vocab_size)
+        pad[cfg.vocab_size:] = float("-inf")
+        self.register_buffer("vocab_mask", pad, persistent=False)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -161,8 +172,8 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         x = self.ln_f(x)
-        logits = self.lm_head(x)[..., : self.config.vocab_size]  # drop padded ids
+        logits = F.linear(x, self.lm_head.weight, self.vocab_mask)  # [B, T, V padded]
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().reshape(B * T, -1), targets.reshape(B * T))
-        return logits, loss
+            loss = F.cross_entropy(logits.reshape(B * T, -1).float(), targets.reshape(B * T))
+        return logits[..., : self.config.vocab_size], loss  # a view without the padded ids

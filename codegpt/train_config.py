@@ -44,7 +44,7 @@ class OptimSection:
     grad_clip: float = 1.0
     warmup_steps: int = 10
     min_lr_ratio: float = 0.1
-    fused: bool = False           # fused AdamW kernel
+    fused: bool = True            # fused AdamW kernel (CPU and GPU)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from codegpt.io import atomic_write_json, atomic_write_text
 from codegpt.metrics import MetricsLogger
 from codegpt.model import GPT
 from codegpt.optim import build_optimizer
-from codegpt.schedule import build_scheduler
+from codegpt.schedule import build_scheduler, lr_at
 from codegpt.shards import SequenceIndex, read_meta
 from codegpt.train_config import TrainConfig
 
@@ -181,12 +181,18 @@ class Trainer:
         set_optimizer_state_dict(self.model, self.optimizer, optim_sd,
                                  options=self._state_options())
         self.scheduler.load_state_dict(ckpt.load_torch(folder, "scheduler.pt"))
+        self.step = state.step
+        # the lr of the next update comes from the schedule as configured now (run.max_steps
+        # may have been raised to extend a finished run), not from the saved optimizer groups
+        next_lr = lr_at(self.step + 1, self.cfg.optim.lr, self.cfg.optim.warmup_steps,
+                        self.cfg.run.max_steps, self.cfg.optim.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = next_lr
         if state.world_size != self.world:
             log.warning("checkpoint was written by %d process(es), resuming on %d: the data order "
                         "continues exactly, per-rank RNG streams are re-seeded",
                         state.world_size, self.world)
         self.batches.load_state_dict(state.data)
-        self.step = state.step
         self.tokens_seen = state.tokens_seen
         rng = ckpt.load_rng(folder, self.rank) if state.world_size == self.world else None
         if rng is not None:
@@ -277,7 +283,7 @@ class Trainer:
                     status = "preempted"
                     break
                 t0 = time.perf_counter()
-                lr = self.scheduler.get_last_lr()[0]
+                lr = self.optimizer.param_groups[0]["lr"]
                 try:
                     loss, grad_norm = self.train_step()
                 except NonFiniteLossError:

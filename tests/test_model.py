@@ -112,3 +112,12 @@ def test_too_long_input_and_bad_config_are_clear_errors():
         ModelConfig(d_model=30, n_head=4)
     with pytest.raises(ValueError, match="vocab_size"):
         GPT(ModelConfig())
+
+
+def test_dropout_acts_only_in_training_mode():
+    model = GPT(tiny(dropout=0.2))
+    x = torch.randint(0, 100, (2, 16))
+    model.train()
+    assert not torch.equal(model(x)[0], model(x)[0])
+    model.eval()
+    assert torch.equal(model(x)[0], model(x)[0])

@@ -1,6 +1,7 @@
 """End-to-end training runs through train.py, as a user launches them."""
 
 import json
+import shutil
 import math
 import signal
 import socket
@@ -70,7 +71,7 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_at_the_same_global_batch(token_dir, tmp_path):
-    extra = ["run.max_steps=20", "checkpoint.every=0"]
+    extra = ["run.max_steps=20", "checkpoint.every=10"]
     one = tmp_path / "one"
     check_ok(run_cli(smoke_args(token_dir, one, *extra)))
     two = tmp_path / "two"
@@ -89,6 +90,18 @@ def test_two_processes_match_one_process_at_the_same_global_batch(token_dir, tmp
     state = json.loads((two / "checkpoints" / "step_0000020" / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["extra"]["accum"] == 1
     assert len(list((two / "checkpoints" / "step_0000020" / "rng").iterdir())) == 2
+
+    # elastic resume: a 1-process checkpoint at step 10 continued on 2 processes
+    elastic = tmp_path / "elastic"
+    (elastic / "checkpoints").mkdir(parents=True)
+    shutil.copytree(one / "checkpoints" / "step_0000010", elastic / "checkpoints" / "step_0000010")
+    proc = run_cli(smoke_args(token_dir, elastic, *extra), launcher=torchrun[:-1] + [str(free_port())])
+    check_ok(proc)
+    assert "re-seeded" in proc.stderr
+    c = losses(elastic)
+    assert sorted(c) == list(range(11, 21))
+    for step in c:
+        assert c[step] == pytest.approx(a[step], rel=1e-5), step
 
 
 @pytest.mark.slow
@@ -164,3 +177,20 @@ def test_in_process_training_learns_and_writes_what_it_promises(token_dir, tmp_p
     assert list((tmp_path / "wandb").glob("offline-run-*")), "wandb offline run not written"
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_0000020",
                                                                             "step_0000030"]
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_the_eager_one(token_dir, tmp_path):
+    extra = ["run.max_steps=6", "checkpoint.every=0", "data.val_every=3"]
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    check_ok(run_cli(smoke_args(token_dir, eager, *extra, "optim.fused=false")))
+    check_ok(run_cli(smoke_args(token_dir, compiled, *extra, "run.compile=true")))
+    a, b = losses(eager), losses(compiled)
+    assert sorted(b) == list(range(1, 7))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4), step
+    # the checkpoint of a compiled model holds plain parameter names
+    from safetensors import safe_open
+
+    with safe_open(str(compiled / "checkpoints" / "step_0000006" / "model.safetensors"), "pt") as f:
+        assert "wte.weight" in f.keys() and not any("_orig_mod" in k for k in f.keys())

@@ -1,0 +1,212 @@
+"""Training-step throughput: codegpt's GPT against transformers' GPT2LMHeadModel, same shape.
+
+Both models get the same batch, the same AdamW settings and a full step (forward, backward,
+clip, optimizer step), measured in one process, alternating rounds so machine noise hits both.
+
+    python bench/bench_train_step.py                          # CPU, the `small` shape
+    python bench/bench_train_step.py --device cuda --size gpt3-350m --batch 8 --seq-len 2048 \
+        --dtype bf16 --compile                                # GPU, with MFU
+
+Prints a table and writes bench/bench_train_step.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from codegpt.config import CONFIG_ROOT, from_dict, read_yaml  # noqa: E402
+from codegpt.flops import flops_per_token, peak_flops  # noqa: E402
+from codegpt.model import GPT, ModelConfig  # noqa: E402
+from codegpt.optim import build_optimizer  # noqa: E402
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_ours(cfg: ModelConfig, device, fused: bool):
+    model = GPT(cfg).to(device)
+    opt = build_optimizer(model, 3e-4, (0.9, 0.95), 1e-8, 0.1, fused=fused)
+
+    def loss_fn(x, y):
+        return model(x, y)[1]
+
+    return model, opt, loss_fn
+
+
+def build_hf(cfg: ModelConfig, device, fused: bool):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    fused_kw = {"fused": True} if fused else {}
+
+    hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.d_model,
+                        n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
+                        attn_pdrop=0.0, activation_function="gelu_new", tie_word_embeddings=True)
+    hf_cfg._attn_implementation = "sdpa"
+    model = GPT2LMHeadModel(hf_cfg).to(device)
+    # the codeparrot training script's grouping: no decay on biases and LayerNorm weights
+    no_decay = ("bias", "ln_1.weight", "ln_2.weight", "ln_f.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+         "weight_decay": 0.1},
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
+         "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=3e-4, betas=(0.9, 0.95), eps=1e-8, **fused_kw)
+
+    def loss_fn(x, y):
+        # labels are shifted inside the model: pass the full window
+        return model(input_ids=x, labels=y).loss
+
+    return model, opt, loss_fn
+
+
+def make_step(model, opt, loss_fn, dtype, device):
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+    def step(x, y):
+        with autocast:
+            loss = loss_fn(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step, batch, n: int, device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step(*batch)
+    sync(device)
+    return (time.perf_counter() - t0) / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="small", help="a name in configs/model/")
+    ap.add_argument("--vocab", type=int, default=50257)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
+                    help="default: bf16 on GPU, fp32 on CPU")
+    ap.add_argument("--compile", action="store_true", help="torch.compile both models")
+    ap.add_argument("--no-fused", dest="fused", action="store_false",
+                    help="foreach instead of fused AdamW (both models)")
+    ap.add_argument("--rounds", type=int, default=12,
+                    help="alternating rounds; the ratio is the median of per-round ratios")
+    ap.add_argument("--steps", type=int, default=1, help="timed steps per round")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    args = ap.parse_args()
+
+    device = torch.device(args.device)
+    dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    torch.manual_seed(0)
+    raw = read_yaml(CONFIG_ROOT / "model" / f"{args.size}.yaml")
+    cfg = from_dict(ModelConfig, {**raw, "vocab_size": args.vocab,
+                                  "block_size": max(args.seq_len, raw["block_size"])})
+    x = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1), device=device)
+    ours_batch = (x[:, :-1], x[:, 1:])
+    hf_batch = (x[:, :-1], x[:, :-1])  # HF shifts labels itself: same tokens, same loss
+
+    runners = {}
+    for name, (model, opt, loss_fn), batch in (
+        ("codegpt", build_ours(cfg, device, args.fused), ours_batch),
+        ("transformers", build_hf(cfg, device, args.fused), hf_batch),
+    ):
+        if args.compile:
+            loss_fn = torch.compile(loss_fn)
+        step = make_step(model, opt, loss_fn, dtype, device)
+        for _ in range(args.warmup):
+            step(*batch)
+        n_params = sum(p.numel() for p in model.parameters())
+        runners[name] = (step, batch, n_params)
+
+    times = {name: [] for name in runners}
+    for r in range(args.rounds):
+        for name, (step, batch, _) in runners.items():
+            times[name].append(time_steps(step, batch, args.steps, device))
+
+    tokens = args.batch * args.seq_len
+    fpt = flops_per_token(cfg, args.seq_len)
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else cpu_name()
+    peak = peak_flops(device_name) if device.type == "cuda" else None
+    results = {}
+    for name, ts in times.items():
+        t = statistics.median(ts)
+        results[name] = {
+            "step_s_median": t,
+            "step_s_min": min(ts),
+            "step_s_all": ts,
+            "tokens_per_s": tokens / t,
+            "params": runners[name][2],
+            "mfu": tokens / t * fpt / peak if peak else None,
+        }
+    # this machine is noisy (shared cores): the headline is the median of per-round ratios,
+    # each round timing both models back to back
+    per_round = [h / o for o, h in zip(times["codegpt"], times["transformers"])]
+    ratio = statistics.median(per_round)
+    report = {
+        "benchmark": "train_step",
+        "date": date.today().isoformat(),
+        "device": device_name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "shape": {"size": args.size, "n_layer": cfg.n_layer, "d_model": cfg.d_model,
+                  "n_head": cfg.n_head, "vocab": args.vocab, "seq_len": args.seq_len,
+                  "batch": args.batch},
+        "dtype": dtype, "compile": args.compile, "fused_adamw": args.fused,
+        "flops_per_token": fpt,
+        "results": results,
+        "speedup_vs_transformers": ratio,
+        "speedup_per_round": per_round,
+        "speedup_of_fastest_steps": min(times["transformers"]) / min(times["codegpt"]),
+        "command": "python " + " ".join(sys.argv),
+    }
+    import transformers
+
+    report["transformers"] = transformers.__version__
+    print(f"device {device_name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{dtype}{', compiled' if args.compile else ''}")
+    print(f"shape {args.size}: {cfg.n_layer}L d={cfg.d_model} h={cfg.n_head} "
+          f"vocab={args.vocab} batch={args.batch}x{args.seq_len}")
+    for name, r in results.items():
+        m = f"  MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""
+        print(f"  {name:13s} {r['tokens_per_s']:12,.0f} tok/s  {r['step_s_median'] * 1e3:8.1f} ms/step"
+              f"  ({r['params'] / 1e6:.1f}M params){m}")
+    print(f"  speedup codegpt / transformers: {ratio:.2f}x (median of {len(per_round)} rounds; "
+          f"range {min(per_round):.2f}-{max(per_round):.2f}; fastest steps "
+          f"{report['speedup_of_fastest_steps']:.2f}x)")
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
