@@ -3,7 +3,7 @@
 Both models get the same batch, the same AdamW settings and a full step (forward, backward,
 clip, optimizer step), measured in one process, alternating rounds so machine noise hits both.
 
-    python bench/bench_train_step.py                          # CPU, the `small` shape
+    python bench/bench_train_step.py                          # CPU, GPT-3 125M shape
     python bench/bench_train_step.py --device cuda --size gpt3-350m --batch 8 --seq-len 2048 \
         --dtype bf16 --compile                                # GPU, with MFU
 
@@ -109,20 +109,20 @@ def time_steps(step, batch, n: int, device) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="small", help="a name in configs/model/")
+    ap.add_argument("--size", default="gpt3-125m", help="a name in configs/model/")
     ap.add_argument("--vocab", type=int, default=50257)
-    ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
                     help="default: bf16 on GPU, fp32 on CPU")
     ap.add_argument("--compile", action="store_true", help="torch.compile both models")
     ap.add_argument("--no-fused", dest="fused", action="store_false",
                     help="foreach instead of fused AdamW (both models)")
-    ap.add_argument("--rounds", type=int, default=12,
+    ap.add_argument("--rounds", type=int, default=8,
                     help="alternating rounds; the ratio is the median of per-round ratios")
     ap.add_argument("--steps", type=int, default=1, help="timed steps per round")
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = ap.parse_args()
 

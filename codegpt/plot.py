@@ -26,7 +26,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if val:
         ax.plot(*zip(*val), "o-", label="val loss")
     ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(f"codegpt run: {run_dir.name}")
+    ax.set_title(f"codegpt run: {run_dir}")
     ax.grid(alpha=0.3)
     ax.legend()
     ax_lr.plot(*zip(*lr), color="tab:green")
