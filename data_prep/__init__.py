@@ -1,0 +1,1 @@
+"""Data prep: raw Python sources -> filtered, deduplicated, decontaminated parquet shards."""

@@ -1,0 +1,1 @@
+"""Pluggable sources of raw Python files. Each yields ``RawFile`` records for its share of work."""
