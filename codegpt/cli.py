@@ -38,6 +38,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prep(args: argparse.Namespace) -> int:
+    from codegpt.config import ConfigError
+    from data_prep.config import load_prep_config
+    from data_prep.pipeline import run_prep
+
+    try:
+        cfg = load_prep_config(args.config, args.overrides)
+        stats = run_prep(cfg)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if stats is None:
+        print(f"submitted; run `codegpt prep {args.config} ...` again when the jobs finish")
+        return 0
+    print_funnel(stats)
+    print(f"wrote {cfg.output.dir}/data/*.parquet and {cfg.output.dir}/stats.json")
+    return 0
+
+
+def print_funnel(stats: dict) -> None:
+    inp = stats["inputs"]
+    print(f"inputs   {inp['files']:>8,} files {inp['bytes'] / 1e6:>10.1f} MB")
+    for stage, reasons in stats["rejected"].items():
+        for reason, v in reasons.items():
+            print(f"  - {stage}/{reason:<24s} {v['files']:>7,} files {v['bytes'] / 1e6:>9.1f} MB")
+    kept = stats["kept"]
+    print(f"kept     {kept['files']:>8,} files {kept['bytes'] / 1e6:>10.1f} MB")
+
+
 def cmd_show_config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -87,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="configs/train/NAME.yaml or a NAME under configs/train/")
     t.add_argument("overrides", nargs="*", help="section.field=value")
     t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("prep", help="data prep: sources -> filters -> dedup -> decontam -> parquet")
+    pr.add_argument("config", help="configs/data/NAME.yaml or a NAME under configs/data/")
+    pr.add_argument("overrides", nargs="*", help="section.field=value")
+    pr.set_defaults(func=cmd_prep)
 
     c = sub.add_parser("show-config", help="print a training config resolved with overrides")
     c.add_argument("config")

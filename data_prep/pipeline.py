@@ -1,0 +1,471 @@
+"""The data-prep pipeline as datatrove blocks, run by datatrove's executors.
+
+Three datatrove jobs, each a list of small blocks:
+
+1. ``tasks`` tasks:  SourceReader -> QualityFilter -> Decontaminate -> StageForDedup
+   Every input file is read, filtered and checked against HumanEval; survivors are written
+   to a per-task parquet file with their exact hash and MinHash signature.
+2. one task:        PlanDedup — exact and near duplicates over all signatures.
+3. ``tasks`` tasks:  WriteKept — the per-task survivors minus the planned removals, as the
+   final parquet shards.
+
+Each block records what it rejects (stage, reason, id, repo, path, size) in a per-task file;
+``summarize`` adds everything up into ``stats.json`` and checks that inputs = kept + rejected.
+Per-task outputs are written atomically at the end of a task, and datatrove skips completed
+tasks, so a killed run started again (with the same number of tasks) redoes only unfinished
+work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+
+from codegpt.io import atomic_write_json
+from data_prep.dedup import DedupConfig, MinHasher, exact_hash, plan_removals, shingles
+from data_prep.filters import FilterConfig, decode, first_failure
+
+log = logging.getLogger(__name__)
+
+SCHEMA = pa.schema([
+    ("text", pa.string()), ("id", pa.string()), ("source", pa.string()),
+    ("repo_name", pa.string()), ("path", pa.string()), ("license", pa.string()),
+    ("size", pa.int64()), ("sha256", pa.string()), ("stars", pa.int64()),
+    ("commit", pa.string()),
+])
+META_FIELDS = [f.name for f in SCHEMA if f.name not in ("text", "id")]
+SNIPPET_CHARS = 2000
+
+
+@dataclass
+class DecontamConfig:
+    enabled: bool = True
+    ngram: int = 13
+
+
+@dataclass
+class ExecutorConfig:
+    type: str = "local"          # local | slurm | ray
+    tasks: int = 2               # keep fixed across a resume
+    workers: int = -1            # local: parallel processes (-1: one per core, at most tasks)
+    slurm: dict = field(default_factory=dict)  # extra SlurmPipelineExecutor arguments
+    ray: dict = field(default_factory=dict)    # extra RayPipelineExecutor arguments
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/data/default"
+    reject_samples: int = 5      # rejected files kept per (stage, reason) for inspection
+
+
+@dataclass
+class PrepConfig:
+    sources: list = field(default_factory=lambda: [{"type": "local"}])
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    decontam: DecontamConfig = field(default_factory=DecontamConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+# --- helpers shared by the blocks --------------------------------------------------------------
+
+def build_sources(specs: list[dict]) -> list:
+    """Instantiate the configured sources; unknown types and arguments are clear errors."""
+    import difflib
+    import inspect
+
+    from codegpt.config import ConfigError
+    from data_prep.sources import registry
+
+    sources = []
+    for spec in specs:
+        spec = dict(spec)
+        kind = spec.pop("type", None)
+        cls = registry().get(kind)
+        if cls is None:
+            raise ConfigError(f"unknown source type {kind!r}; known: {', '.join(sorted(registry()))}")
+        params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        for key in spec:
+            if key not in params:
+                close = difflib.get_close_matches(key, params, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"unknown option '{key}' for source '{kind}'{hint}")
+        sources.append(cls(**spec))
+    return sources
+
+
+class RejectLog:
+    """A task's rejections for one stage, written atomically when the stage finishes."""
+
+    def __init__(self, work: Path, stage: str, rank: int, samples: int):
+        self.path = work / "rejects" / stage / f"{rank:05d}.jsonl"
+        self.stage, self.samples = stage, samples
+        self.records: list[dict] = []
+        self._sampled: Counter = Counter()
+
+    def add(self, reason: str, doc_id: str, meta: dict, text: str | None = None, **extra) -> None:
+        rec = {"stage": self.stage, "reason": reason, "id": doc_id,
+               **{k: meta.get(k) for k in ("source", "repo_name", "path", "size")}, **extra}
+        if text is not None and self._sampled[reason] < self.samples:
+            self._sampled[reason] += 1
+            rec["snippet"] = text[:SNIPPET_CHARS]
+        self.records.append(rec)
+
+    def close(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            for r in self.records:
+                f.write(json.dumps(r) + "\n")
+        os.replace(tmp, self.path)
+
+
+# --- job 1: read, filter, decontaminate, stage --------------------------------------------------
+
+class SourceReader(PipelineStep):
+    name = "📂 read sources"
+    type = "📖 - READER"
+
+    def __init__(self, sources: list[dict], work: str, samples: int, max_size_bytes: int):
+        super().__init__()
+        self.sources, self.work, self.samples = sources, Path(work), samples
+        self.max_size_bytes = max_size_bytes
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1):
+        from tqdm import tqdm
+
+        if data:
+            yield from data
+        rejects = RejectLog(self.work, "read", rank, self.samples)
+        inputs = {"files": 0, "bytes": 0}
+        bar = tqdm(desc=f"prep task {rank}", unit="file", position=rank % 8, leave=False,
+                   disable=None)
+        for source in build_sources(self.sources):
+            for raw in source.iter_files(rank, world_size):
+                bar.update(1)
+                size = int(raw.extra.get("size", len(raw.data) if raw.data is not None else 0))
+                inputs["files"] += 1
+                inputs["bytes"] += size
+                self.stat_update("inputs")
+                meta = {"source": raw.source, "repo_name": raw.repo_name, "path": raw.path,
+                        "license": raw.license, "size": size, "stars": raw.stars,
+                        "commit": raw.commit}
+                if raw.error or raw.data is None:
+                    rejects.add(raw.error or "unreadable", raw.id, meta)
+                    continue
+                if size >= self.max_size_bytes:  # before decoding a possibly cut-off prefix
+                    yield Document(text="", id=raw.id, metadata={**meta, "reject": "size_too_large"})
+                    continue
+                text, why = decode(raw.data)
+                if why:
+                    rejects.add(why, raw.id, meta)
+                    continue
+                import hashlib
+
+                meta["sha256"] = hashlib.sha256(raw.data).hexdigest()
+                yield Document(text=text, id=raw.id, metadata=meta)
+        bar.close()
+        rejects.close()
+        atomic_write_json(self.work / "inputs" / f"{rank:05d}.json", inputs)
+
+
+class QualityFilter(PipelineStep):
+    name = "🔍 quality filters"
+    type = "🔻 - FILTER"
+
+    def __init__(self, cfg: FilterConfig, work: str, samples: int):
+        super().__init__()
+        self.cfg, self.work, self.samples = cfg, Path(work), samples
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1):
+        rejects = RejectLog(self.work, "filter", rank, self.samples)
+        for doc in data:
+            reason = doc.metadata.pop("reject", None) or first_failure(
+                doc.text, doc.metadata["size"], self.cfg)
+            if reason:
+                self.stat_update(reason)
+                rejects.add(reason, doc.id, doc.metadata, doc.text)
+                continue
+            self.stat_update("kept")
+            yield doc
+        rejects.close()
+
+
+class Decontaminate(PipelineStep):
+    name = "🧪 HumanEval decontamination"
+    type = "🔻 - FILTER"
+
+    def __init__(self, cfg: DecontamConfig, work: str, samples: int):
+        super().__init__()
+        self.cfg, self.work, self.samples = cfg, Path(work), samples
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1):
+        rejects = RejectLog(self.work, "decontam", rank, self.samples)
+        checker = None
+        if self.cfg.enabled:
+            from data_prep.decontam import Decontaminator
+
+            checker = Decontaminator(ngram=self.cfg.ngram)
+        for doc in data:
+            reason = checker.check(doc.text) if checker else None
+            if reason:
+                self.stat_update("contaminated")
+                rejects.add(reason.split(":")[0], doc.id, doc.metadata, doc.text,
+                            detail=reason)
+                continue
+            yield doc
+        rejects.close()
+
+
+class StageForDedup(PipelineStep):
+    """Writes survivors with their exact hash and MinHash signature for the dedup planner."""
+
+    name = "🫂 stage for dedup"
+    type = "💽 - WRITER"
+
+    def __init__(self, cfg: DedupConfig, work: str):
+        super().__init__()
+        self.cfg, self.work = cfg, Path(work)
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1):
+        hasher = MinHasher(self.cfg.num_perm, self.cfg.seed) if self.cfg.near else None
+        out = self.work / "staged" / f"{rank:05d}.parquet"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        keys, hashes, sigs, batch = [], [], [], []
+        with pq.ParquetWriter(tmp, SCHEMA) as writer:
+            for doc in data:
+                m = doc.metadata
+                keys.append((m["source"], m["repo_name"], m["path"], doc.id))
+                hashes.append(exact_hash(doc.text))
+                if hasher is not None:
+                    sigs.append(hasher.signature(shingles(doc.text, self.cfg.ngram)))
+                batch.append({"text": doc.text, "id": doc.id, **{k: m.get(k) for k in META_FIELDS}})
+                if len(batch) >= 1000:
+                    writer.write_table(pa.Table.from_pylist(batch, SCHEMA))
+                    batch = []
+            if batch:
+                writer.write_table(pa.Table.from_pylist(batch, SCHEMA))
+        sig_arr = np.stack(sigs) if sigs else np.zeros((0, self.cfg.num_perm), np.uint32)
+        sig_path = self.work / "staged" / f"{rank:05d}.sig.npz"
+        with open(sig_path.with_suffix(".tmp"), "wb") as f:
+            np.savez(f, hashes=np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(-1, 16),
+                     sigs=sig_arr)
+        os.replace(sig_path.with_suffix(".tmp"), sig_path)
+        atomic_write_json(self.work / "staged" / f"{rank:05d}.keys.json", keys)
+        os.replace(tmp, out)  # the parquet last: its presence means the task's output is whole
+        return
+        yield  # a generator that yields nothing: the last block of the job
+
+
+# --- job 2: plan dedup ---------------------------------------------------------------------
+
+class PlanDedup(PipelineStep):
+    name = "🫂 plan exact + near dedup"
+    type = "🫂 - DEDUP"
+
+    def __init__(self, cfg: DedupConfig, work: str, tasks: int):
+        super().__init__()
+        self.cfg, self.work, self.tasks = cfg, Path(work), tasks
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1):
+        keys, hashes, sigs = [], [], []
+        for r in range(self.tasks):
+            keys.extend(map(tuple, json.loads((self.work / "staged" / f"{r:05d}.keys.json").read_text())))
+            with np.load(self.work / "staged" / f"{r:05d}.sig.npz") as z:
+                hashes.extend(bytes(h) for h in z["hashes"])
+                sigs.append(z["sigs"])
+        sig_arr = np.concatenate(sigs) if self.cfg.near and sigs else None
+        removed = plan_removals(keys, hashes, sig_arr, self.cfg)
+        plan = {keys[i][3]: {"reason": reason, "kept": keys[j][3]}
+                for i, (reason, j) in sorted(removed.items())}
+        atomic_write_json(self.work / "dedup_removed.json", plan)
+        self.stat_update("exact_duplicate", value=sum(r == "exact_duplicate" for r, _ in removed.values()))
+        self.stat_update("near_duplicate", value=sum(r == "near_duplicate" for r, _ in removed.values()))
+        return
+        yield
+
+
+# --- job 3: write the kept documents -----------------------------------------------------------
+
+class WriteKept(PipelineStep):
+    name = "💾 write kept documents"
+    type = "💽 - WRITER"
+
+    def __init__(self, work: str, out: str, samples: int):
+        super().__init__()
+        self.work, self.out, self.samples = Path(work), Path(out), samples
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1):
+        plan = json.loads((self.work / "dedup_removed.json").read_text())
+        table = pq.read_table(self.work / "staged" / f"{rank:05d}.parquet")
+        ids = table.column("id").to_pylist()
+        keep = np.array([i not in plan for i in ids], dtype=bool)
+        rejects = RejectLog(self.work, "dedup", rank, self.samples)
+        for row in table.filter(pa.array(~keep)).to_pylist():
+            info = plan[row["id"]]
+            rejects.add(info["reason"], row["id"], row, row["text"], kept=info["kept"])
+        rejects.close()
+        kept = table.filter(pa.array(keep))
+        dest = self.out / "data" / f"{rank:05d}.parquet"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(".tmp")
+        pq.write_table(kept, tmp)
+        os.replace(tmp, dest)
+        self.stat_update("kept", value=kept.num_rows)
+        return
+        yield
+
+
+# --- running and summarising -------------------------------------------------------------------
+
+def make_executors(cfg: PrepConfig) -> list:
+    out = Path(cfg.output.dir)
+    work = str(out / "work")
+    tasks = cfg.executor.tasks
+    samples = cfg.output.reject_samples
+    jobs = [
+        ("1_filter", [SourceReader(cfg.sources, work, samples, cfg.filters.max_size_bytes),
+                      QualityFilter(cfg.filters, work, samples),
+                      Decontaminate(cfg.decontam, work, samples),
+                      StageForDedup(cfg.dedup, work)], tasks),
+        ("2_dedup", [PlanDedup(cfg.dedup, work, tasks)], 1),
+        ("3_write", [WriteKept(work, str(out), samples)], tasks),
+    ]
+    executors = []
+    kind = cfg.executor.type
+    for name, pipeline, n in jobs:
+        logs = str(out / "logs" / name)
+        prev = executors[-1] if executors else None
+        if kind == "local":
+            from datatrove.executor import LocalPipelineExecutor
+
+            workers = cfg.executor.workers
+            if workers == -1:
+                workers = min(n, os.cpu_count() or 1)
+            executors.append(LocalPipelineExecutor(pipeline=pipeline, tasks=n, workers=workers,
+                                                   logging_dir=logs, depends=prev))
+        elif kind == "slurm":
+            from datatrove.executor import SlurmPipelineExecutor
+
+            opts = {"time": "04:00:00", "partition": "cpu", "cpus_per_task": 1, **cfg.executor.slurm}
+            executors.append(SlurmPipelineExecutor(pipeline=pipeline, tasks=n, logging_dir=logs,
+                                                   job_name=f"codegpt-prep-{name}",
+                                                   depends=prev, **opts))
+        elif kind == "ray":
+            from datatrove.executor import RayPipelineExecutor
+
+            executors.append(RayPipelineExecutor(pipeline=pipeline, tasks=n, logging_dir=logs,
+                                                 depends=prev, **cfg.executor.ray))
+        else:
+            from codegpt.config import ConfigError
+
+            raise ConfigError(f"executor.type must be local, slurm or ray, got {kind!r}")
+    return executors
+
+
+def run_prep(cfg: PrepConfig) -> dict | None:
+    """Run the three jobs and summarise. On Slurm the jobs are submitted; summarise later."""
+    out = Path(cfg.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_task_count(out, cfg.executor.tasks)
+    executors = make_executors(cfg)
+    executors[-1].run()  # runs its dependencies first
+    if cfg.executor.type == "slurm":
+        return None
+    return summarize(out, cfg)
+
+
+def _check_task_count(out: Path, tasks: int) -> None:
+    """Completion markers are per task: a resume with another task count would mix outputs."""
+    marker = out / "work" / "tasks.json"
+    if marker.exists():
+        before = json.loads(marker.read_text())["tasks"]
+        if before != tasks:
+            from codegpt.config import ConfigError
+
+            raise ConfigError(f"{out} was started with executor.tasks={before}; resume with the same "
+                              f"number, or choose a new output.dir")
+    else:
+        atomic_write_json(marker, {"tasks": tasks})
+
+
+def _read_jsonl(path: Path) -> Iterator[dict]:
+    with open(path) as f:
+        for line in f:
+            yield json.loads(line)
+
+
+def summarize(out: str | Path, cfg: PrepConfig) -> dict:
+    """stats.json: inputs, kept, rejections by stage and reason (files and bytes), samples."""
+    out = Path(out)
+    work = out / "work"
+    tasks = cfg.executor.tasks
+    inputs = {"files": 0, "bytes": 0}
+    for r in range(tasks):
+        d = json.loads((work / "inputs" / f"{r:05d}.json").read_text())
+        inputs["files"] += d["files"]
+        inputs["bytes"] += d["bytes"]
+    rejected: dict = defaultdict(lambda: defaultdict(lambda: {"files": 0, "bytes": 0}))
+    samples: dict = defaultdict(list)
+    for stage in ("read", "filter", "decontam", "dedup"):
+        for r in range(tasks):
+            path = work / "rejects" / stage / f"{r:05d}.jsonl"
+            if not path.exists():
+                continue
+            for rec in _read_jsonl(path):
+                slot = rejected[stage][rec["reason"]]
+                slot["files"] += 1
+                slot["bytes"] += rec.get("size") or 0
+                samples[(stage, rec["reason"])].append(rec)
+    kept_files, kept_bytes = 0, 0
+    for r in range(tasks):
+        meta = pq.read_table(out / "data" / f"{r:05d}.parquet", columns=["size"])
+        kept_files += meta.num_rows
+        kept_bytes += int(pa.compute.sum(meta.column("size")).as_py() or 0)
+    n_rejected = sum(v["files"] for s in rejected.values() for v in s.values())
+    stats = {
+        "inputs": inputs,
+        "kept": {"files": kept_files, "bytes": kept_bytes},
+        "rejected": {s: dict(sorted(v.items())) for s, v in rejected.items()},
+        "rejected_files": n_rejected,
+        "accounted": kept_files + n_rejected == inputs["files"],
+        "config": _plain(cfg),
+    }
+    if not stats["accounted"]:
+        raise RuntimeError(f"accounting error: {inputs['files']} inputs but {kept_files} kept + "
+                           f"{n_rejected} rejected; see {work}")
+    _write_samples(out / "rejected", samples, cfg.output.reject_samples)
+    atomic_write_json(out / "stats.json", stats)
+    return stats
+
+
+def _write_samples(folder: Path, samples: dict, k: int) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for (stage, reason), recs in sorted(samples.items()):
+        recs = sorted(recs, key=lambda r: r["id"])
+        with_text = [r for r in recs if "snippet" in r][:k] or recs[:k]
+        with open(folder / f"{stage}__{reason}.jsonl", "w") as f:
+            for r in with_text:
+                f.write(json.dumps(r) + "\n")
+
+
+def _plain(obj: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
