@@ -13,6 +13,12 @@ def registry() -> dict:
     except ImportError:
         pass
     try:
+        from data_prep.sources.github import GitHubSource
+
+        kinds["github"] = GitHubSource
+    except ImportError:
+        pass
+    try:
         from data_prep.sources.hf import HFSource
 
         kinds["hf"] = HFSource
