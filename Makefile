@@ -7,16 +7,18 @@ PIP    := $(PY) -m pip
 TORCH_CPU_VERSION ?= 2.13.0
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
+DATA_CONFIG ?= configs/data/default.yaml
 TRAIN_CONFIG ?= configs/train/smoke.yaml
 ARGS ?=
 RUNS ?= runs
 
-.PHONY: install test test-fast demo train shards-bytes bench-train clean help
+.PHONY: install test test-fast demo data train bench-train bench-prep clean help
 
 help:
 	@echo "make install   create $(VENV) and install codegpt with dev extras"
 	@echo "make test      run the test suite on CPU"
 	@echo "make demo      run the pipeline end to end on CPU (what is built so far)"
+	@echo "make data      data prep with DATA_CONFIG=$(DATA_CONFIG) ARGS='section.field=value ...'"
 	@echo "make train     train with TRAIN_CONFIG=$(TRAIN_CONFIG) ARGS='section.field=value ...'"
 	@echo "make bench-train   training-step throughput vs transformers' GPT-2"
 
@@ -37,10 +39,16 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# Until the BPE tokenizer stage lands, the demo trains on byte-level token shards of the
-# interpreter's own standard library (vocabulary 256 bytes + <|endoftext|>).
-$(RUNS)/demo/tokens/meta.json: | install
-	$(VENV)/bin/codegpt shards-bytes --out $(RUNS)/demo/tokens --max-mb 8
+data: install
+	$(VENV)/bin/codegpt prep $(DATA_CONFIG) $(ARGS)
+
+# The demo: data prep on the interpreter's own files, then (until the BPE tokenizer stage
+# lands) byte-level token shards of the kept documents, the smoke training run and its plot.
+$(RUNS)/demo/data/stats.json: | install
+	$(VENV)/bin/codegpt prep configs/data/default.yaml output.dir=$(RUNS)/demo/data
+
+$(RUNS)/demo/tokens/meta.json: $(RUNS)/demo/data/stats.json
+	$(VENV)/bin/codegpt shards-bytes --parquet $(RUNS)/demo/data/data --out $(RUNS)/demo/tokens --max-mb 8
 
 demo: install $(RUNS)/demo/tokens/meta.json
 	$(VENV)/bin/codegpt train configs/train/smoke.yaml data.dir=$(RUNS)/demo/tokens run.dir=$(RUNS)/demo/train $(ARGS)
@@ -51,6 +59,9 @@ train: install
 
 bench-train: install
 	$(PY) bench/bench_train_step.py $(ARGS)
+
+bench-prep: install
+	$(PY) bench/bench_prep.py
 
 clean:
 	rm -rf $(RUNS)

@@ -110,6 +110,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t1, s1 = run_pipeline(Path(tmp) / "t1", 1, same_work)
         t2, s2 = run_pipeline(Path(tmp) / "t2", 2, same_work)
+        t_full1, _ = run_pipeline(Path(tmp) / "full1", 1, [])
         t_full, full = run_pipeline(Path(tmp) / "full", 2, [])
 
     def row(name, secs, kept):
@@ -119,13 +120,16 @@ def main() -> None:
     rows = [row("plain loop (1 process)", t_ref, ref["kept"]),
             row("pipeline, 1 task", t1, s1["kept"]["files"]),
             row("pipeline, 2 tasks", t2, s2["kept"]["files"]),
-            row("full pipeline (near dedup + decontam), 2 tasks", t_full, full["kept"]["files"])]
+            row("full pipeline (+ near dedup, decontam), 1 task", t_full1, full["kept"]["files"]),
+            row("full pipeline (+ near dedup, decontam), 2 tasks", t_full, full["kept"]["files"])]
     for r in rows:
         print(f"  {r['name']:48s} {r['seconds']:7.1f} s {r['files_per_s']:8.0f} files/s "
               f"{r['mb_per_s']:6.1f} MB/s  kept {r['kept']:,}")
     speedup = t_ref / t2
     scaling = t1 / t2
-    print(f"  speedup of 2 tasks over the plain loop: {speedup:.2f}x; 2 tasks over 1: {scaling:.2f}x")
+    full_scaling = t_full1 / t_full
+    print(f"  speedup of 2 tasks over the plain loop: {speedup:.2f}x; 2 tasks over 1: {scaling:.2f}x "
+          f"(full pipeline: {full_scaling:.2f}x)")
     funnel = {f"{stage}/{reason}": v for stage, rs in full["rejected"].items() for reason, v in rs.items()}
     for k, v in funnel.items():
         print(f"    - {k:36s} {v['files']:7,} files {v['bytes'] / 1e6:8.1f} MB")
@@ -133,6 +137,7 @@ def main() -> None:
         "benchmark": "prep", "date": date.today().isoformat(), "cpu": cpu_name(),
         "cores": os.cpu_count(), "files": len(paths), "bytes": total_bytes, "rows": rows,
         "speedup_vs_plain_loop": speedup, "scaling_2_over_1": scaling,
+        "full_scaling_2_over_1": full_scaling,
         "full_funnel": {"inputs": full["inputs"], "kept": full["kept"], "rejected": funnel},
         "command": "python bench/bench_prep.py",
     }

@@ -92,9 +92,14 @@ def cmd_show_config(args: argparse.Namespace) -> int:
 
 
 def cmd_shards_bytes(args: argparse.Namespace) -> int:
-    from codegpt.shards import write_byte_shards
+    from codegpt.shards import ShardError, parquet_documents, write_byte_shards
 
-    meta = write_byte_shards(args.out, max_mb=args.max_mb, seed=args.seed)
+    try:
+        docs = parquet_documents(args.parquet) if args.parquet else None
+        meta = write_byte_shards(args.out, docs, max_mb=args.max_mb, seed=args.seed)
+    except ShardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     for split, info in meta["splits"].items():
         print(f"{split}: {info['documents']} files, {info['tokens']:,} tokens")
     return 0
@@ -129,8 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_show_config)
 
     s = sub.add_parser("shards-bytes",
-                       help="byte-level token shards of the standard library (demo data)")
+                       help="byte-level token shards (demo data until the BPE tokenizer lands)")
     s.add_argument("--out", required=True)
+    s.add_argument("--parquet", default=None,
+                   help="data prep's parquet folder (default: the standard library's files)")
     s.add_argument("--max-mb", type=float, default=8.0)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_shards_bytes)

@@ -177,36 +177,50 @@ def stdlib_python_files() -> list[Path]:
     return sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and p.is_file())
 
 
-def _repo_of(path: Path, root: Path) -> str:
-    rel = path.relative_to(root)
-    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+def stdlib_documents(files: list[Path] | None = None) -> Iterator[tuple[str, bytes]]:
+    """(repository, bytes) of standard-library files; the repository is the top-level package."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for path in files if files is not None else stdlib_python_files():
+        try:
+            rel = path.relative_to(root)
+            repo = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        except ValueError:
+            repo = path.parent.name
+        try:
+            yield repo, path.read_bytes()
+        except OSError:
+            continue
 
 
-def write_byte_shards(out_dir: str | Path, files: list[Path] | None = None, max_mb: float = 8.0,
-                      val_fraction: float = 0.05, seed: int = 0,
+def parquet_documents(folder: str | Path) -> Iterator[tuple[str, bytes]]:
+    """(repo_name, UTF-8 bytes) of the documents in data prep's parquet shards."""
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(folder).glob("*.parquet"))
+    if not files:
+        raise ShardError(f"no parquet shards in {folder} (run `codegpt prep` / `make data` first)")
+    for f in files:
+        table = pq.read_table(f, columns=["repo_name", "text"])
+        for repo, text in zip(table.column("repo_name").to_pylist(), table.column("text").to_pylist()):
+            yield repo, text.encode("utf-8", "surrogatepass")
+
+
+def write_byte_shards(out_dir: str | Path, documents: Iterable[tuple[str, bytes]] | None = None,
+                      max_mb: float = 8.0, val_fraction: float = 0.05, seed: int = 0,
                       tokens_per_shard: int = 1_000_000) -> dict:
-    """Byte-level token shards of Python files, split into train/val by top-level package."""
+    """Byte-level token shards of (repository, bytes) documents, split into train/val by
+    repository (no repository in both), in a seeded shuffled order, up to ``max_mb``."""
     from tqdm import tqdm
 
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = list(files) if files is not None else stdlib_python_files()
-    if not files:
-        raise ShardError("no Python files to encode")
-    random.Random(seed).shuffle(files)
+    docs = [d for d in (documents if documents is not None else stdlib_documents()) if d[1]]
+    if not docs:
+        raise ShardError("no documents to encode")
+    docs.sort()
+    random.Random(seed).shuffle(docs)
     writers = {s: ShardWriter(out_dir, s, BYTE_VOCAB, BYTE_EOT, tokens_per_shard) for s in SPLITS}
     budget = int(max_mb * 1e6)
     used = 0
-    for path in tqdm(files, desc="byte shards", unit="file"):
-        try:
-            data = path.read_bytes()
-        except OSError:
-            continue
-        if not data:
-            continue
-        try:
-            repo = _repo_of(path, root)
-        except ValueError:
-            repo = path.parent.name
+    for repo, data in tqdm(docs, desc="byte shards", unit="doc"):
         bucket = int(hashlib.sha256(repo.encode()).hexdigest(), 16) % 1000
         split = "val" if bucket < val_fraction * 1000 else "train"
         writers[split].add(np.frombuffer(data, dtype=np.uint8))

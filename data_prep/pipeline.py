@@ -60,6 +60,7 @@ class ExecutorConfig:
     type: str = "local"          # local | slurm | ray
     tasks: int = 2               # keep fixed across a resume
     workers: int = -1            # local: parallel processes (-1: one per core, at most tasks)
+    start_method: str = "fork"   # local: fork starts workers in milliseconds; spawn/forkserver
     slurm: dict = field(default_factory=dict)  # extra SlurmPipelineExecutor arguments
     ray: dict = field(default_factory=dict)    # extra RayPipelineExecutor arguments
 
@@ -357,7 +358,8 @@ def make_executors(cfg: PrepConfig) -> list:
             if workers == -1:
                 workers = min(n, os.cpu_count() or 1)
             executors.append(LocalPipelineExecutor(pipeline=pipeline, tasks=n, workers=workers,
-                                                   logging_dir=logs, depends=prev))
+                                                   logging_dir=logs, depends=prev,
+                                                   start_method=cfg.executor.start_method))
         elif kind == "slurm":
             from datatrove.executor import SlurmPipelineExecutor
 

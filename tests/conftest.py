@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from codegpt.shards import stdlib_python_files, write_byte_shards
+from codegpt.shards import stdlib_documents, write_byte_shards
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "train" / "smoke.yaml"
@@ -15,7 +15,7 @@ SMOKE = REPO / "configs" / "train" / "smoke.yaml"
 def token_dir(tmp_path_factory) -> Path:
     """Byte-level token shards of ~2 MB of the standard library (train + val)."""
     out = tmp_path_factory.mktemp("tokens")
-    write_byte_shards(out, files=stdlib_python_files(), max_mb=2.0, seed=0,
+    write_byte_shards(out, stdlib_documents(), max_mb=2.0, seed=0,
                       tokens_per_shard=400_000)
     return out
 

@@ -204,3 +204,17 @@ def test_config_errors_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'roots'"):
         run_prep(load_prep_config("default", ["sources=[{type: local, root: [x]}]",
                                               f"output.dir={tmp_path}/b"]))
+
+
+def test_the_same_pipeline_builds_for_slurm(tmp_path):
+    from datatrove.executor import SlurmPipelineExecutor
+
+    from data_prep.pipeline import make_executors
+
+    cfg = load_prep_config("default", [
+        f"output.dir={tmp_path}", "executor.type=slurm", "executor.tasks=64",
+        "executor.slurm={partition: cpu, time: '02:00:00', cpus_per_task: 4}"])
+    jobs = make_executors(cfg)  # built, not submitted
+    assert [type(j) for j in jobs] == [SlurmPipelineExecutor] * 3
+    assert [j.world_size for j in jobs] == [64, 1, 64]
+    assert jobs[0].partition == "cpu" and jobs[1].depends is jobs[0]
