@@ -218,3 +218,38 @@ def test_the_same_pipeline_builds_for_slurm(tmp_path):
     assert [type(j) for j in jobs] == [SlurmPipelineExecutor] * 3
     assert [j.world_size for j in jobs] == [64, 1, 64]
     assert jobs[0].partition == "cpu" and jobs[1].depends is jobs[0]
+
+
+def test_git_and_local_sources_together_with_license_rejections(tmp_path):
+    """Data prep over a git repository (cloned through file://), a GPL one and a missing one."""
+    from test_source_git import GPL_3, HAVE_GIT, MIT, make_repo
+
+    if not HAVE_GIT:
+        pytest.skip("git is not installed")
+    import textwrap as tw_module
+
+    good, _ = make_repo(tmp_path / "remotes", "good", {"pkg/a.py": inspect.getsource(tw_module),
+                                                       "pkg/b.py": "x = 1\n"}, MIT)
+    gpl, _ = make_repo(tmp_path / "remotes", "gpl", {"c.py": "y = 2\n"}, GPL_3)
+    local = tmp_path / "local"
+    write(local / "repo" / "copy_of_a.py", inspect.getsource(tw_module))
+    out = tmp_path / "out"
+    import yaml
+
+    config = tmp_path / "sources.yaml"
+    config.write_text(yaml.safe_dump({"sources": [
+        {"type": "local", "roots": [str(local)]},
+        {"type": "git", "urls": [good, gpl, (tmp_path / "remotes" / "missing").as_uri()],
+         "cache_dir": str(tmp_path / "clones"), "retries": 0}]}))
+    cfg = load_prep_config(config, [f"output.dir={out}", "decontam.enabled=false"])
+    stats = run_prep(cfg)
+    assert stats["accounted"] and stats["inputs"]["files"] == 5  # 3 files + 2 repo-level records
+    reasons = {r: v["files"] for s in stats["rejected"].values() for r, v in s.items()}
+    assert reasons["clone_failed"] == 1
+    assert reasons["exact_duplicate"] == 1
+    assert any(r.startswith("license_not_allowed") for r in reasons)
+    rows = {r["path"]: r for r in kept_rows(out)}
+    assert rows["pkg/b.py"]["source"] == "git" and rows["pkg/b.py"]["license"] == "mit"
+    assert len(rows["pkg/b.py"]["commit"]) == 40
+    # of the two identical copies, the one whose (source, repo_name, path) sorts first is kept
+    assert "pkg/a.py" in rows and "repo/copy_of_a.py" not in rows
