@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -25,20 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import cpu_name  # noqa: E402  (bench/ is on sys.path as the script folder)
+
 from codegpt.config import CONFIG_ROOT, from_dict, read_yaml  # noqa: E402
 from codegpt.flops import flops_per_token, peak_flops  # noqa: E402
 from codegpt.model import GPT, ModelConfig  # noqa: E402
 from codegpt.optim import build_optimizer  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_ours(cfg: ModelConfig, device, fused: bool):

@@ -21,7 +21,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 
 from codegpt import checkpoint as ckpt
 from codegpt.config import ConfigError, to_dict
-from codegpt.data import DataPosition, DistributedBatches, plan_batch, val_batches
+from codegpt.data import DistributedBatches, plan_batch, val_batches
 from codegpt.flops import flops_per_token, mfu, peak_flops
 from codegpt.io import atomic_write_json, atomic_write_text
 from codegpt.metrics import MetricsLogger

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from codegpt.data import (BatchConfigError, DataPosition, DistributedBatches, plan_batch,
+from codegpt.data import (BatchConfigError, DistributedBatches, plan_batch,
                           val_batches)
 from codegpt.shards import SequenceIndex, ShardWriter, write_meta
 

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from codegpt.flops import flops_per_token, mfu, n_params, peak_flops
 from codegpt.model import GPT, ModelConfig

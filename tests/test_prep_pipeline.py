@@ -3,7 +3,6 @@
 import inspect
 import json
 import os
-import textwrap
 from pathlib import Path
 
 import pyarrow.parquet as pq

@@ -271,7 +271,9 @@ def test_unreadable_file(tmp_path, monkeypatch):
     def deny(*args, **kwargs):  # a mode check would not stop root, so refuse the open itself
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(gitmod, "open", deny, raising=False)
+    from data_prep.sources import base
+
+    monkeypatch.setattr(base, "open", deny, raising=False)
     rec = gitmod.read_file(tmp_path, "locked.py", 100)
     assert (rec.error, rec.data) == ("unreadable", None)
 

@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import math
 import signal
 import socket
 import subprocess

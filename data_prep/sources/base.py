@@ -11,10 +11,16 @@ share, deterministically (the same files for the same rank and world size, in th
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
+import stat
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,3 +54,30 @@ class Source(ABC):
 def shard(items: list, rank: int, world_size: int) -> list:
     """Every world_size-th item starting at rank: an even, deterministic split of a sorted list."""
     return items[rank::world_size]
+
+
+def read_bounded(rec: RawFile, path: Path, max_read_bytes: int) -> RawFile:
+    """Fill ``rec`` from a regular file, reading at most ``max_read_bytes`` + 1 bytes.
+
+    ``extra["size"]`` gets the real size, so a huge file is rejected by size without being
+    read whole. FIFOs and devices (which would block or never end), vanished files, symlink
+    loops and unreadable files become error records instead of exceptions.
+    """
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            rec.error = "not_regular_file"
+            return rec
+        with open(path, "rb") as f:
+            rec.data = f.read(max_read_bytes + 1)
+        rec.extra["size"] = max(st.st_size, len(rec.data))
+    except OSError as e:
+        rec.data = None
+        if e.errno == errno.ELOOP:
+            rec.error = "symlink_loop"
+        elif e.errno == errno.ENOENT:
+            rec.error = "broken_symlink" if path.is_symlink() else "vanished"
+        else:
+            rec.error = "unreadable"
+            log.warning("cannot read %s: %s", path, e)
+    return rec

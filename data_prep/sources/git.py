@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 from urllib.parse import urlparse
 
 from codegpt.io import atomic_write_json
-from data_prep.sources.base import RawFile, Source, shard
+from data_prep.sources.base import RawFile, Source, read_bounded, shard
 
 log = logging.getLogger(__name__)
 
@@ -478,19 +478,5 @@ def read_file(root: Path, rel: str, max_read_bytes: int) -> RawFile:
         rec.error = _symlink_problem(path, os.path.realpath(root))
         if rec.error:
             return rec
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            rec.data = f.read(max_read_bytes + 1)
-        rec.extra["size"] = max(size, len(rec.data))
-    except OSError as e:
-        rec.data = None
-        if e.errno == errno.ELOOP:
-            rec.error = "symlink_loop"
-        elif e.errno == errno.ENOENT:
-            rec.error = "broken_symlink" if path.is_symlink() else "vanished"
-        else:
-            rec.error = "unreadable"
-            log.warning("cannot read %s: %s", path, e)
-    return rec
+    return read_bounded(rec, path, max_read_bytes)
 

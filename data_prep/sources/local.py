@@ -11,12 +11,11 @@ import errno
 import logging
 import os
 import site
-import stat
 import sysconfig
 from pathlib import Path
 from typing import Iterator
 
-from data_prep.sources.base import RawFile, Source, shard
+from data_prep.sources.base import RawFile, Source, read_bounded, shard
 
 log = logging.getLogger(__name__)
 
@@ -74,32 +73,13 @@ class LocalSource(Source):
         rel = path.relative_to(root)
         top = rel.parts[0] if len(rel.parts) > 1 else rel.stem
         rec = RawFile(source="local", repo_name=f"{label}/{top}", path=rel.as_posix(), data=None)
-        try:
-            if path.is_symlink():
-                try:
-                    path.resolve(strict=True)
-                except RuntimeError:
-                    rec.error = "symlink_loop"
-                    return rec
-                except OSError as e:
-                    rec.error = "symlink_loop" if e.errno == errno.ELOOP else "broken_symlink"
-                    return rec
-            st = path.stat()
-            if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block or never end
-                rec.error = "not_regular_file"
-                return rec
-            size = st.st_size
-            with open(path, "rb") as f:
-                rec.data = f.read(self.max_read_bytes + 1)
-            rec.extra["size"] = max(size, len(rec.data))
-        except OSError as e:
-            if e.errno == errno.ELOOP:
+        if path.is_symlink():
+            try:
+                path.resolve(strict=True)
+            except RuntimeError:
                 rec.error = "symlink_loop"
-            elif e.errno == errno.ENOENT:
-                rec.error = "broken_symlink" if path.is_symlink() else "vanished"
-            else:
-                rec.error = "unreadable"
-                log.warning("cannot read %s: %s", path, e)
-            rec.data = None
-        return rec
-
+                return rec
+            except OSError as e:
+                rec.error = "symlink_loop" if e.errno == errno.ELOOP else "broken_symlink"
+                return rec
+        return read_bounded(rec, path, self.max_read_bytes)
