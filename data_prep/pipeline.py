@@ -383,7 +383,7 @@ def run_prep(cfg: PrepConfig) -> dict | None:
     """Run the three jobs and summarise. On Slurm the jobs are submitted; summarise later."""
     out = Path(cfg.output.dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_task_count(out, cfg.executor.tasks)
+    _check_resume(out, cfg)
     executors = make_executors(cfg)
     executors[-1].run()  # runs its dependencies first
     if cfg.executor.type == "slurm":
@@ -391,18 +391,31 @@ def run_prep(cfg: PrepConfig) -> dict | None:
     return summarize(out, cfg)
 
 
-def _check_task_count(out: Path, tasks: int) -> None:
-    """Completion markers are per task: a resume with another task count would mix outputs."""
-    marker = out / "work" / "tasks.json"
-    if marker.exists():
-        before = json.loads(marker.read_text())["tasks"]
-        if before != tasks:
-            from codegpt.config import ConfigError
+def _resume_key(cfg: PrepConfig) -> dict:
+    """What must not change between a run and its resume (how it is executed may)."""
+    plain = _plain(cfg)
+    plain["executor"] = {"tasks": cfg.executor.tasks}
+    plain["output"] = {}
+    return json.loads(json.dumps(plain))
 
-            raise ConfigError(f"{out} was started with executor.tasks={before}; resume with the same "
-                              f"number, or choose a new output.dir")
-    else:
-        atomic_write_json(marker, {"tasks": tasks})
+
+def _check_resume(out: Path, cfg: PrepConfig) -> None:
+    """Completion markers are per task and outputs per config: refuse to mix two runs."""
+    from codegpt.config import ConfigError
+
+    marker = out / "work" / "run.json"
+    key = _resume_key(cfg)
+    if not marker.exists():
+        atomic_write_json(marker, key)
+        return
+    before = json.loads(marker.read_text())
+    if before["executor"]["tasks"] != cfg.executor.tasks:
+        raise ConfigError(f"{out} was started with executor.tasks={before['executor']['tasks']}; "
+                          "resume with the same number, or choose a new output.dir")
+    if before != key:
+        changed = sorted(k for k in key if key[k] != before.get(k))
+        raise ConfigError(f"{out} was made with a different config (changed: {', '.join(changed)}); "
+                          "choose a new output.dir, or delete it to start over")
 
 
 def _read_jsonl(path: Path) -> Iterator[dict]:

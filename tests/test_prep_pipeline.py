@@ -184,13 +184,16 @@ def test_a_killed_run_redoes_only_unfinished_tasks(corpus, tmp_path):
     assert again == stats
 
 
-def test_resume_with_another_task_count_is_refused(corpus, tmp_path):
+def test_resume_with_another_task_count_or_config_is_refused(corpus, tmp_path):
     from codegpt.config import ConfigError
 
     root, _ = corpus
     prep(root, tmp_path, 2, "decontam.enabled=false")
     with pytest.raises(ConfigError, match="executor.tasks=2"):
         prep(root, tmp_path, 1, "decontam.enabled=false")
+    with pytest.raises(ConfigError, match=r"different config \(changed: dedup\)"):
+        prep(root, tmp_path, 2, "decontam.enabled=false", "dedup.threshold=0.9")
+    prep(root, tmp_path, 2, "decontam.enabled=false", "executor.workers=1")  # how, not what
 
 
 def test_config_errors_name_the_problem(tmp_path):
