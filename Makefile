@@ -12,7 +12,7 @@ TRAIN_CONFIG ?= configs/train/smoke.yaml
 ARGS ?=
 RUNS ?= runs
 
-.PHONY: install test test-fast demo data train bench-train bench-prep clean help
+.PHONY: install test test-fast demo data tokenizer train bench-train bench-prep clean help
 
 help:
 	@echo "make install   create $(VENV) and install codegpt with dev extras"
@@ -41,6 +41,9 @@ test-fast: install
 
 data: install
 	$(VENV)/bin/codegpt prep $(DATA_CONFIG) $(ARGS)
+
+tokenizer: install
+	$(VENV)/bin/codegpt tokenizer configs/tokenizer/default.yaml $(ARGS)
 
 # The demo: data prep on the interpreter's own files, then (until the BPE tokenizer stage
 # lands) byte-level token shards of the kept documents, the smoke training run and its plot.

@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("overrides", nargs="*", help="section.field=value")
     pr.set_defaults(func=cmd_prep)
 
+    from codegpt.tokenizer import add_parser as add_tokenizer_parser
+
+    add_tokenizer_parser(sub)  # codegpt tokenizer CONFIG [field=value ...]
+
     c = sub.add_parser("show-config", help="print a training config resolved with overrides")
     c.add_argument("config")
     c.add_argument("overrides", nargs="*")

@@ -11,6 +11,10 @@ Why each piece is there:
 * **Explicit whitespace tokens** (runs of 2..32 spaces, 1..8 tabs, optionally "\\n" + 4k
   spaces) are added tokens: matched on the raw text before BPE, so an indentation run is one
   token however deep, without spending merges on it (Codex reported ~30% fewer tokens on code).
+  Measured (40 MB sample, 31.5 MB held-out packages): space/tab runs alone cost compression
+  (3.49 bytes/token) because they cut "\\n" from the indentation after it; the "\\n" + 4k
+  spaces tokens win it back (3.74). The same BPE with no whitespace tokens scores 3.79,
+  GPT-2's split 3.59, cl100k_base 3.87; set ``space_runs: []`` and ``tab_runs: []`` for that.
 
 Token ids: the special tokens come first, ``<|endoftext|>`` = 0 then the four reserved FIM
 tokens 1..4; then the 256 byte symbols and the learned merges; the whitespace tokens last. The
@@ -88,7 +92,7 @@ class TokenizerConfig:
     pre_tokenizer: str = "code"                 # code | gpt2
     space_runs: list[int] = field(default_factory=lambda: [2, 32])  # [min, max]; [] for none
     tab_runs: list[int] = field(default_factory=lambda: [1, 8])
-    newline_indent: int = 0                     # N>0: add "\n" + k*indent_width spaces, k=1..N
+    newline_indent: int = 8                     # N>0: add "\n" + k*indent_width spaces, k=1..N
     indent_width: int = 4
     model_max_length: int = 2048                # written to tokenizer_config.json for transformers
 
