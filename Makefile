@@ -12,7 +12,7 @@ TRAIN_CONFIG ?= configs/train/smoke.yaml
 ARGS ?=
 RUNS ?= runs
 
-.PHONY: install test test-fast demo data tokenizer train bench-train bench-prep clean help
+.PHONY: install test test-fast demo data tokenizer tokens train bench-train bench-prep clean help
 
 help:
 	@echo "make install   create $(VENV) and install codegpt with dev extras"
@@ -45,17 +45,28 @@ data: install
 tokenizer: install
 	$(VENV)/bin/codegpt tokenizer configs/tokenizer/default.yaml $(ARGS)
 
-# The demo: data prep on the interpreter's own files, then (until the BPE tokenizer stage
-# lands) byte-level token shards of the kept documents, the smoke training run and its plot.
-$(RUNS)/demo/data/stats.json: | install
-	$(VENV)/bin/codegpt prep configs/data/default.yaml output.dir=$(RUNS)/demo/data
+tokens: install
+	$(VENV)/bin/codegpt tokenize configs/tokens/default.yaml $(ARGS)
 
-$(RUNS)/demo/tokens/meta.json: $(RUNS)/demo/data/stats.json
-	$(VENV)/bin/codegpt shards-bytes --parquet $(RUNS)/demo/data/data --out $(RUNS)/demo/tokens --max-mb 8
+# The demo, on CPU: data prep on the interpreter's own files, a small BPE tokenizer trained on
+# them, token shards of 8 MB of the kept documents, the smoke training run and its plot.
+DEMO := $(RUNS)/demo
 
-demo: install $(RUNS)/demo/tokens/meta.json
-	$(VENV)/bin/codegpt train configs/train/smoke.yaml data.dir=$(RUNS)/demo/tokens run.dir=$(RUNS)/demo/train $(ARGS)
-	$(VENV)/bin/codegpt plot $(RUNS)/demo/train
+$(DEMO)/data/stats.json: | install
+	$(VENV)/bin/codegpt prep configs/data/default.yaml output.dir=$(DEMO)/data
+
+$(DEMO)/tokenizer/tokenizer.json: $(DEMO)/data/stats.json
+	$(VENV)/bin/codegpt tokenizer configs/tokenizer/default.yaml data_dir=$(DEMO)/data/data \
+		out_dir=$(DEMO)/tokenizer vocab_size=8192 sample_mb=16
+
+$(DEMO)/tokens/meta.json: $(DEMO)/tokenizer/tokenizer.json
+	$(VENV)/bin/codegpt tokenize configs/tokens/default.yaml data_dir=$(DEMO)/data/data \
+		tokenizer=$(DEMO)/tokenizer out_dir=$(DEMO)/tokens max_mb=8 val_fraction=0.05
+
+demo: install $(DEMO)/tokens/meta.json
+	$(VENV)/bin/codegpt train configs/train/smoke.yaml data.dir=$(DEMO)/tokens \
+		data.tokenizer=$(DEMO)/tokenizer run.dir=$(DEMO)/train $(ARGS)
+	$(VENV)/bin/codegpt plot $(DEMO)/train
 
 train: install
 	$(VENV)/bin/accelerate launch train.py $(TRAIN_CONFIG) $(ARGS)

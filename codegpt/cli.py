@@ -19,6 +19,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from codegpt.config import ConfigError
     from codegpt.data import BatchConfigError
     from codegpt.shards import ShardError
+    from codegpt.tokenizer import TokenizerError
     from codegpt.train_config import load_train_config
     from codegpt.trainer import (NONFINITE_EXIT_CODE, PREEMPTED_EXIT_CODE, NonFiniteLossError,
                                  train)
@@ -26,7 +27,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         cfg = load_train_config(args.config, args.overrides)
         result = train(cfg)
-    except (ConfigError, ShardError, CheckpointError, BatchConfigError) as e:
+    except (ConfigError, ShardError, CheckpointError, BatchConfigError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except NonFiniteLossError as e:
@@ -130,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     from codegpt.tokenizer import add_parser as add_tokenizer_parser
 
     add_tokenizer_parser(sub)  # codegpt tokenizer CONFIG [field=value ...]
+    from codegpt.tokenize import add_parser as add_tokenize_parser
+
+    add_tokenize_parser(sub)  # codegpt tokenize CONFIG [field=value ...]
 
     c = sub.add_parser("show-config", help="print a training config resolved with overrides")
     c.add_argument("config")

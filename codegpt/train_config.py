@@ -24,6 +24,7 @@ class RunSection:
 @dataclass
 class DataSection:
     dir: str = "runs/demo/tokens"  # a token-shard folder with meta.json
+    tokenizer: str = ""            # if set, the shards must have been made with this tokenizer
     val_every: int = 0             # validation every N steps (0: never)
     val_sequences: int = 64        # sequences of the val split scored each time
 

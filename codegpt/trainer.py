@@ -103,6 +103,10 @@ class Trainer:
         self.rank, self.world = acc.process_index, acc.num_processes
 
         meta = read_meta(cfg.data.dir)
+        if cfg.data.tokenizer:
+            from codegpt.tokenize import check_tokenizer
+
+            check_tokenizer(cfg.data.dir, cfg.data.tokenizer)
         resolve_vocab(cfg, meta)
         self.global_batch, self.accum = plan_batch(cfg.batch.global_batch_tokens, cfg.seq_len,
                                                    cfg.batch.micro_batch_size, self.world)

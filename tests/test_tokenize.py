@@ -1,0 +1,117 @@
+"""Token shards from data prep's parquet documents and a trained tokenizer."""
+
+import inspect
+import json
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from codegpt.shards import SequenceIndex, ShardError, iter_documents, read_meta
+from codegpt.tokenize import TokenizeConfig, check_tokenizer, split_of, tokenize
+from codegpt.tokenizer import EOT, TokenizerConfig, load_tokenizer, train_tokenizer
+
+
+def corpus_docs() -> list[dict]:
+    import colorsys, json as json_mod, string, textwrap
+
+    docs = []
+    for i, mod in enumerate([colorsys, json_mod.decoder, json_mod.encoder, string, textwrap]):
+        src = inspect.getsource(mod)
+        for j in range(4):  # four repositories' worth of files
+            docs.append({"id": f"{i:02d}{j}", "repo_name": f"repo{j}/{mod.__name__}",
+                         "text": src if j == 0 else src + f"\n# copy {j}\n"})
+    docs.append({"id": "zz", "repo_name": "repo9/odd",
+                 "text": "s = '<|endoftext|>'  # a literal marker\r\n\tx = 'é😀'\n"})
+    return docs
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tok")
+    data = root / "data"
+    data.mkdir()
+    docs = corpus_docs()
+    pq.write_table(pa.Table.from_pylist(docs[:10]), data / "00000.parquet")
+    pq.write_table(pa.Table.from_pylist(docs[10:]), data / "00001.parquet")
+    tok_dir = train_tokenizer(TokenizerConfig(data_dir=str(data), out_dir=str(root / "tok"),
+                                              vocab_size=700, sample_mb=5)).parent
+    out = root / "tokens"
+    meta = tokenize(TokenizeConfig(data_dir=str(data), tokenizer=str(tok_dir), out_dir=str(out),
+                                   val_fraction=0.3, tokens_per_shard=5000))
+    return docs, tok_dir, out, meta
+
+
+def test_shards_decode_back_to_exactly_the_documents(setup):
+    docs, tok_dir, out, meta = setup
+    tok = load_tokenizer(tok_dir)
+    decoded = Counter()
+    for split in ("train", "val"):
+        for ids in iter_documents(out, split):
+            decoded[(split, tok.decode(ids.tolist(), skip_special_tokens=False))] += 1
+    texts = Counter(d["text"] for d in docs)
+    assert Counter(text for _, text in decoded.elements()) == texts
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == 700
+    assert meta["eot_id"] == tok.token_to_id(EOT)
+    n_tokens = sum(meta["splits"][s]["tokens"] for s in ("train", "val"))
+    eots = sum(int((np.fromfile(out / sh["file"], dtype=np.uint16) == meta["eot_id"]).sum())
+               for s in ("train", "val") for sh in meta["splits"][s]["shards"])
+    assert eots == len(docs)  # exactly one <|endoftext|> per document: the literal one is bytes
+    assert n_tokens > 0 and len(meta["splits"]["train"]["shards"]) > 1
+
+
+def test_train_and_val_share_no_repository(setup):
+    docs, _, out, meta = setup
+    repos = {s: {d["repo_name"] for d in docs if split_of(d["repo_name"], 0.3) == s}
+             for s in ("train", "val")}
+    assert repos["train"] and repos["val"] and not repos["train"] & repos["val"]
+    assert meta["splits"]["val"]["documents"] == sum(
+        split_of(d["repo_name"], 0.3) == "val" for d in docs)
+
+
+def test_training_reads_the_shards_and_checks_the_tokenizer(setup, tmp_path):
+    docs, tok_dir, out, meta = setup
+    index = SequenceIndex.open(out, "train", 32)
+    assert len(index) > 10 and int(index.get(0).max()) < meta["vocab_size"]
+    check_tokenizer(out, tok_dir)  # the same tokenizer passes
+    other = train_tokenizer(TokenizerConfig(data_dir=str(tok_dir.parent / "data"),
+                                            out_dir=str(tmp_path / "other"), vocab_size=650,
+                                            sample_mb=5)).parent
+    with pytest.raises(ShardError, match="650 ids but the shards .* vocabulary of 700"):
+        check_tokenizer(out, other)
+
+
+def test_same_size_but_different_tokenizer_is_refused(setup, tmp_path):
+    docs, tok_dir, out, meta = setup
+    changed = tmp_path / "tok"
+    changed.mkdir()
+    spec = json.loads((tok_dir / "tokenizer.json").read_text())
+    spec["normalizer"] = None  # any change of the file changes its hash
+    spec["model"]["dropout"] = 0.0
+    (changed / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ShardError, match="made with another tokenizer"):
+        check_tokenizer(out, changed)
+
+
+def test_empty_dataset_and_missing_folder_are_clear_errors(setup, tmp_path):
+    _, tok_dir, _, _ = setup
+    with pytest.raises(ShardError, match="no parquet shards"):
+        tokenize(TokenizeConfig(data_dir=str(tmp_path / "nothing"), tokenizer=str(tok_dir),
+                                out_dir=str(tmp_path / "o")))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    pq.write_table(pa.Table.from_pylist([], schema=pa.schema(
+        [("id", pa.string()), ("repo_name", pa.string()), ("text", pa.string())])),
+        empty / "00000.parquet")
+    with pytest.raises(ShardError, match="hold no documents"):
+        tokenize(TokenizeConfig(data_dir=str(empty), tokenizer=str(tok_dir),
+                                out_dir=str(tmp_path / "o")))
+
+
+def test_the_cli_reports_errors_with_exit_code_2(tmp_path, capsys):
+    from codegpt.cli import main
+
+    assert main(["tokenize", "default", f"data_dir={tmp_path}", f"out_dir={tmp_path}/o"]) == 2
+    assert "error:" in capsys.readouterr().err
