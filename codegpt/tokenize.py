@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import numpy as np
 
 from codegpt.config import (ConfigError, deep_merge, find_named_config, from_dict,
                             parse_overrides, read_yaml)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from codegpt.shards import SequenceIndex, ShardError, iter_documents, read_meta
+from codegpt.shards import SequenceIndex, ShardError, iter_documents
 from codegpt.tokenize import TokenizeConfig, check_tokenizer, split_of, tokenize
 from codegpt.tokenizer import EOT, TokenizerConfig, load_tokenizer, train_tokenizer
 
