@@ -12,7 +12,7 @@ TRAIN_CONFIG ?= configs/train/smoke.yaml
 ARGS ?=
 RUNS ?= runs
 
-.PHONY: install test test-fast demo data tokenizer tokens train bench-train bench-prep clean help
+.PHONY: install test test-fast demo data tokenizer tokens train bench-train bench-prep bench-tokenizer clean help
 
 help:
 	@echo "make install   create $(VENV) and install codegpt with dev extras"
@@ -76,6 +76,9 @@ bench-train: install
 
 bench-prep: install
 	$(PY) bench/bench_prep.py
+
+bench-tokenizer: install
+	$(PY) bench/bench_tokenizer.py $(ARGS)
 
 clean:
 	rm -rf $(RUNS)

@@ -18,13 +18,13 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 
 from codegpt.config import (ConfigError, deep_merge, find_named_config, from_dict,
                             parse_overrides, read_yaml)
 from codegpt.shards import SPLITS, ShardError, ShardWriter, read_meta, write_meta
-from codegpt.tokenizer import EOT, SPECIAL_TOKENS, load_tokenizer, tokenizer_hash
+from codegpt.tokenizer import EOT, fast_encoder, load_tokenizer, tokenizer_hash
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class TokenizeConfig:
     max_mb: float = 0.0                              # stop after this many MB of text (0: all)
     tokens_per_shard: int = 100_000_000
     batch_docs: int = 256                            # documents per encode_batch call
+    engine: str = "auto"                             # auto (tiktoken when it can) | hf
 
 
 def load_tokenize_config(path: str | Path | None, overrides: Iterable[str] = ()) -> TokenizeConfig:
@@ -73,40 +74,41 @@ def split_of(repo: str, val_fraction: float) -> str:
     return "val" if bucket / 2**64 < val_fraction else "train"
 
 
-def encode_batch(tok, texts: list[str]) -> list[list[int]]:
-    """Encode documents as plain text: a literal special-token string inside a document is
-    encoded as ordinary bytes, so it can never pose as a document boundary."""
-    plain = [not any(s in t for s in SPECIAL_TOKENS) for t in texts]
-    out = [e.ids for e in tok.encode_batch([t if p else "" for t, p in zip(texts, plain)],
-                                           add_special_tokens=False)]
-    for i, ok in enumerate(plain):
-        if not ok:
-            out[i] = _encode_literal_specials(tok, texts[i])
-    return out
+def plain_tokenizer(path: str | Path):
+    """The tokenizer without its special tokens as added tokens: a document that contains the
+    string ``<|endoftext|>`` is encoded as that text, so it can never pose as a document
+    boundary (the same as tiktoken's ``encode_ordinary``). Whitespace tokens stay."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    from codegpt.tokenizer import _tokenizer_file
+
+    spec = json.loads(_tokenizer_file(path).read_text())
+    spec["added_tokens"] = [t for t in spec.get("added_tokens", []) if not t.get("special")]
+    return Tokenizer.from_str(json.dumps(spec))
 
 
-def _encode_literal_specials(tok, text: str) -> list[int]:
-    ids: list[int] = []
-    for piece in _split_specials(text):
-        if piece in SPECIAL_TOKENS:  # "<|" and the rest separately: neither is a special token
-            ids += tok.encode(piece[:2], add_special_tokens=False).ids
-            ids += tok.encode(piece[2:], add_special_tokens=False).ids
-        elif piece:
-            ids += tok.encode(piece, add_special_tokens=False).ids
-    return ids
+def make_encoder(cfg: TokenizeConfig):
+    """A function from a batch of texts to their ids: tiktoken's engine with our merges where
+    possible (same ids, several times faster), else HF tokenizers' encode_batch."""
+    import os
 
-
-def _split_specials(text: str) -> Iterator[str]:
-    import re
-
-    pattern = "(" + "|".join(re.escape(s) for s in SPECIAL_TOKENS) + ")"
-    yield from re.split(pattern, text)
+    tok = load_tokenizer(cfg.tokenizer)
+    fast = fast_encoder(cfg.tokenizer) if cfg.engine == "auto" else None
+    if fast is not None:
+        threads = os.cpu_count() or 1
+        return tok, lambda texts: fast.encode_ordinary_batch(texts, num_threads=threads)
+    plain = plain_tokenizer(cfg.tokenizer)
+    return tok, lambda texts: [e.ids for e in plain.encode_batch(texts, add_special_tokens=False)]
 
 
 def tokenize(cfg: TokenizeConfig) -> dict:
     from tqdm import tqdm
 
-    tok = load_tokenizer(cfg.tokenizer)
+    if cfg.engine not in ("auto", "hf"):
+        raise ConfigError(f"engine must be auto or hf, got {cfg.engine!r}")
+    tok, encode = make_encoder(cfg)
     eot = tok.token_to_id(EOT)
     if eot is None:
         raise ShardError(f"the tokenizer in {cfg.tokenizer} has no {EOT} token")
@@ -127,7 +129,7 @@ def tokenize(cfg: TokenizeConfig) -> dict:
     bar = tqdm(total=sum(len(d[2]) for d in docs), unit="B", unit_scale=True, desc="tokenize")
     for i in range(0, len(docs), cfg.batch_docs):
         batch = docs[i: i + cfg.batch_docs]
-        for (_, repo, text), ids in zip(batch, encode_batch(tok, [d[2] for d in batch])):
+        for (_, repo, text), ids in zip(batch, encode([d[2] for d in batch])):
             writers[split_of(repo, cfg.val_fraction)].add(ids)
         bar.update(sum(len(d[2]) for d in batch))
     bar.close()

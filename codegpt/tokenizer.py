@@ -8,19 +8,16 @@ Why each piece is there:
   is won. GPT-2's pattern cuts ``max_len_2`` into ``max``/``_``/``len``/``_``/``2`` and keeps a
   newline apart from the indentation after it; ours keeps identifiers (letters, digits,
   underscores) whole and lets a line break take the next line's indentation with it.
-* **Explicit whitespace tokens** (runs of 2..32 spaces, 1..8 tabs, optionally "\\n" + 4k
-  spaces) are added tokens: matched on the raw text before BPE, so an indentation run is one
-  token however deep, without spending merges on it (Codex reported ~30% fewer tokens on code).
-  Measured (40 MB sample, 31.5 MB held-out packages): space/tab runs alone cost compression
-  (3.49 bytes/token) because they cut "\\n" from the indentation after it; the "\\n" + 4k
-  spaces tokens win it back (3.74). The same BPE with no whitespace tokens scores 3.79,
-  GPT-2's split 3.59, cl100k_base 3.87; set ``space_runs: []`` and ``tab_runs: []`` for that.
+* **Explicit whitespace tokens** (runs of spaces, tabs, "\\n" + 4k spaces; Codex style) are
+  available as added tokens but off by default: they are matched on the raw text before the
+  split, which cuts the split's newline + indentation pieces apart (measured: 4.34 instead of
+  4.72 bytes/token on held-out repositories; cl100k_base 4.24; see docs/benchmarks.md).
 
 Token ids: the special tokens come first, ``<|endoftext|>`` = 0 then the four reserved FIM
 tokens 1..4; then the 256 byte symbols and the learned merges; the whitespace tokens last. The
 total is exactly ``vocab_size``. A text that *contains* the string ``<|endoftext|>`` encodes it
-as the special id (and decodes back to the same string); the token-shard stage should decide
-whether documents may contain it.
+as the special id with this tokenizer; the token-shard stage encodes documents as plain text
+(``codegpt.tokenize.plain_tokenizer`` / tiktoken's ``encode_ordinary``), so it cannot.
 
 Outputs in ``out_dir``: ``tokenizer.json`` (loadable by ``tokenizers.Tokenizer.from_file`` and
 ``transformers.PreTrainedTokenizerFast``), ``tokenizer_config.json`` (so
@@ -61,12 +58,19 @@ HF_CONFIG_FILE = "tokenizer_config.json"
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 # Code-aware split (Oniguruma syntax, used with behavior="isolated", so any text a branch does
-# not match still becomes its own piece: the split can never lose a character).
+# not match still becomes its own piece: the split can never lose a character). Measured on
+# held-out packages at 49,152 ids (bytes/token): GPT-2's split 3.59; identifiers kept whole and
+# newline joined to the indentation 3.79; + one leading space or punctuation character on a
+# word (".append", "(self", "_x") 4.05; + punctuation runs take the following newline and
+# indentation ("):\n        ") 4.36; + words and numbers take it too 4.40 (cl100k_base: 3.87).
+_WORD = r"[\p{L}\p{M}_][\p{L}\p{M}\p{N}_]*"
+_PUNCT = r"[^\s\p{L}\p{M}\p{N}_]"
+_NEWLINE_INDENT = r"(?:[\r\n]+[ \t]*)?"
 CODE_PATTERN = "|".join([
     r"[\r\n]+[ \t]*",                              # line break(s) + the next line's indentation
-    r" ?[\p{L}\p{M}_][\p{L}\p{M}\p{N}_]*",         # identifiers/words: `_` and digits stay inside
-    r" ?\p{N}+",                                   # numbers (BPE decides how to chunk them)
-    r" ?[^\s\p{L}\p{M}\p{N}_]+",                   # operator / punctuation runs
+    r"(?: |" + _PUNCT + r")?" + _WORD + _NEWLINE_INDENT,  # [ .(]identifier[\n + indent]
+    r" ?\p{N}+" + _NEWLINE_INDENT,                   # numbers (BPE decides how to chunk them)
+    r" ?" + _PUNCT + r"+" + _NEWLINE_INDENT,          # operator / punctuation runs
     r"[^\S\r\n]+(?!\S)",                           # spaces before spaces/EOL; last one joins a word
     r"[^\S\r\n]+",                                 # any other horizontal whitespace
 ])
@@ -90,9 +94,12 @@ class TokenizerConfig:
     seed: int = 0
     holdout_repos: list[str] = field(default_factory=list)  # never trained on (for measuring)
     pre_tokenizer: str = "code"                 # code | gpt2
-    space_runs: list[int] = field(default_factory=lambda: [2, 32])  # [min, max]; [] for none
-    tab_runs: list[int] = field(default_factory=lambda: [1, 8])
-    newline_indent: int = 8                     # N>0: add "\n" + k*indent_width spaces, k=1..N
+    # Codex-style explicit whitespace tokens, off by default: as added tokens they are cut out
+    # before the split, which undoes its newline + indentation pieces (measured: 4.03 instead
+    # of 4.40 bytes/token with space_runs [2, 32] and tab_runs [1, 8]).
+    space_runs: list[int] = field(default_factory=list)  # [min, max], e.g. [2, 32]; [] for none
+    tab_runs: list[int] = field(default_factory=list)    # e.g. [1, 8]
+    newline_indent: int = 0                     # N>0: add "\n" + k*indent_width spaces, k=1..N
     indent_width: int = 4
     model_max_length: int = 2048                # written to tokenizer_config.json for transformers
 
@@ -323,6 +330,46 @@ def load_hf_tokenizer(path: str | Path):
                                    bos_token=EOT, unk_token=EOT, pad_token=EOT,
                                    additional_special_tokens=list(SPECIAL_TOKENS[1:]),
                                    clean_up_tokenization_spaces=False)
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet (printable stand-ins for the 256 bytes), reversed."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+def fast_encoder(path: str | Path):
+    """The same tokenizer on tiktoken's BPE engine (several times faster), or None.
+
+    A byte-level BPE trained by HF gives each merged token an id in merge order, so its ids are
+    the merge ranks tiktoken expects, and our split regex is tiktoken's ``pat_str``. With
+    added whitespace tokens (matched before the split, which tiktoken cannot do) or without
+    tiktoken installed, None: use the HF tokenizer. Tests check both give identical ids.
+    ``encode_ordinary`` treats a literal special-token string in a document as plain text.
+    """
+    try:
+        import tiktoken
+    except ImportError:
+        return None
+    spec = json.loads(_tokenizer_file(path).read_text())
+    if any(not t.get("special") for t in spec.get("added_tokens", [])):
+        return None
+    try:
+        pattern = spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    to_byte = _byte_decoder()
+    ranks = {bytes(to_byte[c] for c in token): i for token, i in spec["model"]["vocab"].items()
+             if token not in SPECIAL_TOKENS}
+    return tiktoken.Encoding(name="codegpt", pat_str=pattern, mergeable_ranks=ranks,
+                             special_tokens={t: i for i, t in enumerate(SPECIAL_TOKENS)})
 
 
 def tokenizer_hash(path: str | Path) -> str:

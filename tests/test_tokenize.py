@@ -115,3 +115,40 @@ def test_the_cli_reports_errors_with_exit_code_2(tmp_path, capsys):
 
     assert main(["tokenize", "default", f"data_dir={tmp_path}", f"out_dir={tmp_path}/o"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_tiktoken_engine_gives_the_same_ids_as_hf(setup):
+    from codegpt.tokenize import plain_tokenizer
+    from codegpt.tokenizer import fast_encoder
+    from test_tokenizer import AWKWARD
+
+    docs, tok_dir, _, _ = setup
+    fast, plain = fast_encoder(tok_dir), plain_tokenizer(tok_dir)
+    assert fast is not None
+    texts = [d["text"] for d in docs] + AWKWARD
+    for text in texts:
+        ids = plain.encode(text, add_special_tokens=False).ids
+        assert fast.encode_ordinary(text) == ids, text[:60]
+        assert fast.decode(ids) == text
+    # a literal <|endoftext|> in a document is text, not the document separator
+    assert 0 not in fast.encode_ordinary("x = '<|endoftext|>'")
+
+
+def test_shards_are_identical_with_either_engine(setup, tmp_path):
+    docs, tok_dir, out, meta = setup
+    data = out.parent / "data"
+    hf_meta = tokenize(TokenizeConfig(data_dir=str(data), tokenizer=str(tok_dir), engine="hf",
+                                      out_dir=str(tmp_path), val_fraction=0.3, tokens_per_shard=5000))
+    assert hf_meta["splits"] == meta["splits"]
+    for split in ("train", "val"):
+        for shard in meta["splits"][split]["shards"]:
+            assert (tmp_path / shard["file"]).read_bytes() == (out / shard["file"]).read_bytes()
+
+
+def test_whitespace_token_tokenizers_fall_back_to_hf(tmp_path, setup):
+    from codegpt.tokenizer import fast_encoder
+
+    docs, tok_dir, out, _ = setup
+    ws = train_tokenizer(TokenizerConfig(data_dir=str(tok_dir.parent / "data"), out_dir=str(tmp_path),
+                                         vocab_size=700, sample_mb=5, space_runs=[2, 8])).parent
+    assert fast_encoder(ws) is None

@@ -65,7 +65,7 @@ def corpus() -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny_cfg(tmp_path_factory) -> TokenizerConfig:
-    return TokenizerConfig(vocab_size=800, newline_indent=4,
+    return TokenizerConfig(vocab_size=800, space_runs=[2, 32], tab_runs=[1, 8], newline_indent=4,
                            out_dir=str(tmp_path_factory.mktemp("tok")))
 
 
@@ -122,8 +122,12 @@ def test_whitespace_runs_are_single_tokens(tok, tiny_cfg):
 def test_code_split_keeps_identifiers_and_indentation():
     pre = build_tokenizer(CODE_PATTERN).pre_tokenizer
     pieces = [p for p, _ in pre.pre_tokenize_str("max_len_2 = x1\n    return foo_bar")]
-    assert "max_len_2" in pieces and "Ġx1" in pieces and "Ġfoo_bar" in pieces
-    assert "ĊĠĠĠĠ" in pieces  # newline joined to the next line's indentation
+    assert "max_len_2" in pieces and "Ġfoo_bar" in pieces
+    assert "Ġx1ĊĠĠĠĠ" in pieces  # a line's last word takes the newline and next indentation
+    pieces = [p for p, _ in pre.pre_tokenize_str("self.items.append(x_2):\n\n        pass")]
+    assert pieces == ["self", ".items", ".append", "(x_2", "):ĊĊĠĠĠĠĠĠĠĠ", "pass"]
+    pieces = [p for p, _ in pre.pre_tokenize_str("\n    a")]
+    assert pieces == ["ĊĠĠĠĠ", "a"]  # a newline that starts a text still joins its indentation
 
 
 def test_training_splitter_matches_added_token_boundaries(tok, tiny_cfg):
@@ -223,7 +227,10 @@ def test_config_validation():
     with pytest.raises(ConfigError, match="space_runs"):
         load_tokenizer_config(None, ["space_runs=[3,2]"])
     with pytest.raises(ConfigError, match="no room"):
-        load_tokenizer_config(None, ["vocab_size=300"])
-    cfg = load_tokenizer_config(REPO / "configs" / "tokenizer" / "default.yaml",
-                                ["space_runs=[]", "newline_indent=0"])
-    assert cfg.vocab_size == 49152 and whitespace_tokens(cfg) == ["\t" * n for n in range(1, 9)]
+        load_tokenizer_config(None, ["vocab_size=261"])
+    with pytest.raises(ConfigError, match="no room"):
+        load_tokenizer_config(None, ["vocab_size=300", "space_runs=[2,32]", "tab_runs=[1,8]"])
+    cfg = load_tokenizer_config(REPO / "configs" / "tokenizer" / "default.yaml")
+    assert cfg.vocab_size == 49152 and whitespace_tokens(cfg) == []
+    cfg = load_tokenizer_config(REPO / "configs" / "tokenizer" / "default.yaml", ["tab_runs=[1,8]"])
+    assert whitespace_tokens(cfg) == ["\t" * n for n in range(1, 9)]
