@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     from codegpt.tokenize import add_parser as add_tokenize_parser
 
     add_tokenize_parser(sub)  # codegpt tokenize CONFIG [field=value ...]
+    from codegpt.generate import add_parser as add_sample_parser
+
+    add_sample_parser(sub)  # codegpt sample --checkpoint DIR --tokenizer DIR --prompt TEXT
+    from codegpt.export import add_parser as add_export_parser
+
+    add_export_parser(sub)  # codegpt export --checkpoint DIR --tokenizer DIR --out DIR
 
     c = sub.add_parser("show-config", help="print a training config resolved with overrides")
     c.add_argument("config")

@@ -90,6 +90,31 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_drop(self.c_proj(y))
 
+    def forward_cached(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                       start_pos: int) -> torch.Tensor:
+        """Inference: x [B, T, C] at positions start_pos.., keys/values written into the caches
+        [B, H, max_len, C/H]; attends to every cached position up to its own."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        end = start_pos + T
+        k_cache[:, :, start_pos:end] = k
+        v_cache[:, :, start_pos:end] = v
+        k, v = k_cache[:, :, :end], v_cache[:, :, :end]
+        if start_pos == 0 and (self.window is None or self.window >= T):
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif T == 1 and (self.window is None or self.window >= end):
+            y = F.scaled_dot_product_attention(q, k, v)  # one new query sees all of the past
+        else:
+            i = torch.arange(start_pos, end, device=x.device)[:, None]
+            j = torch.arange(end, device=x.device)[None, :]
+            mask = j <= i
+            if self.window is not None:
+                mask = mask & (i - j < self.window)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -116,6 +141,11 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_cached(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                       start_pos: int) -> torch.Tensor:
+        x = x + self.attn.forward_cached(self.ln_1(x), k_cache, v_cache, start_pos)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -177,3 +207,31 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(B * T, -1).float(), targets.reshape(B * T))
         return logits[..., : self.config.vocab_size], loss  # a view without the padded ids
+
+    def new_kv_cache(self, batch: int, max_len: int | None = None, device=None,
+                     dtype: torch.dtype | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Empty key/value caches, one (k, v) pair of [B, H, max_len, C/H] per layer."""
+        cfg = self.config
+        max_len = cfg.block_size if max_len is None else min(max_len, cfg.block_size)
+        device = self.wte.weight.device if device is None else device
+        dtype = self.wte.weight.dtype if dtype is None else dtype
+        shape = (batch, cfg.n_head, max_len, cfg.d_model // cfg.n_head)
+        return [(torch.empty(shape, device=device, dtype=dtype),
+                 torch.empty(shape, device=device, dtype=dtype)) for _ in range(cfg.n_layer)]
+
+    @torch.no_grad()
+    def forward_cached(self, idx: torch.Tensor, cache: list, start_pos: int) -> torch.Tensor:
+        """Inference with a KV cache: idx [B, T] are the tokens at positions start_pos..;
+        returns logits [B, T, vocab_size]. The training ``forward`` is untouched by this path."""
+        B, T = idx.shape
+        end = start_pos + T
+        if end > cache[0][0].shape[2]:
+            raise ValueError(f"position {end} exceeds the KV cache length {cache[0][0].shape[2]} "
+                             f"(model.block_size={self.config.block_size})")
+        pos = torch.arange(start_pos, end, device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)
+        for block, (k_cache, v_cache) in zip(self.blocks, cache):
+            x = block.forward_cached(x, k_cache, v_cache, start_pos)
+        x = self.ln_f(x)
+        logits = F.linear(x, self.lm_head.weight, self.vocab_mask)
+        return logits[..., : self.config.vocab_size]

@@ -1,0 +1,204 @@
+"""Generation: KV cache against the full forward, sampling reproducibility, stop strings."""
+
+import inspect
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from codegpt import checkpoint as ckpt
+from codegpt.config import to_dict
+from codegpt.generate import (DEFAULT_STOP, Completion, cmd_sample, generate,
+                              load_checkpoint_model, pick_tokens, time_generation)
+from codegpt.model import GPT, ModelConfig
+from codegpt.tokenizer import EOT, TokenizerConfig, load_tokenizer, train_tokenizer
+from codegpt.train_config import TrainConfig
+
+PROMPTS = ["def add(a, b):\n    return", "import os\n", "class Point:\n    def __init__(self"]
+
+
+def make_tokenizer(root: Path, vocab_size: int = 400) -> Path:
+    """A small BPE tokenizer trained in-test on a few standard-library modules."""
+    import colorsys
+    import string
+    import textwrap
+
+    data = root / "data"
+    data.mkdir(parents=True)
+    docs = [{"id": str(i), "repo_name": f"repo{i}/x", "text": inspect.getsource(m)}
+            for i, m in enumerate([colorsys, string, textwrap])]
+    pq.write_table(pa.Table.from_pylist(docs), data / "00000.parquet")
+    return train_tokenizer(TokenizerConfig(data_dir=str(data), out_dir=str(root / "tok"),
+                                           vocab_size=vocab_size, sample_mb=1)).parent
+
+
+def make_checkpoint(root: Path, vocab_size: int, seed: int = 0, **model_kw) -> tuple[Path, GPT]:
+    """A random (untrained) model saved as a training checkpoint would be."""
+    torch.manual_seed(seed)
+    kw = dict(n_layer=2, n_head=4, d_model=32, block_size=64, vocab_size=vocab_size)
+    cfg = TrainConfig(model=ModelConfig(**{**kw, **model_kw}))
+    model = GPT(cfg.model)
+    with torch.no_grad():  # untrained LayerNorms are all ones / zeros: make them matter
+        for name, p in model.named_parameters():
+            if "ln" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    folder = ckpt.save_checkpoint(
+        root, 1, model_state=model.state_dict(), optim_state={"state": {}, "param_groups": []},
+        sched_state={}, trainer_state={"step": 1, "data": {}, "tokens_seen": 0, "world_size": 1},
+        config_yaml=yaml.safe_dump(to_dict(cfg), sort_keys=False), rank=0,
+        barrier=lambda: None, keep_last=3)
+    return folder, model.eval()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    tok_dir = make_tokenizer(root)
+    tok = load_tokenizer(tok_dir)
+    folder, model = make_checkpoint(root / "ckpt", tok.get_vocab_size())
+    return tok_dir, tok, folder, model
+
+
+def test_load_checkpoint_model_restores_the_weights(setup):
+    _, tok, folder, model = setup
+    loaded, cfg = load_checkpoint_model(folder)
+    assert cfg == model.config and not loaded.training
+    assert loaded.lm_head.weight is loaded.wte.weight
+    x = torch.randint(0, cfg.vocab_size, (2, 10))
+    assert torch.equal(loaded(x)[0], model(x)[0])
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_kv_cache_matches_the_full_forward(sparse):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=2, n_head=4, d_model=32, block_size=32, vocab_size=100,
+                            sparse_attention=sparse, local_window=4)).eval()
+    x = torch.randint(0, 100, (3, 20))
+    with torch.no_grad():
+        full, _ = model(x)
+    cache = model.new_kv_cache(3)
+    parts = [model.forward_cached(x[:, :7], cache, 0), model.forward_cached(x[:, 7:10], cache, 7)]
+    parts += [model.forward_cached(x[:, t:t + 1], cache, t) for t in range(10, 20)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def greedy_reference(model: GPT, ids: list[int], steps: int) -> list[int]:
+    """Greedy decoding with the training forward, no cache."""
+    ids = list(ids)
+    out = []
+    with torch.no_grad():
+        for _ in range(steps):
+            nxt = int(model(torch.tensor([ids]))[0][0, -1].argmax())
+            ids.append(nxt)
+            out.append(nxt)
+    return out
+
+
+def test_greedy_with_cache_equals_greedy_without(setup):
+    _, tok, _, model = setup
+    res = generate(model, tok, PROMPTS, n=1, max_new_tokens=12, temperature=0, stop=(),
+                   ignore_eot=True)
+    for prompt, [c] in zip(PROMPTS, res):
+        ids = tok.encode(prompt, add_special_tokens=False).ids
+        assert c.token_ids == greedy_reference(model, ids, 12)
+        assert c.finish_reason == "length" and c.text == tok.decode(c.token_ids)
+        # mean logp is the model's own log-softmax over the kept tokens
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([ids + c.token_ids]))
+        lp = torch.log_softmax(logits[0, len(ids) - 1:-1], -1)
+        expect = lp.gather(1, torch.tensor(c.token_ids)[:, None]).mean().item()
+        assert c.mean_logp == pytest.approx(expect, abs=1e-5)
+
+
+def test_samples_do_not_depend_on_batch_size_or_other_prompts(setup):
+    _, tok, _, model = setup
+    kw = dict(n=6, max_new_tokens=10, temperature=1.0, top_p=0.95, stop=(), seed=3)
+    big = generate(model, tok, PROMPTS, batch_size=8, **kw)
+    small = generate(model, tok, PROMPTS[1:2], batch_size=1, **kw)
+    assert [c.token_ids for c in big[1]] == [c.token_ids for c in small[0]]
+    assert len({tuple(c.token_ids) for c in big[1]}) > 1  # the samples differ from each other
+    other_seed = generate(model, tok, PROMPTS[1:2], batch_size=8, **{**kw, "seed": 4})
+    assert [c.token_ids for c in other_seed[0]] != [c.token_ids for c in small[0]]
+
+
+def test_top_k_top_p_and_greedy_selection():
+    logits = torch.tensor([[0.0, 3.0, 2.0, 1.0, -5.0]]).log_softmax(-1)
+    assert pick_tokens(logits, 0, 1.0, 0, None).tolist() == [1]
+    u = torch.linspace(0, 0.999, 200)
+    many = logits.expand(200, -1)
+    assert set(pick_tokens(many, 1.0, 1.0, 1, u).tolist()) == {1}        # top-k 1
+    assert set(pick_tokens(many, 1.0, 1.0, 2, u).tolist()) == {1, 2}     # top-k 2
+    assert set(pick_tokens(many, 1.0, 0.5, 0, u).tolist()) == {1}        # p(1) = 0.64 > 0.5
+    assert set(pick_tokens(many, 1.0, 0.85, 0, u).tolist()) == {1, 2}    # 0.64 + 0.24 > 0.85
+    assert set(pick_tokens(many, 1.0, 0.9, 0, u).tolist()) == {1, 2, 3}  # ... < 0.9
+    assert set(pick_tokens(many, 1.0, 1.0, 0, u).tolist()) == {0, 1, 2, 3}  # p(4) ~ 2e-4
+
+
+class Scripted(GPT):
+    """A model whose next token is scripted per batch row, to test stopping. The row's identity
+    rides in its KV cache, so it survives finished rows being dropped from the batch."""
+
+    def __init__(self, cfg, scripts):
+        super().__init__(cfg)
+        self.scripts = scripts  # row -> list of token ids
+
+    def forward_cached(self, idx, cache, start_pos):
+        B, T = idx.shape
+        tag = cache[0][0]
+        if start_pos == 0:
+            tag[:, 0, 0, 0] = torch.arange(B, dtype=tag.dtype)
+            self.step = 0
+        logits = torch.full((B, T, self.config.vocab_size), -10.0)
+        for b, r in enumerate(tag[:, 0, 0, 0].long().tolist()):
+            logits[b, -1, self.scripts[r][min(self.step, len(self.scripts[r]) - 1)]] = 10.0
+        self.step += 1
+        return logits
+
+
+def test_each_sequence_stops_on_its_own(setup):
+    _, tok, _, _ = setup
+    ids = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
+    eot = tok.token_to_id(EOT)
+    x = ids("x = 1")
+    scripts = [x + ids("\ndef f") + x * 5,      # stops at "\ndef"
+               x + [eot] + x * 5,                # stops at <|endoftext|>
+               x * 20]                           # runs to the limit
+    cfg = ModelConfig(n_layer=1, n_head=1, d_model=8, block_size=64, vocab_size=tok.get_vocab_size())
+    model = Scripted(cfg, scripts).eval()
+    # three prompts of the same token length share one batch
+    out = generate(model, tok, ["a", "b", "c"], n=1, max_new_tokens=3 * len(x), temperature=0)
+    a, b, c = (r[0] for r in out)
+    assert a.finish_reason == "stop" and a.text == "x = 1" and a.token_ids == x
+    assert b.finish_reason == "eot" and b.text == "x = 1" and b.token_ids == x
+    assert c.finish_reason == "length" and c.text == "x = 1" * 3
+    assert all(isinstance(r, Completion) for r in (a, b, c))
+    assert "\ndef" in DEFAULT_STOP
+
+
+def test_cli_sample_and_clear_errors(setup, tmp_path, capsys):
+    import argparse
+
+    from codegpt.generate import add_parser
+
+    tok_dir, _, folder, _ = setup
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["sample", "--checkpoint", str(folder), "--tokenizer", str(tok_dir),
+                              "--prompt", "def f(x):", "--n", "2", "--max-new-tokens", "5"])
+    assert cmd_sample(args) == 0
+    assert capsys.readouterr().out.count("--- sample") == 2
+    args.checkpoint = str(tmp_path / "missing")
+    assert cmd_sample(args) == 2
+    assert "does not exist" in capsys.readouterr().err
+    args.checkpoint, args.tokenizer = str(folder), str(tmp_path)
+    assert cmd_sample(args) == 2
+    assert "no tokenizer" in capsys.readouterr().err
+
+
+def test_time_generation_counts_every_token(setup):
+    _, tok, _, model = setup
+    r = time_generation(model, tok, "def f(x):", batch_size=2, new_tokens=8)
+    assert r["tokens"] == 16 and r["tokens_per_s"] > 0
