@@ -12,7 +12,7 @@ TRAIN_CONFIG ?= configs/train/smoke.yaml
 ARGS ?=
 RUNS ?= runs
 
-.PHONY: install test test-fast demo data tokenizer tokens train bench-train bench-prep bench-tokenizer clean help
+.PHONY: install test test-fast demo data tokenizer tokens train eval bench-train bench-prep bench-tokenizer clean help
 
 help:
 	@echo "make install   create $(VENV) and install codegpt with dev extras"
@@ -29,6 +29,9 @@ ifneq ($(HAS_CUDA),1)
 	$(PIP) install "torch==$(TORCH_CPU_VERSION)"
 endif
 	$(PIP) install -e ".[dev,data]"
+	@# the HumanEval sandbox's OS isolation (namespaces, read-only host); without it the
+	@# sandbox falls back to unshare or resource limits and says so in results.json
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq bubblewrap) || echo "note: bubblewrap not installed (needs root): the sandbox will use its fallback"; }
 	touch $@
 
 install: $(VENV)/.installed
@@ -67,9 +70,16 @@ demo: install $(DEMO)/tokens/meta.json
 	$(VENV)/bin/codegpt train configs/train/smoke.yaml data.dir=$(DEMO)/tokens \
 		data.tokenizer=$(DEMO)/tokenizer run.dir=$(DEMO)/train $(ARGS)
 	$(VENV)/bin/codegpt plot $(DEMO)/train
+	$(VENV)/bin/codegpt eval humaneval --checkpoint $(DEMO)/train/checkpoints/step_0000040 \
+		--tokenizer $(DEMO)/tokenizer --out $(DEMO)/humaneval --n 2 --max-new-tokens 48
 
 train: install
 	$(VENV)/bin/accelerate launch train.py $(TRAIN_CONFIG) $(ARGS)
+
+CHECKPOINT ?= $(DEMO)/train/checkpoints/step_0000040
+TOKENIZER ?= $(DEMO)/tokenizer
+eval: install
+	$(VENV)/bin/codegpt eval humaneval --checkpoint $(CHECKPOINT) --tokenizer $(TOKENIZER) $(ARGS)
 
 bench-train: install
 	$(PY) bench/bench_train_step.py $(ARGS)

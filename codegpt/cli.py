@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     from codegpt.export import add_parser as add_export_parser
 
     add_export_parser(sub)  # codegpt export --checkpoint DIR --tokenizer DIR --out DIR
+    from codegpt.humaneval import add_parser as add_eval_parser
+
+    add_eval_parser(sub)  # codegpt eval humaneval (--samples FILE | --checkpoint DIR --tokenizer DIR)
 
     c = sub.add_parser("show-config", help="print a training config resolved with overrides")
     c.add_argument("config")
