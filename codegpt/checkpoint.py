@@ -240,5 +240,5 @@ def load_torch(folder: Path, name: str) -> Any:
 
 
 def load_rng(folder: Path, rank: int) -> dict | None:
-    path = Path(folder) / "rng" / f"rank_{rank:05d}.pt"
-    return load_torch(folder, f"rng/{path.name}") if path.is_file() else None
+    name = f"rng/rank_{rank:05d}.pt"
+    return load_torch(folder, name) if (Path(folder) / name).is_file() else None

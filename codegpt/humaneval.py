@@ -156,8 +156,7 @@ def generate_samples(checkpoint: str | Path, tokenizer: str | Path, out_path: st
     model, _ = load_checkpoint_model(checkpoint, device=device or "cpu")
     tok = load_tokenizer(tokenizer)
     with open(out_path, "a") as f:
-        for number, task_id in enumerate(tqdm(sorted(problems, key=_task_number), desc="humaneval",
-                                              unit="problem")):
+        for task_id in tqdm(sorted(problems, key=_task_number), desc="humaneval", unit="problem"):
             if have[task_id] >= n:
                 continue
             completions = generate(model, tok, [problems[task_id]["prompt"]], n=n,
@@ -186,7 +185,6 @@ def cmd_eval(args) -> int:
 
     try:
         out = Path(args.out)
-        settings: dict = {"timeout_s": args.timeout}
         if args.samples:
             results = evaluate_samples_file(args.samples, args.out, args.timeout, args.workers)
         else:

@@ -18,6 +18,7 @@ work.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -174,8 +175,6 @@ class SourceReader(PipelineStep):
                 if why:
                     rejects.add(why, raw.id, meta)
                     continue
-                import hashlib
-
                 meta["sha256"] = hashlib.sha256(raw.data).hexdigest()
                 yield Document(text=text, id=raw.id, metadata=meta)
         bar.close()
