@@ -11,6 +11,7 @@ unprivileged uid the sandbox drops to).
 from __future__ import annotations
 
 import os
+import platform
 import secrets
 import socket
 import subprocess
@@ -64,15 +65,17 @@ def run(body: str, method: str, timeout: float = T, **kw) -> Result:
 
 
 def sandbox_pids() -> list[int]:
-    """Processes owned by the sandbox's private uids (only meaningful as root)."""
+    """Processes owned by the sandbox's private uids (only meaningful as root): all but zombies,
+    and zombie thread-group leaders whose other threads still run count too."""
     out = []
     for e in os.listdir("/proc"):
         try:
             if e.isdigit() and os.stat(f"/proc/{e}").st_uid >= sandbox.UID_BASE:
                 with open(f"/proc/{e}/stat", "rb") as f:
-                    if f.read().rpartition(b")")[2].split()[0] != b"Z":
-                        out.append(int(e))
-        except (OSError, IndexError):
+                    fields = f.read().rpartition(b")")[2].split()
+                if fields[0] != b"Z" or int(fields[17]) > 1:
+                    out.append(int(e))
+        except (OSError, IndexError, ValueError):
             pass
     return out
 
@@ -129,6 +132,31 @@ def test_daemonized_straggler_is_killed(method):
     time.sleep(0.2)
     if ROOT:
         assert sandbox_pids() == []
+
+
+def test_straggler_whose_main_thread_exited_is_killed(method):
+    """A straggler whose main thread exits (a zombie leader with live threads) is killed too."""
+    nr_exit = {"x86_64": 60, "aarch64": 93}.get(platform.machine())
+    if nr_exit is None:
+        pytest.skip(f"no exit(2) syscall number known for {platform.machine()}")
+    body = ("import os\nif os.fork() == 0:\n    os.setsid()\n    os.closerange(0, 64)\n"
+            "    import ctypes, threading, time\n"
+            "    threading.Thread(target=time.sleep, args=(1000,)).start()\n"
+            f"    ctypes.CDLL(None).syscall({nr_exit}, 0)\n"
+            "import time\ntime.sleep(0.5)  # until only the child's thread is left\n")
+    r = run(body, method)
+    assert r.status == "passed", r
+    time.sleep(0.2)
+    if ROOT:
+        assert sandbox_pids() == []
+
+
+@pytest.mark.skipif(not ROOT, reason="the sandbox drops to a private uid only when run as root")
+def test_programs_run_as_a_private_uid_without_groups(method):
+    r = run("import os\nuid = os.getuid()\n"
+            f"assert uid >= {sandbox.UID_BASE} and os.getresuid() == (uid, uid, uid)\n"
+            "assert os.getresgid() == (uid, uid, uid) and os.getgroups() == []", method)
+    assert r.status == "passed", r
 
 
 def test_fork_bomb_is_contained(method):
