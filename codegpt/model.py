@@ -115,6 +115,37 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
 
+    def decode_with_prefix(self, x: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor,
+                           groups: list[tuple[int, int, int]], k_cache: torch.Tensor,
+                           v_cache: torch.Tensor, step: int) -> torch.Tensor:
+        """One decoding step for rows that share prompts. x [B, 1, C] is at position T0 + step;
+        prefix_k/v [P, H, T0, C/H] hold each distinct prompt's keys/values once, and
+        ``groups`` (p, a, b) says rows a:b continue prompt p; k/v_cache [B, H, S, C/H] hold each
+        row's own generated keys/values. The prompt's keys are read once per group with one
+        GEMM instead of once per row, which is what makes n samples of a prompt cheap."""
+        B, _, C = x.shape
+        H, d = self.n_head, C // self.n_head
+        T0 = prefix_k.shape[2]
+        q, k, v = self.c_attn(x).view(B, 3, H, d).unbind(1)  # each [B, H, d]
+        k_cache[:, :, step] = k
+        v_cache[:, :, step] = v
+        ks, vs = k_cache[:, :, : step + 1], v_cache[:, :, : step + 1]
+        q = q * (1.0 / math.sqrt(d))
+        qh = q.transpose(0, 1)  # [H, B, d]
+        pre = [torch.matmul(qh[:, a:b], prefix_k[p].transpose(1, 2)) for p, a, b in groups]
+        s_pre = (pre[0] if len(pre) == 1 else torch.cat(pre, 1)).transpose(0, 1)  # [B, H, T0]
+        s_own = torch.matmul(q.unsqueeze(2), ks.transpose(2, 3)).squeeze(2)   # [B, H, step+1]
+        scores = torch.cat([s_pre, s_own], -1).float()
+        if self.window is not None and self.window < T0 + step + 1:
+            first = T0 + step + 1 - self.window  # keys before this are outside the band
+            scores[..., :first] = float("-inf")
+        probs = torch.softmax(scores, -1).to(q.dtype)
+        p_pre = probs[..., :T0].transpose(0, 1)  # [H, B, T0]
+        out = [torch.matmul(p_pre[:, a:b], prefix_v[p]) for p, a, b in groups]
+        y = (out[0] if len(out) == 1 else torch.cat(out, 1)).transpose(0, 1)  # [B, H, d]
+        y = y + torch.matmul(probs[..., T0:].unsqueeze(2), vs).squeeze(2)
+        return self.c_proj(y.reshape(B, 1, C))
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -146,6 +177,11 @@ class Block(nn.Module):
     def forward_cached(self, x: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                        start_pos: int) -> torch.Tensor:
         x = x + self.attn.forward_cached(self.ln_1(x), k_cache, v_cache, start_pos)
+        return x + self.mlp(self.ln_2(x))
+
+    def decode_with_prefix(self, x, prefix_k, prefix_v, groups, k_cache, v_cache, step):
+        x = x + self.attn.decode_with_prefix(self.ln_1(x), prefix_k, prefix_v, groups, k_cache,
+                                             v_cache, step)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -233,5 +269,26 @@ class GPT(nn.Module):
         for block, (k_cache, v_cache) in zip(self.blocks, cache):
             x = block.forward_cached(x, k_cache, v_cache, start_pos)
         x = self.ln_f(x)
+        logits = F.linear(x, self.lm_head.weight, self.vocab_mask)
+        return logits[..., : self.config.vocab_size]
+
+    @torch.no_grad()
+    def decode_with_prefix(self, tokens: torch.Tensor, prefix: list, groups: list, cache: list,
+                           step: int) -> torch.Tensor:
+        """One decoding step of rows continuing shared prompts: ``tokens`` [B] at position
+        T0 + step, ``prefix`` the per-layer (k, v) [P, H, T0, C/H] of the P distinct prompts
+        (from ``forward_cached`` on them), ``groups`` the (prompt, first row, end row) ranges,
+        ``cache`` the rows' own per-layer (k, v) [B, H, S, C/H]. Returns logits [B, vocab_size];
+        the same as ``forward_cached`` on each row's whole sequence, with the prompt's
+        keys/values stored and read once per prompt instead of once per row."""
+        T0 = prefix[0][0].shape[2]
+        pos = T0 + step
+        if pos >= self.config.block_size or step >= cache[0][0].shape[2]:
+            raise ValueError(f"position {pos} (step {step}) exceeds the KV cache "
+                             f"(model.block_size={self.config.block_size})")
+        x = (self.wte(tokens) + self.wpe.weight[pos]).unsqueeze(1)  # [B, 1, C]
+        for block, (pk, pv), (k_cache, v_cache) in zip(self.blocks, prefix, cache):
+            x = block.decode_with_prefix(x, pk, pv, groups, k_cache, v_cache, step)
+        x = self.ln_f(x[:, 0])
         logits = F.linear(x, self.lm_head.weight, self.vocab_mask)
         return logits[..., : self.config.vocab_size]

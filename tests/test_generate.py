@@ -1,6 +1,7 @@
 """Generation: KV cache against the full forward, sampling reproducibility, stop strings."""
 
 import inspect
+import math
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,7 +13,8 @@ import yaml
 from codegpt import checkpoint as ckpt
 from codegpt.config import to_dict
 from codegpt.generate import (DEFAULT_STOP, Completion, cmd_sample, generate,
-                              load_checkpoint_model, pick_tokens, time_generation)
+                              load_checkpoint_model, nucleus_mask, pick_tokens,
+                              time_generation)
 from codegpt.model import GPT, ModelConfig
 from codegpt.tokenizer import EOT, TokenizerConfig, load_tokenizer, train_tokenizer
 from codegpt.train_config import TrainConfig
@@ -85,6 +87,33 @@ def test_kv_cache_matches_the_full_forward(sparse):
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_decoding_against_shared_prompts_matches_the_full_forward(sparse):
+    """n samples of a prompt keep its keys/values once; the logits are those of each row's
+    whole sequence, also with two prompts in one batch and rows dropped on the way."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=2, n_head=4, d_model=32, block_size=32, vocab_size=100,
+                            sparse_attention=sparse, local_window=4)).eval()
+    prompts = torch.randint(0, 100, (2, 7))
+    rows = [0, 0, 0, 1, 1]
+    gen = torch.randint(0, 100, (5, 10))
+    with torch.no_grad():
+        full, _ = model(torch.cat([prompts[rows], gen], 1))
+    prefix = model.new_kv_cache(2, 7)
+    model.forward_cached(prompts, prefix, 0)
+    cache = model.new_kv_cache(5, 10)
+    out = [model.decode_with_prefix(gen[:, t], prefix, [(0, 0, 3), (1, 3, 5)], cache, t)
+           for t in range(6)]
+    torch.testing.assert_close(torch.stack(out, 1), full[:, 7:13], atol=1e-5, rtol=1e-5)
+    keep = torch.tensor([1, 4])  # rows 0, 2, 3 finished: one row of each prompt is left
+    cache = [(k[keep], v[keep]) for k, v in cache]
+    out = [model.decode_with_prefix(gen[keep, t], prefix, [(0, 0, 1), (1, 1, 2)], cache, t)
+           for t in range(6, 10)]
+    torch.testing.assert_close(torch.stack(out, 1), full[keep, 13:], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="exceeds the KV cache"):
+        model.decode_with_prefix(gen[:, 0], prefix, [(0, 0, 5)], model.new_kv_cache(5, 2), 2)
+
+
 def greedy_reference(model: GPT, ids: list[int], steps: int) -> list[int]:
     """Greedy decoding with the training forward, no cache."""
     ids = list(ids)
@@ -122,6 +151,57 @@ def test_samples_do_not_depend_on_batch_size_or_other_prompts(setup):
     assert len({tuple(c.token_ids) for c in big[1]}) > 1  # the samples differ from each other
     other_seed = generate(model, tok, PROMPTS[1:2], batch_size=8, **{**kw, "seed": 4})
     assert [c.token_ids for c in other_seed[0]] != [c.token_ids for c in small[0]]
+
+
+def sorted_nucleus(probs, top_p):
+    """Reference top-p set: sort the whole vocabulary, keep while the mass before is < top_p."""
+    vals, order = torch.sort(probs, -1, descending=True)
+    keep = torch.zeros_like(probs, dtype=torch.bool)
+    return keep.scatter_(1, order, vals.cumsum(-1) - vals < top_p)
+
+
+@pytest.mark.parametrize("peak,sizes", [(15.0, (1, 256)), (0.0, (5000 - 1000, 5000)),
+                                        (2.0, (256, 5000 - 1000))])
+def test_nucleus_shortlists_find_what_a_full_sort_finds(peak, sizes):
+    """Narrow nuclei (the most likely shortlist), flat ones (the least likely shortlist, as from
+    random weights) and ones in between (a full sort) all give the sorted definition."""
+    torch.manual_seed(0)
+    logits = torch.randn(64, 5000) * (0.05 if peak == 0 else 1.0)
+    logits[:, :40] += peak * torch.rand(64, 40)
+    probs = torch.softmax(logits, -1)
+    for top_p in (0.95, 0.5, 0.99):
+        mask = nucleus_mask(probs, top_p)
+        assert torch.equal(mask, sorted_nucleus(probs, top_p))
+        assert torch.equal(nucleus_mask(probs[5:6], top_p), mask[5:6])  # alone = in a batch
+    size = nucleus_mask(probs, 0.95).sum(-1)
+    assert sizes[0] <= size.min() and size.max() < sizes[1]
+
+
+def test_sampling_draws_the_truncated_distribution():
+    logits = torch.tensor([[0.0, 3.0, 2.0, 1.0, -100.0]])
+    u = torch.rand(40000)
+
+    def freq(t, p, k):
+        picks = pick_tokens(logits.expand(40000, -1), t, p, k, u)
+        return torch.bincount(picks, minlength=5).float() / 40000
+
+    probs = torch.softmax(logits[0], -1)
+    torch.testing.assert_close(freq(1.0, 1.0, 0), probs, atol=0.01, rtol=0)
+    assert freq(1.0, 1.0, 0)[4] == 0  # an underflowed probability is never drawn
+    nucleus = probs * torch.tensor([0, 1, 1, 0, 0])  # 0.66 + 0.24 >= 0.85
+    torch.testing.assert_close(freq(1.0, 0.85, 0), nucleus / nucleus.sum(), atol=0.01, rtol=0)
+    cold = torch.softmax(logits[0] / 0.5, -1) * torch.tensor([1, 1, 1, 1, 0])
+    torch.testing.assert_close(freq(0.5, 1.0, 4), cold / cold.sum(), atol=0.01, rtol=0)
+
+
+def test_bfloat16_sampling(setup):
+    _, tok, folder, _ = setup
+    model, _ = load_checkpoint_model(folder, dtype="bfloat16")
+    assert model.wte.weight.dtype == torch.bfloat16
+    out = generate(model, tok, PROMPTS[:2], n=3, max_new_tokens=6, temperature=0.8, stop=())
+    assert all(len(c.token_ids) <= 6 and math.isfinite(c.mean_logp) for cs in out for c in cs)
+    with pytest.raises(ValueError, match="unknown dtype"):
+        load_checkpoint_model(folder, dtype="fp8")
 
 
 def test_top_k_top_p_and_greedy_selection():

