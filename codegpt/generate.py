@@ -202,7 +202,6 @@ class _Row:
     ids: list[int]
     logps: list[float]
     gen: torch.Generator
-    checked: int = 0    # characters of decoded text already searched for stop strings
 
 
 def _groups(prompts: list[int]) -> list[tuple[int, int, int]]:
@@ -242,7 +241,9 @@ def _generate_batch(model: GPT, tokenizer, prompt_ids: list[list[int]], rows: li
         cache = model.new_kv_cache(len(rows), T0 + budget, device=device)
         idx = torch.tensor(prompt_ids, dtype=torch.long, device=device)  # [B, T0]
         logits = model.forward_cached(idx, cache, 0)[:, -1]
-    longest_stop = max((len(s) for s in stop), default=0)
+    # a stop string of L bytes ends inside the last L + 1 tokens (every token is at least one
+    # byte), so each step decodes only those; the whole text is decoded once a stop shows up
+    window = max((len(s.encode()) for s in stop), default=0) + 1
     active = list(range(len(rows)))  # positions in the batch of the unfinished rows
     done: list[tuple[_Row, str, str]] = []
     for step in range(budget):
@@ -262,12 +263,13 @@ def _generate_batch(model: GPT, tokenizer, prompt_ids: list[list[int]], rows: li
             r.ids.append(tok)
             r.logps.append(logp_list[j])
             if stop:
-                text = tokenizer.decode(r.ids)
-                cut = _find_stop(text, stop, max(0, r.checked - longest_stop))
-                r.checked = len(text)
-                if cut >= 0:
-                    done.append((r, text[:cut], "stop"))
-                    continue
+                tail = tokenizer.decode(r.ids[-window:])
+                if any(st in tail for st in stop):
+                    text = tokenizer.decode(r.ids)
+                    cut = _find_stop(text, stop, 0)
+                    if cut >= 0:
+                        done.append((r, text[:cut], "stop"))
+                        continue
             keep.append(j)
         if not keep or step == budget - 1:
             active = [active[j] for j in keep]

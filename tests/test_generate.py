@@ -258,6 +258,25 @@ def test_each_sequence_stops_on_its_own(setup):
     assert "\ndef" in DEFAULT_STOP
 
 
+def test_stop_strings_found_late_and_across_tokens(setup):
+    """Stops are looked for in the last few tokens only: a multi-token stop string (also a
+    non-ASCII one, whose bytes span tokens) deep into a completion is still cut exactly."""
+    _, tok, _, _ = setup
+    ids = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
+    body = "    total = total + 1\n" * 12
+    texts = [body + "\nprint(total)\n", body + "# é→ end", body + "return 1" + "\n    pass" * 8]
+    cfg = ModelConfig(n_layer=1, n_head=1, d_model=8, block_size=512, vocab_size=tok.get_vocab_size())
+    model = Scripted(cfg, [ids(t) for t in texts]).eval()
+    assert len(ids("é→")) > 1
+    assert len(ids(texts[2])) > max(len(ids(texts[0])), len(ids(texts[1])))
+    out = generate(model, tok, ["a", "b", "c"], n=1, max_new_tokens=len(ids(texts[2])),
+                   temperature=0, stop=("\nprint", "é→"))
+    a, b, c = (r[0] for r in out)
+    assert (a.finish_reason, a.text) == ("stop", body)
+    assert (b.finish_reason, b.text) == ("stop", body + "# ")
+    assert (c.finish_reason, c.text) == ("length", texts[2])
+
+
 def test_cli_sample_and_clear_errors(setup, tmp_path, capsys):
     import argparse
 
