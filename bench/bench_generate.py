@@ -8,7 +8,10 @@ temperature and top-p, in the same dtype. Two workloads:
 
 - ``samples``: a batch of n samples of one prompt, as pass@k sampling draws them (HF:
   ``input_ids`` repeated, which is what ``num_return_sequences`` does);
-- ``distinct``: one sample of each of B different prompts cut to the same token length.
+- ``distinct``: one sample of each of B different prompts cut to the same token length;
+- ``mixed``: one sample of each of B consecutive HumanEval prompts (by length, from the median
+  up) at their own lengths, as a greedy or n=1 run batches problems (HF: left-padded with an
+  attention mask, as its docs advise for decoder-only models).
 
 Rounds alternate between the two libraries; the ratio is the median of per-round ratios.
 
@@ -102,12 +105,21 @@ def same_length_prompts(tok, prompts: list[list[int]], count: int, length: int) 
                      f"round-trip; use a smaller batch for the distinct workload")
 
 
+def left_padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and attention_mask for transformers, prompts padded on the left."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    return ids, mask
+
+
 def time_hf(hf, input_ids: torch.Tensor, new_tokens: int, temperature: float, top_p: float,
-            eot_id: int) -> float:
+            eot_id: int, attention_mask: torch.Tensor | None = None) -> float:
     """Seconds for transformers' generate to sample exactly ``new_tokens`` per row."""
     kw = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
               max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=eot_id,
-              attention_mask=torch.ones_like(input_ids))
+              attention_mask=torch.ones_like(input_ids) if attention_mask is None
+              else attention_mask)
     dev = input_ids.device
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -160,7 +172,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--dtypes", default="float32,bfloat16")
-    ap.add_argument("--workloads", default="samples,distinct")
+    ap.add_argument("--workloads", default="samples,distinct,mixed")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
@@ -207,24 +219,33 @@ def main() -> None:
               f"{args.new_tokens} new, T={args.temperature} top-p={args.top_p}")
         for workload in args.workloads.split(","):
             for B in batch_sizes:
-                if workload == "distinct":
+                mask = None
+                if workload in ("distinct", "mixed"):
                     if B == 1:
                         continue  # the same as one sample of one prompt
-                    texts = same_length_prompts(tok, prompts, B, len(median))
+                    if workload == "distinct":
+                        texts = same_length_prompts(tok, prompts, B, len(median))
+                    else:
+                        texts = [tok.decode(p) for p in prompts[len(prompts) // 2:][:B]]
                     ours_prompt: str | list[str] = texts
                     ids = [tok.encode(t, add_special_tokens=False).ids for t in texts]
+                    input_ids, mask = left_padded(ids, eot_id, device)
                 else:
                     ours_prompt, ids = prompt_text, [median] * B
-                input_ids = torch.tensor(ids, device=device)
+                    input_ids = torch.tensor(ids, device=device)
+                if max(map(len, ids)) + args.new_tokens > cfg.block_size:
+                    raise SystemExit(f"prompts of up to {max(map(len, ids))} tokens + "
+                                     f"{args.new_tokens} new exceed block_size {cfg.block_size}")
                 kw = dict(temperature=args.temperature, top_p=args.top_p)
-                time_hf(hf, input_ids, 2, eot_id=eot_id, **kw)  # warm-up
+                time_hf(hf, input_ids, 2, eot_id=eot_id, attention_mask=mask, **kw)  # warm-up
                 t_ours, t_hf = [], []
                 for _ in range(args.rounds):
                     r = time_generation(ours, tok, ours_prompt, batch_size=B,
                                         new_tokens=args.new_tokens, device=device, **kw)
                     assert r["tokens"] == B * args.new_tokens, r
                     t_ours.append(r["seconds"])
-                    t_hf.append(time_hf(hf, input_ids, args.new_tokens, eot_id=eot_id, **kw))
+                    t_hf.append(time_hf(hf, input_ids, args.new_tokens, eot_id=eot_id,
+                                        attention_mask=mask, **kw))
                 tokens = B * args.new_tokens
                 ratio = statistics.median(h / o for o, h in zip(t_ours, t_hf))
                 row = {"dtype": dtype, "workload": workload, "batch_size": B,

@@ -4,9 +4,11 @@ reranking.
 
 Reproducibility: each sample draws its random numbers from its own generator, seeded from
 (seed, sample index), so sample i of a prompt is the same whatever the batch size or the
-other prompts in the call. Work items are batched only with items whose prompts have the same
-number of tokens (the usual case: the n samples of one prompt), so no padding is ever needed
-and every row of a batch sits at the same position.
+other prompts in the call.
+
+Batches mix prompts of any lengths (sorted by length, so padding stays small). Each distinct
+prompt of a batch is run once and its keys/values kept once, right-padded; the n samples of a
+prompt all read that one copy, which is what makes pass@k sampling cheap.
 """
 
 from __future__ import annotations
@@ -219,34 +221,36 @@ def _groups(prompts: list[int]) -> list[tuple[int, int, int]]:
 def _generate_batch(model: GPT, tokenizer, prompt_ids: list[list[int]], rows: list[_Row], *,
                     max_new_tokens: int, temperature: float, top_p: float, top_k: int,
                     stop: tuple[str, ...], eot_id: int | None, device) -> list[tuple[_Row, str, str]]:
-    """Generate for rows sharing one prompt length (rows of a prompt next to each other);
-    returns (row, text, finish_reason).
+    """Generate for a batch of rows (the rows of a prompt next to each other; prompts of any
+    lengths); returns (row, text, finish_reason).
 
-    When prompts repeat in the batch (n samples of a prompt), each distinct prompt goes through
-    the model once and its keys/values are kept once; the rows then decode against that shared
-    prefix plus their own cache. Otherwise every row has its own cache from the start."""
+    Each distinct prompt goes through the model once (right-padded to the longest) and its
+    keys/values are kept once; every row then decodes against its prompt's keys/values plus its
+    own cache (``GPT.decode_with_prefix``). Rows finish on their own and leave the batch."""
     block = model.config.block_size
-    T0 = len(prompt_ids[0])
-    budget = min(max_new_tokens, block - T0)
     distinct: dict[tuple[int, ...], int] = {}
     row_prompt = [distinct.setdefault(tuple(ids), len(distinct)) for ids in prompt_ids]
-    shared = len(distinct) < len(rows)
-    if shared:
-        prefix = model.new_kv_cache(len(distinct), T0, device=device)
-        idx = torch.tensor(list(distinct), dtype=torch.long, device=device)  # [P, T0]
-        first = model.forward_cached(idx, prefix, 0)[:, -1]
-        logits = first.index_select(0, torch.tensor(row_prompt, device=device))
-        cache = model.new_kv_cache(len(rows), budget, device=device)
-    else:
-        cache = model.new_kv_cache(len(rows), T0 + budget, device=device)
-        idx = torch.tensor(prompt_ids, dtype=torch.long, device=device)  # [B, T0]
-        logits = model.forward_cached(idx, cache, 0)[:, -1]
+    lengths = [len(ids) for ids in distinct]
+    T0 = max(lengths)
+    idx = torch.zeros(len(distinct), T0, dtype=torch.long, device=device)
+    for p, ids in enumerate(distinct):
+        idx[p, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    prompt_len = torch.tensor(lengths, device=device)
+    prefix = model.new_kv_cache(len(distinct), T0, device=device)
+    first = model.prefill(idx, prompt_len, prefix)  # [P, V]
+    row_sel = torch.tensor(row_prompt, device=device)
+    logits = first.index_select(0, row_sel)
+    row_len = prompt_len.index_select(0, row_sel)  # [B]: each row's prompt length
+    # a row may generate up to max_new_tokens, within the model's context after its own prompt
+    budgets = [min(max_new_tokens, block - len(prompt_ids[i])) for i in range(len(rows))]
+    cache = model.new_kv_cache(len(rows), max(budgets), device=device)
+    aligned = len(distinct) == len(rows)  # row r continues prompt r: no groups needed
     # a stop string of L bytes ends inside the last L + 1 tokens (every token is at least one
     # byte), so each step decodes only those; the whole text is decoded once a stop shows up
     window = max((len(s.encode()) for s in stop), default=0) + 1
     active = list(range(len(rows)))  # positions in the batch of the unfinished rows
     done: list[tuple[_Row, str, str]] = []
-    for step in range(budget):
+    for step in range(max(budgets)):
         live = [rows[i] for i in active]
         uniforms = None
         if temperature > 0:
@@ -270,21 +274,23 @@ def _generate_batch(model: GPT, tokenizer, prompt_ids: list[list[int]], rows: li
                     if cut >= 0:
                         done.append((r, text[:cut], "stop"))
                         continue
+            if len(r.ids) >= budgets[active[j]]:
+                done.append((r, tokenizer.decode(r.ids), "length"))
+                continue
             keep.append(j)
-        if not keep or step == budget - 1:
-            active = [active[j] for j in keep]
+        active = [active[j] for j in keep]
+        if not keep:
             break
-        if len(keep) < len(live):  # drop finished rows from the batch and its cache
+        if len(keep) < len(live):  # drop finished rows from the batch and its caches
             sel = torch.tensor(keep, device=device)
             cache = [(k.index_select(0, sel), v.index_select(0, sel)) for k, v in cache]
+            if aligned:
+                prefix = [(k.index_select(0, sel), v.index_select(0, sel)) for k, v in prefix]
             nxt = nxt.index_select(0, sel)
-        active = [active[j] for j in keep]
-        if shared:
-            groups = _groups([row_prompt[i] for i in active])
-            logits = model.decode_with_prefix(nxt, prefix, groups, cache, step)
-        else:
-            logits = model.forward_cached(nxt[:, None], cache, T0 + step)[:, -1]
-    for i in active:
+            row_len = row_len.index_select(0, sel)
+        groups = None if aligned else _groups([row_prompt[i] for i in active])
+        logits = model.decode_with_prefix(nxt, prefix, groups, cache, step, row_len)
+    for i in active:  # only with max_new_tokens=0
         done.append((rows[i], tokenizer.decode(rows[i].ids), "length"))
     return done
 
@@ -301,9 +307,10 @@ def _kept_tokens(tokenizer, ids: list[int], text: str) -> int:
 
 def generate(model: GPT, tokenizer, prompts: list[str], n: int = 1, max_new_tokens: int = 256,
              temperature: float = 0.2, top_p: float = 0.95, top_k: int = 0,
-             stop=DEFAULT_STOP, seed: int = 0, batch_size: int = 16, device=None,
+             stop=DEFAULT_STOP, seed: int | list[int] = 0, batch_size: int = 16, device=None,
              ignore_eot: bool = False) -> list[list[Completion]]:
-    """``n`` completions of every prompt: result[p][i] is sample i of prompts[p].
+    """``n`` completions of every prompt: result[p][i] is sample i of prompts[p], a function
+    of (seed, i) and the prompt alone; ``seed`` may be a list with one seed per prompt.
 
     ``tokenizer`` is a ``tokenizers.Tokenizer``. ``temperature`` 0 is greedy. A sequence
     finishes on its own at a stop string (cut before it), at <|endoftext|> or after
@@ -312,6 +319,9 @@ def generate(model: GPT, tokenizer, prompts: list[str], n: int = 1, max_new_toke
     """
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * len(prompts)
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
     device = torch.device(device) if device is not None else model.wte.weight.device
     was_training = model.training
     model.eval()
@@ -326,16 +336,12 @@ def generate(model: GPT, tokenizer, prompts: list[str], n: int = 1, max_new_toke
                         p, len(ids), block - 1, block)
             ids = ids[-(block - 1):]
         encoded.append(ids)
-    # same-length prompts batch together; order within a length: prompt, then sample
+    # prompts of similar length batch together (less padding); within a prompt, by sample
     items = sorted(((len(encoded[p]), p, i) for p in range(len(prompts)) for i in range(n)))
     results: list[list[Completion | None]] = [[None] * n for _ in prompts]
-    start = 0
-    while start < len(items):
-        length = items[start][0]
-        end = start
-        while end < len(items) and end - start < batch_size and items[end][0] == length:
-            end += 1
-        rows = [_Row(p, i, [], [], sample_generator(seed, i)) for _, p, i in items[start:end]]
+    for start in range(0, len(items), batch_size):
+        end = min(start + batch_size, len(items))
+        rows = [_Row(p, i, [], [], sample_generator(seeds[p], i)) for _, p, i in items[start:end]]
         done = _generate_batch(model, tokenizer, [encoded[r.prompt] for r in rows], rows,
                                max_new_tokens=max_new_tokens, temperature=temperature,
                                top_p=top_p, top_k=top_k, stop=stop, eot_id=eot_id, device=device)
@@ -343,7 +349,6 @@ def generate(model: GPT, tokenizer, prompts: list[str], n: int = 1, max_new_toke
             k = len(r.ids) if reason != "stop" else _kept_tokens(tokenizer, r.ids, text)
             mean = float(np.mean(r.logps[:k])) if k else 0.0
             results[r.prompt][r.sample] = Completion(text, r.ids[:k], mean, reason)
-        start = end
     model.train(was_training)
     return results  # type: ignore[return-value]
 

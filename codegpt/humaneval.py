@@ -139,9 +139,10 @@ def generate_samples(checkpoint: str | Path, tokenizer: str | Path, out_path: st
                      problems: dict[str, dict], n: int, temperature: float, top_p: float,
                      max_new_tokens: int = 384, batch_size: int = 50, seed: int = 0,
                      device: str | None = None, dtype: str | None = None) -> list[dict]:
-    """n completions per problem appended to ``out_path`` after each problem; problems already
-    complete in the file are skipped, so an interrupted run resumes. Sample i of a problem is
-    a function of (seed, problem, i) alone, so a resumed problem continues the same stream."""
+    """n completions per problem appended to ``out_path`` after each problem (or group of
+    problems, batched together when n < batch_size); problems already complete in the file are
+    skipped, so an interrupted run resumes. Sample i of a problem is a function of (seed,
+    problem, i) alone, so a resumed problem continues the same stream."""
     from tqdm import tqdm
 
     from codegpt.generate import generate, load_checkpoint_model
@@ -155,18 +156,23 @@ def generate_samples(checkpoint: str | Path, tokenizer: str | Path, out_path: st
             have[s["task_id"]] += 1
     model, _ = load_checkpoint_model(checkpoint, device=device or "cpu", dtype=dtype)
     tok = load_tokenizer(tokenizer)
-    with open(out_path, "a") as f:
-        for task_id in tqdm(sorted(problems, key=_task_number), desc="humaneval", unit="problem"):
-            if have[task_id] >= n:
-                continue
-            completions = generate(model, tok, [problems[task_id]["prompt"]], n=n,
+    todo = [t for t in sorted(problems, key=_task_number) if have[t] < n]
+    # problems are batched together when n is smaller than the batch (e.g. n=1 greedy runs)
+    per_call = max(1, batch_size // n)
+    with open(out_path, "a") as f, tqdm(total=len(problems), initial=len(problems) - len(todo),
+                                        desc="humaneval", unit="problem") as bar:
+        for start in range(0, len(todo), per_call):
+            chunk = todo[start: start + per_call]
+            completions = generate(model, tok, [problems[t]["prompt"] for t in chunk], n=n,
                                    max_new_tokens=max_new_tokens, temperature=temperature,
-                                   top_p=top_p, seed=seed * 100_003 + _task_number(task_id),
-                                   batch_size=batch_size, device=device)[0]
-            for c in completions[have[task_id]:]:
-                f.write(json.dumps({"task_id": task_id, "completion": c.text,
-                                    "mean_logp": c.mean_logp}) + "\n")
+                                   top_p=top_p, seed=[seed * 100_003 + _task_number(t) for t in chunk],
+                                   batch_size=batch_size, device=device)
+            for task_id, samples in zip(chunk, completions):
+                for c in samples[have[task_id]:]:
+                    f.write(json.dumps({"task_id": task_id, "completion": c.text,
+                                        "mean_logp": c.mean_logp}) + "\n")
             f.flush()
+            bar.update(len(chunk))
     return read_samples(out_path)
 
 
@@ -232,7 +238,8 @@ def add_parser(sub) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--max-new-tokens", type=int, default=384)
     p.add_argument("--batch-size", type=int, default=50,
-                   help="samples decoded together (they share the prompt's keys/values)")
+                   help="sequences decoded together: samples of a problem share its keys/values; "
+                        "with n < batch size several problems share a batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="only the first N problems (smoke runs)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per program")

@@ -116,13 +116,16 @@ class CausalSelfAttention(nn.Module):
         return self.c_proj(y)
 
     def decode_with_prefix(self, x: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor,
-                           groups: list[tuple[int, int, int]], k_cache: torch.Tensor,
-                           v_cache: torch.Tensor, step: int) -> torch.Tensor:
-        """One decoding step for rows that share prompts. x [B, 1, C] is at position T0 + step;
-        prefix_k/v [P, H, T0, C/H] hold each distinct prompt's keys/values once, and
-        ``groups`` (p, a, b) says rows a:b continue prompt p; k/v_cache [B, H, S, C/H] hold each
-        row's own generated keys/values. The prompt's keys are read once per group with one
-        GEMM instead of once per row, which is what makes n samples of a prompt cheap."""
+                           groups: list[tuple[int, int, int]] | None, k_cache: torch.Tensor,
+                           v_cache: torch.Tensor, step: int, prefix_ok: torch.Tensor | None,
+                           own_ok: torch.Tensor | None) -> torch.Tensor:
+        """One decoding step of rows continuing prompts. x [B, 1, C] is each row's newest token;
+        prefix_k/v [P, H, T0, C/H] hold the P prompts' keys/values (right-padded to T0);
+        ``groups`` (p, a, b) says rows a:b continue prompt p, or None when row r continues
+        prompt r; k/v_cache [B, H, S, C/H] hold each row's own generated keys/values, written
+        at ``step``. ``prefix_ok`` [B, T0] / ``own_ok`` [step + 1] say which prompt / own keys
+        a row may see (padding and the band of a sparse layer), None for all. A prompt shared
+        by several rows has its keys read once per group with one GEMM, not once per row."""
         B, _, C = x.shape
         H, d = self.n_head, C // self.n_head
         T0 = prefix_k.shape[2]
@@ -131,18 +134,25 @@ class CausalSelfAttention(nn.Module):
         v_cache[:, :, step] = v
         ks, vs = k_cache[:, :, : step + 1], v_cache[:, :, : step + 1]
         q = q * (1.0 / math.sqrt(d))
-        qh = q.transpose(0, 1)  # [H, B, d]
-        pre = [torch.matmul(qh[:, a:b], prefix_k[p].transpose(1, 2)) for p, a, b in groups]
-        s_pre = (pre[0] if len(pre) == 1 else torch.cat(pre, 1)).transpose(0, 1)  # [B, H, T0]
+        if groups is None:
+            s_pre = torch.matmul(q.unsqueeze(2), prefix_k.transpose(2, 3)).squeeze(2)  # [B, H, T0]
+        else:
+            qh = q.transpose(0, 1)  # [H, B, d]
+            pre = [torch.matmul(qh[:, a:b], prefix_k[p].transpose(1, 2)) for p, a, b in groups]
+            s_pre = (pre[0] if len(pre) == 1 else torch.cat(pre, 1)).transpose(0, 1)
         s_own = torch.matmul(q.unsqueeze(2), ks.transpose(2, 3)).squeeze(2)   # [B, H, step+1]
         scores = torch.cat([s_pre, s_own], -1).float()
-        if self.window is not None and self.window < T0 + step + 1:
-            first = T0 + step + 1 - self.window  # keys before this are outside the band
-            scores[..., :first] = float("-inf")
+        if prefix_ok is not None:
+            scores[..., :T0].masked_fill_(~prefix_ok[:, None, :], float("-inf"))
+        if own_ok is not None:
+            scores[..., T0:].masked_fill_(~own_ok, float("-inf"))
         probs = torch.softmax(scores, -1).to(q.dtype)
-        p_pre = probs[..., :T0].transpose(0, 1)  # [H, B, T0]
-        out = [torch.matmul(p_pre[:, a:b], prefix_v[p]) for p, a, b in groups]
-        y = (out[0] if len(out) == 1 else torch.cat(out, 1)).transpose(0, 1)  # [B, H, d]
+        if groups is None:
+            y = torch.matmul(probs[..., :T0].unsqueeze(2), prefix_v).squeeze(2)  # [B, H, d]
+        else:
+            p_pre = probs[..., :T0].transpose(0, 1)  # [H, B, T0]
+            out = [torch.matmul(p_pre[:, a:b], prefix_v[p]) for p, a, b in groups]
+            y = (out[0] if len(out) == 1 else torch.cat(out, 1)).transpose(0, 1)
         y = y + torch.matmul(probs[..., T0:].unsqueeze(2), vs).squeeze(2)
         return self.c_proj(y.reshape(B, 1, C))
 
@@ -179,9 +189,10 @@ class Block(nn.Module):
         x = x + self.attn.forward_cached(self.ln_1(x), k_cache, v_cache, start_pos)
         return x + self.mlp(self.ln_2(x))
 
-    def decode_with_prefix(self, x, prefix_k, prefix_v, groups, k_cache, v_cache, step):
+    def decode_with_prefix(self, x, prefix_k, prefix_v, groups, k_cache, v_cache, step,
+                           prefix_ok, own_ok):
         x = x + self.attn.decode_with_prefix(self.ln_1(x), prefix_k, prefix_v, groups, k_cache,
-                                             v_cache, step)
+                                             v_cache, step, prefix_ok, own_ok)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -255,10 +266,7 @@ class GPT(nn.Module):
         return [(torch.empty(shape, device=device, dtype=dtype),
                  torch.empty(shape, device=device, dtype=dtype)) for _ in range(cfg.n_layer)]
 
-    @torch.no_grad()
-    def forward_cached(self, idx: torch.Tensor, cache: list, start_pos: int) -> torch.Tensor:
-        """Inference with a KV cache: idx [B, T] are the tokens at positions start_pos..;
-        returns logits [B, T, vocab_size]. The training ``forward`` is untouched by this path."""
+    def _cached_hidden(self, idx: torch.Tensor, cache: list, start_pos: int) -> torch.Tensor:
         B, T = idx.shape
         end = start_pos + T
         if end > cache[0][0].shape[2]:
@@ -268,27 +276,59 @@ class GPT(nn.Module):
         x = self.wte(idx) + self.wpe(pos)
         for block, (k_cache, v_cache) in zip(self.blocks, cache):
             x = block.forward_cached(x, k_cache, v_cache, start_pos)
-        x = self.ln_f(x)
-        logits = F.linear(x, self.lm_head.weight, self.vocab_mask)
-        return logits[..., : self.config.vocab_size]
+        return self.ln_f(x)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.lm_head.weight, self.vocab_mask)[..., : self.config.vocab_size]
 
     @torch.no_grad()
-    def decode_with_prefix(self, tokens: torch.Tensor, prefix: list, groups: list, cache: list,
-                           step: int) -> torch.Tensor:
-        """One decoding step of rows continuing shared prompts: ``tokens`` [B] at position
-        T0 + step, ``prefix`` the per-layer (k, v) [P, H, T0, C/H] of the P distinct prompts
-        (from ``forward_cached`` on them), ``groups`` the (prompt, first row, end row) ranges,
-        ``cache`` the rows' own per-layer (k, v) [B, H, S, C/H]. Returns logits [B, vocab_size];
-        the same as ``forward_cached`` on each row's whole sequence, with the prompt's
-        keys/values stored and read once per prompt instead of once per row."""
+    def forward_cached(self, idx: torch.Tensor, cache: list, start_pos: int) -> torch.Tensor:
+        """Inference with a KV cache: idx [B, T] are the tokens at positions start_pos..;
+        returns logits [B, T, vocab_size]. The training ``forward`` is untouched by this path."""
+        return self._logits(self._cached_hidden(idx, cache, start_pos))
+
+    @torch.no_grad()
+    def prefill(self, idx: torch.Tensor, lengths: torch.Tensor, cache: list) -> torch.Tensor:
+        """Run prompts right-padded into idx [P, T0] (prompt p is idx[p, :lengths[p]]) into
+        ``cache``; returns the logits [P, vocab_size] after each prompt's last token. Padding
+        sits after the real tokens, so causal attention keeps it out of them; decoding masks it
+        with ``prefix_len``. Only the P last positions go through the output head."""
+        x = self._cached_hidden(idx, cache, 0)
+        last = x[torch.arange(idx.shape[0], device=idx.device), lengths.to(idx.device) - 1]
+        return self._logits(last)
+
+    @torch.no_grad()
+    def decode_with_prefix(self, tokens: torch.Tensor, prefix: list, groups: list | None,
+                           cache: list, step: int, prefix_len: torch.Tensor | None = None
+                           ) -> torch.Tensor:
+        """One decoding step of rows continuing prompts: ``tokens`` [B], row r's at position
+        prefix_len[r] + step (T0 + step when ``prefix_len`` is None). ``prefix`` is the per-layer
+        (k, v) [P, H, T0, C/H] of the P prompts (from ``prefill``), ``groups`` the (prompt,
+        first row, end row) ranges, or None when row r continues prompt r, ``cache`` the rows'
+        own per-layer (k, v) [B, H, S, C/H]. Returns logits [B, vocab_size]: the same as the
+        full forward of each row's prompt and tokens, with a prompt shared by several rows kept
+        and read once for all of them."""
         T0 = prefix[0][0].shape[2]
-        pos = T0 + step
-        if pos >= self.config.block_size or step >= cache[0][0].shape[2]:
-            raise ValueError(f"position {pos} (step {step}) exceeds the KV cache "
+        dev = tokens.device
+        if step >= cache[0][0].shape[2]:
+            raise ValueError(f"step {step} exceeds the KV cache length {cache[0][0].shape[2]}")
+        if prefix_len is None:
+            prefix_len = torch.full((tokens.shape[0],), T0, device=dev)
+        prefix_len = prefix_len.to(dev)
+        pos = prefix_len + step  # [B]
+        if int(pos.max()) >= self.config.block_size:
+            raise ValueError(f"position {int(pos.max())} exceeds the KV cache "
                              f"(model.block_size={self.config.block_size})")
-        x = (self.wte(tokens) + self.wpe.weight[pos]).unsqueeze(1)  # [B, 1, C]
+        j = torch.arange(T0, device=dev)
+        padded = j[None, :] < prefix_len[:, None]  # [B, T0]
+        dense_ok = None if bool(padded.all()) else padded
+        x = (self.wte(tokens) + self.wpe(pos)).unsqueeze(1)  # [B, 1, C]
         for block, (pk, pv), (k_cache, v_cache) in zip(self.blocks, prefix, cache):
-            x = block.decode_with_prefix(x, pk, pv, groups, k_cache, v_cache, step)
-        x = self.ln_f(x[:, 0])
-        logits = F.linear(x, self.lm_head.weight, self.vocab_mask)
-        return logits[..., : self.config.vocab_size]
+            w = block.attn.window
+            prefix_ok, own_ok = dense_ok, None
+            if w is not None and w < int(pos.max()) + 1:  # banded layer: keys within w of pos
+                prefix_ok = padded & (pos[:, None] - j[None, :] < w)
+                own_ok = step - torch.arange(step + 1, device=dev) < w
+            x = block.decode_with_prefix(x, pk, pv, groups, k_cache, v_cache, step,
+                                         prefix_ok, own_ok)
+        return self._logits(self.ln_f(x[:, 0]))

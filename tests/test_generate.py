@@ -12,7 +12,7 @@ import yaml
 
 from codegpt import checkpoint as ckpt
 from codegpt.config import to_dict
-from codegpt.generate import (DEFAULT_STOP, Completion, cmd_sample, generate,
+from codegpt.generate import (DEFAULT_STOP, Completion, _groups, cmd_sample, generate,
                               load_checkpoint_model, nucleus_mask, pick_tokens,
                               time_generation)
 from codegpt.model import GPT, ModelConfig
@@ -87,31 +87,60 @@ def test_kv_cache_matches_the_full_forward(sparse):
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
 
 
+def decode_rows(model, prompts, rows, gen, groups, drop_at=None, keep=None):
+    """Logits of decoding gen [B, S] after the prompts (lists of ids, any lengths) with
+    prefill + decode_with_prefix; rows[r] is row r's prompt. At step ``drop_at`` only the
+    rows in ``keep`` go on (groups then come from ``keep``)."""
+    lengths = torch.tensor([len(p) for p in prompts])
+    idx = torch.zeros(len(prompts), int(lengths.max()), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        idx[i, : len(p)] = torch.tensor(p)
+    prefix = model.new_kv_cache(len(prompts), idx.shape[1])
+    first = model.prefill(idx, lengths, prefix)
+    cache = model.new_kv_cache(len(rows), gen.shape[1])
+    row_len = lengths[rows]
+    out, live = [first[rows]], torch.arange(len(rows))
+    for t in range(gen.shape[1] - 1):
+        if t == drop_at:
+            live = torch.tensor(keep)
+            cache = [(k[live], v[live]) for k, v in cache]
+            if groups is None:
+                prefix = [(k[live], v[live]) for k, v in prefix]
+            groups = None if groups is None else _groups([rows[i] for i in keep])
+        step = model.decode_with_prefix(gen[live, t], prefix, groups, cache, t, row_len[live])
+        out.append(torch.full_like(out[0], float("nan")).index_copy(0, live, step))
+    return torch.stack(out, 1)  # [B, S, V]: logits before gen[:, t]
+
+
 @pytest.mark.parametrize("sparse", [False, True])
-def test_decoding_against_shared_prompts_matches_the_full_forward(sparse):
-    """n samples of a prompt keep its keys/values once; the logits are those of each row's
-    whole sequence, also with two prompts in one batch and rows dropped on the way."""
+def test_decoding_against_prompts_matches_the_full_forward(sparse):
+    """Shared prompts (n samples each) and one prompt per row, of different lengths, right-
+    padded: each row's logits are those of the full forward of its own prompt + tokens, also
+    after rows are dropped mid-way."""
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=2, n_head=4, d_model=32, block_size=32, vocab_size=100,
                             sparse_attention=sparse, local_window=4)).eval()
-    prompts = torch.randint(0, 100, (2, 7))
-    rows = [0, 0, 0, 1, 1]
+    prompts = [torch.randint(0, 100, (n,)).tolist() for n in (7, 3, 5)]
     gen = torch.randint(0, 100, (5, 10))
-    with torch.no_grad():
-        full, _ = model(torch.cat([prompts[rows], gen], 1))
-    prefix = model.new_kv_cache(2, 7)
-    model.forward_cached(prompts, prefix, 0)
-    cache = model.new_kv_cache(5, 10)
-    out = [model.decode_with_prefix(gen[:, t], prefix, [(0, 0, 3), (1, 3, 5)], cache, t)
-           for t in range(6)]
-    torch.testing.assert_close(torch.stack(out, 1), full[:, 7:13], atol=1e-5, rtol=1e-5)
-    keep = torch.tensor([1, 4])  # rows 0, 2, 3 finished: one row of each prompt is left
-    cache = [(k[keep], v[keep]) for k, v in cache]
-    out = [model.decode_with_prefix(gen[keep, t], prefix, [(0, 0, 1), (1, 1, 2)], cache, t)
-           for t in range(6, 10)]
-    torch.testing.assert_close(torch.stack(out, 1), full[keep, 13:], atol=1e-5, rtol=1e-5)
+
+    def reference(rows):
+        with torch.no_grad():
+            return [model(torch.tensor([prompts[p] + gen[r].tolist()]))[0][0, len(prompts[p]) - 1:-1]
+                    for r, p in enumerate(rows)]
+
+    rows = [0, 0, 0, 1, 2]  # grouped: three samples of prompt 0, one each of prompts 1 and 2
+    got = decode_rows(model, prompts, rows, gen, _groups(rows), drop_at=6, keep=[1, 3, 4])
+    for r, want in enumerate(reference(rows)):
+        n = 7 if r in (0, 2) else 10  # rows 0 and 2 left the batch after step 6
+        torch.testing.assert_close(got[r, :n], want[:n], atol=1e-5, rtol=1e-5)
+    rows = [0, 1, 2]  # aligned: one row per prompt
+    got = decode_rows(model, prompts, rows, gen[:3], None, drop_at=4, keep=[0, 2])
+    for r, want in enumerate(reference(rows)):
+        n = 5 if r == 1 else 10
+        torch.testing.assert_close(got[r, :n], want[:n], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="exceeds the KV cache"):
-        model.decode_with_prefix(gen[:, 0], prefix, [(0, 0, 5)], model.new_kv_cache(5, 2), 2)
+        model.decode_with_prefix(gen[:, 0], model.new_kv_cache(5, 7), None,
+                                 model.new_kv_cache(5, 2), 2)
 
 
 def greedy_reference(model: GPT, ids: list[int], steps: int) -> list[int]:
@@ -151,6 +180,11 @@ def test_samples_do_not_depend_on_batch_size_or_other_prompts(setup):
     assert len({tuple(c.token_ids) for c in big[1]}) > 1  # the samples differ from each other
     other_seed = generate(model, tok, PROMPTS[1:2], batch_size=8, **{**kw, "seed": 4})
     assert [c.token_ids for c in other_seed[0]] != [c.token_ids for c in small[0]]
+    # one seed per prompt: prompts of different lengths in one batch, each its own stream
+    per_prompt = generate(model, tok, PROMPTS, batch_size=18, **{**kw, "seed": [5, 4, 6]})
+    assert [c.token_ids for c in per_prompt[1]] == [c.token_ids for c in other_seed[0]]
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        generate(model, tok, PROMPTS, **{**kw, "seed": [1, 2]})
 
 
 def sorted_nucleus(probs, top_p):
@@ -218,24 +252,27 @@ def test_top_k_top_p_and_greedy_selection():
 
 
 class Scripted(GPT):
-    """A model whose next token is scripted per batch row, to test stopping. The row's identity
+    """A model whose next token is scripted per prompt, to test stopping. The row's identity
     rides in its KV cache, so it survives finished rows being dropped from the batch."""
 
     def __init__(self, cfg, scripts):
         super().__init__(cfg)
-        self.scripts = scripts  # row -> list of token ids
+        self.scripts = scripts  # prompt (in order of the batch) -> list of token ids
 
-    def forward_cached(self, idx, cache, start_pos):
-        B, T = idx.shape
-        tag = cache[0][0]
-        if start_pos == 0:
-            tag[:, 0, 0, 0] = torch.arange(B, dtype=tag.dtype)
-            self.step = 0
-        logits = torch.full((B, T, self.config.vocab_size), -10.0)
-        for b, r in enumerate(tag[:, 0, 0, 0].long().tolist()):
-            logits[b, -1, self.scripts[r][min(self.step, len(self.scripts[r]) - 1)]] = 10.0
-        self.step += 1
+    def _scripted(self, who: list[int], step: int) -> torch.Tensor:
+        logits = torch.full((len(who), self.config.vocab_size), -10.0)
+        for b, r in enumerate(who):
+            logits[b, self.scripts[r][min(step, len(self.scripts[r]) - 1)]] = 10.0
         return logits
+
+    def prefill(self, idx, lengths, cache):
+        return self._scripted(list(range(idx.shape[0])), 0)
+
+    def decode_with_prefix(self, tokens, prefix, groups, cache, step, prefix_len=None):
+        tag = cache[0][0]
+        if step == 0:
+            tag[:, 0, 0, 0] = torch.arange(tokens.shape[0], dtype=tag.dtype)
+        return self._scripted(tag[:, 0, 0, 0].long().tolist(), step + 1)
 
 
 def test_each_sequence_stops_on_its_own(setup):

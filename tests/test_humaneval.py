@@ -98,3 +98,28 @@ def test_scoring_resumes_and_a_mix_gives_the_formula(tmp_path):
     scored[1]["passed"] = True
     write_jsonl(path, scored)
     assert evaluate_samples_file(path)["pass@1"] == pytest.approx(4 / 9)
+
+
+def test_generation_batches_problems_and_resumes_the_same_samples(tmp_path):
+    """With n smaller than the batch, several problems share a batch; samples do not depend on
+    that, and an interrupted samples file is completed with the same samples."""
+    from test_generate import make_checkpoint, make_tokenizer
+
+    from codegpt.humaneval import generate_samples
+    from codegpt.tokenizer import load_tokenizer
+
+    tok_dir = make_tokenizer(tmp_path)
+    folder, _ = make_checkpoint(tmp_path / "ckpt", load_tokenizer(tok_dir).get_vocab_size())
+    problems = {f"HumanEval/{i}": {"prompt": p} for i, p in
+                enumerate(["def add(a, b):\n", "import os\n\n\ndef walk(path):\n", "x = ["])}
+    kw = dict(n=2, temperature=0.8, top_p=0.95, max_new_tokens=8)
+    one_by_one = generate_samples(folder, tok_dir, tmp_path / "a.jsonl", problems,
+                                  batch_size=2, **kw)
+    batched = generate_samples(folder, tok_dir, tmp_path / "b.jsonl", problems, batch_size=6, **kw)
+    key = lambda s: (s["task_id"], s["completion"], round(s["mean_logp"], 4))  # noqa: E731
+    assert sorted(map(key, batched)) == sorted(map(key, one_by_one))  # float32 noise aside
+    assert len(batched) == 6 and {s["task_id"] for s in batched} == set(problems)
+    lines = (tmp_path / "b.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "b.jsonl").write_text("".join(lines[:3]))  # interrupted mid-way
+    resumed = generate_samples(folder, tok_dir, tmp_path / "b.jsonl", problems, batch_size=6, **kw)
+    assert sorted(map(key, resumed)) == sorted(map(key, batched))
