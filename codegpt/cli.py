@@ -115,17 +115,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from codegpt.config import add_config_arguments
+
     p = argparse.ArgumentParser(prog="codegpt", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model (same as `accelerate launch train.py ...`)")
-    t.add_argument("config", help="configs/train/NAME.yaml or a NAME under configs/train/")
-    t.add_argument("overrides", nargs="*", help="section.field=value")
+    add_config_arguments(t, "train")
     t.set_defaults(func=cmd_train)
 
     pr = sub.add_parser("prep", help="data prep: sources -> filters -> dedup -> decontam -> parquet")
-    pr.add_argument("config", help="configs/data/NAME.yaml or a NAME under configs/data/")
-    pr.add_argument("overrides", nargs="*", help="section.field=value")
+    add_config_arguments(pr, "data")
     pr.set_defaults(func=cmd_prep)
 
     from codegpt.tokenizer import add_parser as add_tokenizer_parser
@@ -145,8 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)  # codegpt eval humaneval (--samples FILE | --checkpoint DIR --tokenizer DIR)
 
     c = sub.add_parser("show-config", help="print a training config resolved with overrides")
-    c.add_argument("config")
-    c.add_argument("overrides", nargs="*")
+    add_config_arguments(c, "train")
     c.add_argument("--get", default=None, help="print one dotted key, e.g. run.dir")
     c.set_defaults(func=cmd_show_config)
 

@@ -184,6 +184,14 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def add_config_arguments(parser, stage: str, nested: bool = True) -> None:
+    """The ``CONFIG [overrides ...]`` positionals of a command driven by configs/<stage>/
+    (``section.field=value`` overrides, or ``field=value`` for a flat config)."""
+    parser.add_argument("config", help=f"configs/{stage}/NAME.yaml or a NAME under configs/{stage}/")
+    parser.add_argument("overrides", nargs="*",
+                        help="section.field=value" if nested else "field=value")
+
+
 def find_named_config(stage: str, name: str) -> Path:
     """Resolve ``name`` to ``configs/<stage>/<name>.yaml`` (a path is returned unchanged)."""
     p = Path(name)

@@ -365,8 +365,8 @@ def time_generation(model: GPT, tokenizer, prompt: str | list[str], batch_size: 
                     repeats: int = 1, device=None) -> dict:
     """Decode throughput, timed after one warm-up call: ``batch_size`` samples of ``prompt``
     (as pass@k sampling draws n samples of a problem), or one sample of each prompt in a list of
-    ``batch_size`` prompts of equal token length. Exactly ``new_tokens`` each (no stop strings,
-    <|endoftext|> ignored). Returns the best of ``repeats`` as tokens/s."""
+    ``batch_size`` prompts. Exactly ``new_tokens`` each (no stop strings, <|endoftext|>
+    ignored). Returns the best of ``repeats`` as tokens/s."""
     prompts, n = ([prompt], batch_size) if isinstance(prompt, str) else (list(prompt), 1)
     if len(prompts) * n != batch_size:
         raise ValueError(f"{len(prompts)} prompts do not make a batch of {batch_size}")

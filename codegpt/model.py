@@ -316,19 +316,21 @@ class GPT(nn.Module):
             prefix_len = torch.full((tokens.shape[0],), T0, device=dev)
         prefix_len = prefix_len.to(dev)
         pos = prefix_len + step  # [B]
-        if int(pos.max()) >= self.config.block_size:
-            raise ValueError(f"position {int(pos.max())} exceeds the KV cache "
+        last = int(pos.max())
+        if last >= self.config.block_size:
+            raise ValueError(f"position {last} exceeds the KV cache "
                              f"(model.block_size={self.config.block_size})")
         j = torch.arange(T0, device=dev)
         padded = j[None, :] < prefix_len[:, None]  # [B, T0]
-        dense_ok = None if bool(padded.all()) else padded
+        dense = (None if bool(padded.all()) else padded, None)
+        banded = dense  # sparse layers (all of one window): keys within the window of pos
+        w = self.config.local_window
+        if self.config.sparse_attention and w < last + 1:
+            banded = (padded & (pos[:, None] - j[None, :] < w),
+                      step - torch.arange(step + 1, device=dev) < w)
         x = (self.wte(tokens) + self.wpe(pos)).unsqueeze(1)  # [B, 1, C]
         for block, (pk, pv), (k_cache, v_cache) in zip(self.blocks, prefix, cache):
-            w = block.attn.window
-            prefix_ok, own_ok = dense_ok, None
-            if w is not None and w < int(pos.max()) + 1:  # banded layer: keys within w of pos
-                prefix_ok = padded & (pos[:, None] - j[None, :] < w)
-                own_ok = step - torch.arange(step + 1, device=dev) < w
+            prefix_ok, own_ok = dense if block.attn.window is None else banded
             x = block.decode_with_prefix(x, pk, pv, groups, k_cache, v_cache, step,
                                          prefix_ok, own_ok)
         return self._logits(self.ln_f(x[:, 0]))

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Iterable
 
 
-from codegpt.config import (ConfigError, deep_merge, find_named_config, from_dict,
-                            parse_overrides, read_yaml)
+from codegpt.config import (ConfigError, add_config_arguments, deep_merge, find_named_config,
+                            from_dict, parse_overrides, read_yaml)
 from codegpt.shards import SPLITS, ShardError, ShardWriter, read_meta, write_meta
 from codegpt.tokenizer import EOT, fast_encoder, load_tokenizer, tokenizer_hash
 
@@ -169,6 +169,5 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("tokenize", help="encode data prep's documents into token shards")
-    p.add_argument("config", help="configs/tokens/NAME.yaml or a NAME under configs/tokens/")
-    p.add_argument("overrides", nargs="*", help="field=value")
+    add_config_arguments(p, "tokens", nested=False)
     p.set_defaults(func=cmd_tokenize)

@@ -40,8 +40,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import yaml
 
-from codegpt.config import (ConfigError, deep_merge, find_named_config, from_dict,
-                            parse_overrides, read_yaml, to_dict)
+from codegpt.config import (ConfigError, add_config_arguments, deep_merge, find_named_config,
+                            from_dict, parse_overrides, read_yaml, to_dict)
 from codegpt.io import atomic_write_json, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
@@ -408,8 +408,7 @@ def cmd_tokenizer(args: argparse.Namespace) -> int:
 def add_parser(sub) -> None:
     """Register ``tokenizer`` on the ``codegpt`` subparsers."""
     p = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer on prepped data")
-    p.add_argument("config", help="configs/tokenizer/NAME.yaml or a NAME under configs/tokenizer/")
-    p.add_argument("overrides", nargs="*", help="field=value")
+    add_config_arguments(p, "tokenizer", nested=False)
     p.set_defaults(func=cmd_tokenizer)
 
 
