@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import cpu_name  # noqa: E402
 
 from codegpt.config import CONFIG_ROOT, from_dict, read_yaml, to_dict  # noqa: E402
-from codegpt.generate import DTYPES, load_checkpoint_model, time_generation  # noqa: E402
+from codegpt.eval.generate import DTYPES, load_checkpoint_model, time_generation  # noqa: E402
 from codegpt.model import GPT, ModelConfig  # noqa: E402
-from codegpt.tokenizer import EOT, load_tokenizer  # noqa: E402
+from codegpt.tokenizer.bpe import EOT, load_tokenizer  # noqa: E402
 
 
 def train_bench_tokenizer(root: Path, vocab: int) -> Path:
@@ -50,7 +50,7 @@ def train_bench_tokenizer(root: Path, vocab: int) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from codegpt.tokenizer import TokenizerConfig, train_tokenizer
+    from codegpt.tokenizer.bpe import TokenizerConfig, train_tokenizer
 
     files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
     docs = [{"id": str(i), "repo_name": f"stdlib/{f.stem}", "text": f.read_text(errors="replace")}
@@ -66,8 +66,8 @@ def random_checkpoint(root: Path, size: str, vocab: int) -> Path:
     """A random model of configs/model/<size>.yaml saved as training saves checkpoints."""
     import yaml
 
-    from codegpt import checkpoint as ckpt
-    from codegpt.train_config import TrainConfig
+    from codegpt.train import checkpoint as ckpt
+    from codegpt.train.config import TrainConfig
 
     raw = read_yaml(CONFIG_ROOT / "model" / f"{size}.yaml")
     cfg = TrainConfig(model=from_dict(ModelConfig, {**raw, "vocab_size": vocab}))

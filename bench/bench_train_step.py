@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import cpu_name  # noqa: E402  (bench/ is on sys.path as the script folder)
 
 from codegpt.config import CONFIG_ROOT, from_dict, read_yaml  # noqa: E402
-from codegpt.flops import flops_per_token, peak_flops  # noqa: E402
+from codegpt.train.flops import flops_per_token, peak_flops  # noqa: E402
 from codegpt.model import GPT, ModelConfig  # noqa: E402
-from codegpt.optim import build_optimizer  # noqa: E402
+from codegpt.train.optim import build_optimizer  # noqa: E402
 
 
 def build_ours(cfg: ModelConfig, device, fused: bool):

@@ -15,13 +15,13 @@ def _setup_logging() -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from codegpt.checkpoint import CheckpointError
+    from codegpt.train.checkpoint import CheckpointError
     from codegpt.config import ConfigError
-    from codegpt.data import BatchConfigError
-    from codegpt.shards import ShardError
-    from codegpt.tokenizer import TokenizerError
-    from codegpt.train_config import load_train_config
-    from codegpt.trainer import (NONFINITE_EXIT_CODE, PREEMPTED_EXIT_CODE, NonFiniteLossError,
+    from codegpt.train.batches import BatchConfigError
+    from codegpt.tokenizer.shards import ShardError
+    from codegpt.tokenizer.bpe import TokenizerError
+    from codegpt.train.config import load_train_config
+    from codegpt.train.trainer import (NONFINITE_EXIT_CODE, PREEMPTED_EXIT_CODE, NonFiniteLossError,
                                  train)
 
     try:
@@ -72,7 +72,7 @@ def cmd_show_config(args: argparse.Namespace) -> int:
     import yaml
 
     from codegpt.config import ConfigError, to_dict
-    from codegpt.train_config import load_train_config
+    from codegpt.train.config import load_train_config
 
     try:
         cfg = to_dict(load_train_config(args.config, args.overrides))
@@ -93,7 +93,7 @@ def cmd_show_config(args: argparse.Namespace) -> int:
 
 
 def cmd_shards_bytes(args: argparse.Namespace) -> int:
-    from codegpt.shards import ShardError, parquet_documents, write_byte_shards
+    from codegpt.tokenizer.shards import ShardError, parquet_documents, write_byte_shards
 
     try:
         docs = parquet_documents(args.parquet) if args.parquet else None
@@ -107,7 +107,7 @@ def cmd_shards_bytes(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from codegpt.plot import plot_run
+    from codegpt.train.plot import plot_run
 
     out = plot_run(args.run_dir, args.out)
     print(f"wrote {out}")
@@ -128,19 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(pr, "data")
     pr.set_defaults(func=cmd_prep)
 
-    from codegpt.tokenizer import add_parser as add_tokenizer_parser
+    from codegpt.tokenizer.bpe import add_parser as add_tokenizer_parser
 
     add_tokenizer_parser(sub)  # codegpt tokenizer CONFIG [field=value ...]
-    from codegpt.tokenize import add_parser as add_tokenize_parser
+    from codegpt.tokenizer.encode import add_parser as add_tokenize_parser
 
     add_tokenize_parser(sub)  # codegpt tokenize CONFIG [field=value ...]
-    from codegpt.generate import add_parser as add_sample_parser
+    from codegpt.eval.generate import add_parser as add_sample_parser
 
     add_sample_parser(sub)  # codegpt sample --checkpoint DIR --tokenizer DIR --prompt TEXT
     from codegpt.export import add_parser as add_export_parser
 
     add_export_parser(sub)  # codegpt export --checkpoint DIR --tokenizer DIR --out DIR
-    from codegpt.humaneval import add_parser as add_eval_parser
+    from codegpt.eval.humaneval import add_parser as add_eval_parser
 
     add_eval_parser(sub)  # codegpt eval humaneval (--samples FILE | --checkpoint DIR --tokenizer DIR)
 

@@ -70,8 +70,8 @@ def export_hf(checkpoint_dir: str | Path, tokenizer_dir: str | Path, out_dir: st
     tokenizer.json, tokenizer_config.json, special_tokens_map.json) to ``out_dir``, atomically."""
     from safetensors.torch import save_file
 
-    from codegpt.generate import load_checkpoint_model
-    from codegpt.tokenizer import (EOT, SPECIAL_TOKENS, TokenizerError, _tokenizer_file,
+    from codegpt.eval.generate import load_checkpoint_model
+    from codegpt.tokenizer.bpe import (EOT, SPECIAL_TOKENS, TokenizerError, _tokenizer_file,
                                    load_tokenizer)
 
     model, cfg = load_checkpoint_model(checkpoint_dir)
@@ -116,8 +116,8 @@ def export_hf(checkpoint_dir: str | Path, tokenizer_dir: str | Path, out_dir: st
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``codegpt export --checkpoint DIR --tokenizer DIR --out DIR``."""
-    from codegpt.checkpoint import CheckpointError
-    from codegpt.tokenizer import TokenizerError
+    from codegpt.train.checkpoint import CheckpointError
+    from codegpt.tokenizer.bpe import TokenizerError
 
     try:
         out = export_hf(args.checkpoint, args.tokenizer, args.out)

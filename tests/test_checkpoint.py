@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from codegpt import checkpoint as ckpt
+from codegpt.train import checkpoint as ckpt
 
 
 def save(root: Path, step: int, value: float = 1.0, numel: int = 1000, keep_last: int = 3):

@@ -1,7 +1,7 @@
 import pytest
 
 from codegpt.config import ConfigError
-from codegpt.train_config import load_train_config
+from codegpt.train.config import load_train_config
 
 from conftest import SMOKE
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from codegpt.data import (BatchConfigError, DistributedBatches, plan_batch,
+from codegpt.train.batches import (BatchConfigError, DistributedBatches, plan_batch,
                           val_batches)
-from codegpt.shards import SequenceIndex, ShardWriter, write_meta
+from codegpt.tokenizer.shards import SequenceIndex, ShardWriter, write_meta
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from codegpt.export import ExportError, add_parser, cmd_export, export_hf
-from codegpt.generate import generate
-from codegpt.tokenizer import EOT, load_tokenizer
+from codegpt.eval.generate import generate
+from codegpt.tokenizer.bpe import EOT, load_tokenizer
 from test_generate import PROMPTS, make_checkpoint, make_tokenizer
 
 transformers = pytest.importorskip("transformers")

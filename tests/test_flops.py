@@ -1,6 +1,6 @@
 import pytest
 
-from codegpt.flops import flops_per_token, mfu, n_params, peak_flops
+from codegpt.train.flops import flops_per_token, mfu, n_params, peak_flops
 from codegpt.model import GPT, ModelConfig
 
 

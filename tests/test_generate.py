@@ -10,14 +10,14 @@ import pytest
 import torch
 import yaml
 
-from codegpt import checkpoint as ckpt
+from codegpt.train import checkpoint as ckpt
 from codegpt.config import to_dict
-from codegpt.generate import (DEFAULT_STOP, Completion, _groups, cmd_sample, generate,
+from codegpt.eval.generate import (DEFAULT_STOP, Completion, _groups, cmd_sample, generate,
                               load_checkpoint_model, nucleus_mask, pick_tokens,
                               time_generation)
 from codegpt.model import GPT, ModelConfig
-from codegpt.tokenizer import EOT, TokenizerConfig, load_tokenizer, train_tokenizer
-from codegpt.train_config import TrainConfig
+from codegpt.tokenizer.bpe import EOT, TokenizerConfig, load_tokenizer, train_tokenizer
+from codegpt.train.config import TrainConfig
 
 PROMPTS = ["def add(a, b):\n    return", "import os\n", "class Point:\n    def __init__(self"]
 
@@ -317,7 +317,7 @@ def test_stop_strings_found_late_and_across_tokens(setup):
 def test_cli_sample_and_clear_errors(setup, tmp_path, capsys):
     import argparse
 
-    from codegpt.generate import add_parser
+    from codegpt.eval.generate import add_parser
 
     tok_dir, _, folder, _ = setup
     parser = argparse.ArgumentParser()

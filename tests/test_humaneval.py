@@ -5,7 +5,7 @@ from math import comb
 
 import pytest
 
-from codegpt.humaneval import (EvalError, evaluate_samples_file, load_problems, pass_at_k,
+from codegpt.eval.humaneval import (EvalError, evaluate_samples_file, load_problems, pass_at_k,
                                program, read_samples, summarize)
 
 
@@ -105,8 +105,8 @@ def test_generation_batches_problems_and_resumes_the_same_samples(tmp_path):
     that, and an interrupted samples file is completed with the same samples."""
     from test_generate import make_checkpoint, make_tokenizer
 
-    from codegpt.humaneval import generate_samples
-    from codegpt.tokenizer import load_tokenizer
+    from codegpt.eval.humaneval import generate_samples
+    from codegpt.tokenizer.bpe import load_tokenizer
 
     tok_dir = make_tokenizer(tmp_path)
     folder, _ = make_checkpoint(tmp_path / "ckpt", load_tokenizer(tok_dir).get_vocab_size())

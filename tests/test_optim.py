@@ -1,7 +1,7 @@
 import torch
 
 from codegpt.model import GPT, ModelConfig
-from codegpt.optim import build_optimizer, param_groups
+from codegpt.train.optim import build_optimizer, param_groups
 
 
 def test_weight_decay_only_on_linear_weight_matrices():

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from codegpt import sandbox
-from codegpt.sandbox import BWRAP, METHODS, RLIMITS, Result, run_program, run_programs
+from codegpt.eval import sandbox
+from codegpt.eval.sandbox import BWRAP, METHODS, RLIMITS, Result, run_program, run_programs
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = os.geteuid() == 0

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from codegpt.schedule import build_scheduler, lr_at
+from codegpt.train.schedule import build_scheduler, lr_at
 
 PEAK, WARMUP, MAX, RATIO = 6e-4, 100, 1100, 0.1
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from codegpt.shards import (SequenceIndex, ShardError, ShardWriter, iter_documents, read_meta,
+from codegpt.tokenizer.shards import (SequenceIndex, ShardError, ShardWriter, iter_documents, read_meta,
                             write_meta)
 
 

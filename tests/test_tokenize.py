@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from codegpt.shards import SequenceIndex, ShardError, iter_documents
-from codegpt.tokenize import TokenizeConfig, check_tokenizer, split_of, tokenize
-from codegpt.tokenizer import EOT, TokenizerConfig, load_tokenizer, train_tokenizer
+from codegpt.tokenizer.shards import SequenceIndex, ShardError, iter_documents
+from codegpt.tokenizer.encode import TokenizeConfig, check_tokenizer, split_of, tokenize
+from codegpt.tokenizer.bpe import EOT, TokenizerConfig, load_tokenizer, train_tokenizer
 
 
 def corpus_docs() -> list[dict]:
@@ -118,8 +118,8 @@ def test_the_cli_reports_errors_with_exit_code_2(tmp_path, capsys):
 
 
 def test_tiktoken_engine_gives_the_same_ids_as_hf(setup):
-    from codegpt.tokenize import plain_tokenizer
-    from codegpt.tokenizer import fast_encoder
+    from codegpt.tokenizer.encode import plain_tokenizer
+    from codegpt.tokenizer.bpe import fast_encoder
     from test_tokenizer import AWKWARD
 
     docs, tok_dir, _, _ = setup
@@ -146,7 +146,7 @@ def test_shards_are_identical_with_either_engine(setup, tmp_path):
 
 
 def test_whitespace_token_tokenizers_fall_back_to_hf(tmp_path, setup):
-    from codegpt.tokenizer import fast_encoder
+    from codegpt.tokenizer.bpe import fast_encoder
 
     docs, tok_dir, out, _ = setup
     ws = train_tokenizer(TokenizerConfig(data_dir=str(tok_dir.parent / "data"), out_dir=str(tmp_path),

@@ -12,8 +12,8 @@ import pytest
 from tokenizers import Tokenizer
 
 from codegpt.config import REPO_ROOT as REPO, ConfigError
-from codegpt.shards import stdlib_python_files
-from codegpt.tokenizer import (CODE_PATTERN, EOT, META_FILE, SPECIAL_TOKENS, TokenizerConfig,
+from codegpt.tokenizer.shards import stdlib_python_files
+from codegpt.tokenizer.bpe import (CODE_PATTERN, EOT, META_FILE, SPECIAL_TOKENS, TokenizerConfig,
                                TokenizerError, build_tokenizer, bytes_per_token,
                                load_hf_tokenizer, load_tokenizer, load_tokenizer_config, main,
                                sample_documents, tokenizer_hash, train_bpe, train_tokenizer,
@@ -76,7 +76,7 @@ def tok(corpus, tiny_cfg) -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def saved(tok, tiny_cfg):
-    from codegpt.tokenizer import save_tokenizer
+    from codegpt.tokenizer.bpe import save_tokenizer
 
     return save_tokenizer(tok, tiny_cfg.out_dir, tiny_cfg)
 

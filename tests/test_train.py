@@ -11,10 +11,10 @@ import time
 import pytest
 import torch
 
-from codegpt.checkpoint import list_checkpoints
-from codegpt.metrics import read_metrics
-from codegpt.train_config import load_train_config
-from codegpt.trainer import PREEMPTED_EXIT_CODE, NonFiniteLossError, Trainer
+from codegpt.train.checkpoint import list_checkpoints
+from codegpt.train.metrics import read_metrics
+from codegpt.train.config import load_train_config
+from codegpt.train.trainer import PREEMPTED_EXIT_CODE, NonFiniteLossError, Trainer
 
 from conftest import REPO, SMOKE, run_cli
 

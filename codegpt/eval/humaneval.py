@@ -79,7 +79,7 @@ def score_samples(samples: list[dict], problems: dict[str, dict], timeout: float
     unknown = sorted({s["task_id"] for s in samples} - set(problems))
     if unknown:
         raise EvalError(f"samples name tasks that are not HumanEval problems: {unknown[:5]}")
-    from codegpt.sandbox import run_programs
+    from codegpt.eval.sandbox import run_programs
 
     todo = [i for i, s in enumerate(samples) if "passed" not in s]
     if todo:
@@ -116,7 +116,7 @@ def evaluate_samples_file(samples_path: str | Path, out_dir: str | Path | None =
     samples_path = Path(samples_path)
     problems = load_problems()
     samples = score_samples(read_samples(samples_path), problems, timeout, workers)
-    from codegpt.sandbox import isolation_method
+    from codegpt.eval.sandbox import isolation_method
 
     out = Path(out_dir) if out_dir else samples_path.parent
     scored = out / samples_path.name if out_dir else samples_path
@@ -145,8 +145,8 @@ def generate_samples(checkpoint: str | Path, tokenizer: str | Path, out_path: st
     problem, i) alone, so a resumed problem continues the same stream."""
     from tqdm import tqdm
 
-    from codegpt.generate import generate, load_checkpoint_model
-    from codegpt.tokenizer import load_tokenizer
+    from codegpt.eval.generate import generate, load_checkpoint_model
+    from codegpt.tokenizer.bpe import load_tokenizer
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,9 +186,9 @@ def _task_number(task_id: str) -> int:
 def cmd_eval(args) -> int:
     import sys
 
-    from codegpt.checkpoint import CheckpointError
-    from codegpt.generate import inference_dtype
-    from codegpt.tokenizer import TokenizerError
+    from codegpt.train.checkpoint import CheckpointError
+    from codegpt.eval.generate import inference_dtype
+    from codegpt.tokenizer.bpe import TokenizerError
 
     try:
         out = Path(args.out)
@@ -222,7 +222,7 @@ def cmd_eval(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from codegpt.generate import add_device_arguments
+    from codegpt.eval.generate import add_device_arguments
 
     ev = sub.add_parser("eval", help="evaluate a model or a samples file")
     evsub = ev.add_subparsers(dest="benchmark", required=True)

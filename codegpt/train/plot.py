@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from codegpt.metrics import read_metrics
+from codegpt.train.metrics import read_metrics
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:

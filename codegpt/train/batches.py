@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from codegpt.shards import SequenceIndex
+from codegpt.tokenizer.shards import SequenceIndex
 
 
 class BatchConfigError(ValueError):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from codegpt.model import GPT, ModelConfig
-from codegpt.tokenizer import EOT
+from codegpt.tokenizer.bpe import EOT
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def load_checkpoint_model(folder: str | Path, device: str | torch.device = "cpu"
     corrupt checkpoint."""
     import yaml
 
-    from codegpt.checkpoint import CheckpointError, load_model_state, verify
+    from codegpt.train.checkpoint import CheckpointError, load_model_state, verify
     from codegpt.config import ConfigError, from_dict
 
     folder = Path(folder)
@@ -393,8 +393,8 @@ def time_generation(model: GPT, tokenizer, prompt: str | list[str], batch_size: 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """``codegpt sample --checkpoint DIR --tokenizer DIR --prompt TEXT``: print completions."""
-    from codegpt.checkpoint import CheckpointError
-    from codegpt.tokenizer import TokenizerError, load_tokenizer
+    from codegpt.train.checkpoint import CheckpointError
+    from codegpt.tokenizer.bpe import TokenizerError, load_tokenizer
 
     try:
         model, _ = load_checkpoint_model(args.checkpoint, args.device, args.dtype)

@@ -17,7 +17,7 @@ Token ids: the special tokens come first, ``<|endoftext|>`` = 0 then the four re
 tokens 1..4; then the 256 byte symbols and the learned merges; the whitespace tokens last. The
 total is exactly ``vocab_size``. A text that *contains* the string ``<|endoftext|>`` encodes it
 as the special id with this tokenizer; the token-shard stage encodes documents as plain text
-(``codegpt.tokenize.plain_tokenizer`` / tiktoken's ``encode_ordinary``), so it cannot.
+(``codegpt.tokenizer.encode.plain_tokenizer`` / tiktoken's ``encode_ordinary``), so it cannot.
 
 Outputs in ``out_dir``: ``tokenizer.json`` (loadable by ``tokenizers.Tokenizer.from_file`` and
 ``transformers.PreTrainedTokenizerFast``), ``tokenizer_config.json`` (so

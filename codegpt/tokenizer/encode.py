@@ -23,8 +23,8 @@ from typing import Iterable
 
 from codegpt.config import (ConfigError, add_config_arguments, deep_merge, find_named_config,
                             from_dict, parse_overrides, read_yaml)
-from codegpt.shards import SPLITS, ShardError, ShardWriter, read_meta, write_meta
-from codegpt.tokenizer import EOT, fast_encoder, load_tokenizer, tokenizer_hash
+from codegpt.tokenizer.shards import SPLITS, ShardError, ShardWriter, read_meta, write_meta
+from codegpt.tokenizer.bpe import EOT, fast_encoder, load_tokenizer, tokenizer_hash
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def plain_tokenizer(path: str | Path):
 
     from tokenizers import Tokenizer
 
-    from codegpt.tokenizer import _tokenizer_file
+    from codegpt.tokenizer.bpe import _tokenizer_file
 
     spec = json.loads(_tokenizer_file(path).read_text())
     spec["added_tokens"] = [t for t in spec.get("added_tokens", []) if not t.get("special")]
@@ -154,7 +154,7 @@ def check_tokenizer(token_dir: str | Path, tokenizer: str | Path) -> None:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from codegpt.tokenizer import TokenizerError
+    from codegpt.tokenizer.bpe import TokenizerError
 
     try:
         meta = tokenize(load_tokenize_config(args.config, args.overrides))

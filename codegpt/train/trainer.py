@@ -19,17 +19,17 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_model_state_dict,
                                                      set_optimizer_state_dict)
 
-from codegpt import checkpoint as ckpt
+from codegpt.train import checkpoint as ckpt
 from codegpt.config import ConfigError, to_dict
-from codegpt.data import DistributedBatches, plan_batch, val_batches
-from codegpt.flops import flops_per_token, mfu, peak_flops
+from codegpt.train.batches import DistributedBatches, plan_batch, val_batches
+from codegpt.train.flops import flops_per_token, mfu, peak_flops
 from codegpt.io import atomic_write_json, atomic_write_text
-from codegpt.metrics import MetricsLogger
+from codegpt.train.metrics import MetricsLogger
 from codegpt.model import GPT
-from codegpt.optim import build_optimizer
-from codegpt.schedule import build_scheduler, lr_at
-from codegpt.shards import SequenceIndex, read_meta
-from codegpt.train_config import TrainConfig
+from codegpt.train.optim import build_optimizer
+from codegpt.train.schedule import build_scheduler, lr_at
+from codegpt.tokenizer.shards import SequenceIndex, read_meta
+from codegpt.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class Trainer:
 
         meta = read_meta(cfg.data.dir)
         if cfg.data.tokenizer:
-            from codegpt.tokenize import check_tokenizer
+            from codegpt.tokenizer.encode import check_tokenizer
 
             check_tokenizer(cfg.data.dir, cfg.data.tokenizer)
         resolve_vocab(cfg, meta)
