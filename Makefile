@@ -17,7 +17,7 @@ RUNS ?= runs
 help:
 	@echo "make install   create $(VENV) and install codegpt with dev extras"
 	@echo "make test      run the test suite on CPU"
-	@echo "make demo      run the pipeline end to end on CPU (what is built so far)"
+	@echo "make demo      run the pipeline end to end on CPU: prep, tokenizer, shards, train, plot, eval"
 	@echo "make data      data prep with DATA_CONFIG=$(DATA_CONFIG) ARGS='section.field=value ...'"
 	@echo "make train     train with TRAIN_CONFIG=$(TRAIN_CONFIG) ARGS='section.field=value ...'"
 	@echo "make eval      HumanEval pass@k of CHECKPOINT=... TOKENIZER=..."
@@ -59,45 +59,45 @@ tokens: install
 DEMO := $(RUNS)/demo
 
 $(DEMO)/data/stats.json: | install
-	$(VENV)/bin/codegpt prep configs/data/default.yaml output.dir=$(DEMO)/data
+	$(VENV)/bin/codegpt prep configs/data/default.yaml out_dir=$(DEMO)/data
 
 $(DEMO)/tokenizer/tokenizer.json: $(DEMO)/data/stats.json
-	$(VENV)/bin/codegpt tokenizer configs/tokenizer/default.yaml data_dir=$(DEMO)/data/data \
+	$(VENV)/bin/codegpt tokenizer configs/tokenizer/default.yaml data_dir=$(DEMO)/data \
 		out_dir=$(DEMO)/tokenizer vocab_size=8192 sample_mb=16
 
 $(DEMO)/tokens/meta.json: $(DEMO)/tokenizer/tokenizer.json
-	$(VENV)/bin/codegpt tokenize configs/tokens/default.yaml data_dir=$(DEMO)/data/data \
+	$(VENV)/bin/codegpt tokenize configs/tokens/default.yaml data_dir=$(DEMO)/data \
 		tokenizer=$(DEMO)/tokenizer out_dir=$(DEMO)/tokens max_mb=8 val_fraction=0.05
 
 demo: install $(DEMO)/tokens/meta.json
-	$(VENV)/bin/codegpt train configs/train/smoke.yaml data.dir=$(DEMO)/tokens \
-		data.tokenizer=$(DEMO)/tokenizer run.dir=$(DEMO)/train $(ARGS)
+	$(VENV)/bin/codegpt train configs/train/smoke.yaml data_dir=$(DEMO)/tokens \
+		tokenizer=$(DEMO)/tokenizer out_dir=$(DEMO)/train $(ARGS)
 	$(VENV)/bin/codegpt plot $(DEMO)/train
-	$(VENV)/bin/codegpt eval humaneval --checkpoint $(DEMO)/train/checkpoints/step_0000040 \
+	$(VENV)/bin/codegpt eval humaneval --checkpoint $(DEMO)/train \
 		--tokenizer $(DEMO)/tokenizer --out $(DEMO)/humaneval --n 2 --max-new-tokens 48
 
 train: install
 	$(VENV)/bin/accelerate launch train.py $(TRAIN_CONFIG) $(ARGS)
 
-CHECKPOINT ?= $(DEMO)/train/checkpoints/step_0000040
+CHECKPOINT ?= $(DEMO)/train
 TOKENIZER ?= $(DEMO)/tokenizer
 eval: install
 	$(VENV)/bin/codegpt eval humaneval --checkpoint $(CHECKPOINT) --tokenizer $(TOKENIZER) $(ARGS)
 
 bench-train: install
-	$(PY) bench/bench_train_step.py $(ARGS)
+	$(PY) -m bench.bench_train_step $(ARGS)
 
 bench-prep: install
-	$(PY) bench/bench_prep.py
+	$(PY) -m bench.bench_prep $(ARGS)
 
 bench-tokenizer: install
-	$(PY) bench/bench_tokenizer.py $(ARGS)
+	$(PY) -m bench.bench_tokenizer $(ARGS)
 
 bench-generate: install
-	$(PY) bench/bench_generate.py $(ARGS)
+	$(PY) -m bench.bench_generate $(ARGS)
 
 bench-sandbox: install
-	$(PY) bench/bench_sandbox.py $(ARGS)
+	$(PY) -m bench.bench_sandbox $(ARGS)
 
 clean:
 	rm -rf $(RUNS)

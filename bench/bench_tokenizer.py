@@ -7,16 +7,14 @@ cl100k_base and o200k_base (their ranks ship offline in the `bpe-openai` package
 is compared with tiktoken on cl100k, one thread and all cores; finally every kept document is
 round-tripped through our tokenizer.
 
-    python bench/bench_tokenizer.py [--data runs/data/default/data] [--sample-mb 40]
+    python -m bench.bench_tokenizer [--data runs/data/default/data] [--sample-mb 40]
 
-Prints a table and writes bench/bench_tokenizer.json.
+Prints a table and writes runs/bench/bench_tokenizer.json (or --out).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import os
 import sys
 import tempfile
@@ -25,12 +23,11 @@ from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import bench_parser, command_line, cpu_name, write_report
+from codegpt.tokenizer.bpe import (TokenizerConfig, bytes_per_token, fast_encoder,
+                                   repo_documents, sample_documents, train_bpe)
 
-from common import cpu_name  # noqa: E402
-
-from codegpt.tokenizer.bpe import (TokenizerConfig, bytes_per_token, fast_encoder,  # noqa: E402
-                               repo_documents, sample_documents, train_bpe)
+NAME = "bench_tokenizer"
 
 
 def held_out_repos(data: Path, target_mb: float) -> list[str]:
@@ -72,12 +69,11 @@ def throughput(fn, texts, repeat: int = 1) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(NAME, __doc__)
     ap.add_argument("--data", default="runs/data/default/data", help="data prep's parquet folder")
     ap.add_argument("--sample-mb", type=float, default=40.0)
     ap.add_argument("--heldout-mb", type=float, default=30.0)
     ap.add_argument("--vocab", type=int, default=49152)
-    ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = ap.parse_args()
     data = Path(args.data)
     if not list(data.glob("*.parquet")):
@@ -157,9 +153,8 @@ def main() -> None:
                              "seconds": rt_s},
               "packing_vs_cl100k": ratio_pack, "speed_vs_tiktoken_1thread": ratio_speed,
               "tiktoken_engine_identical_ids": same,
-              "command": "python " + " ".join(sys.argv)}
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+              "command": command_line(NAME)}
+    print(f"wrote {write_report(report, args.out)}")
 
 
 if __name__ == "__main__":

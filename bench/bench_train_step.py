@@ -3,33 +3,28 @@
 Both models get the same batch, the same AdamW settings and a full step (forward, backward,
 clip, optimizer step), measured in one process, alternating rounds so machine noise hits both.
 
-    python bench/bench_train_step.py                          # CPU, GPT-3 125M shape
-    python bench/bench_train_step.py --device cuda --size gpt3-350m --batch 8 --seq-len 2048 \
+    python -m bench.bench_train_step                          # CPU, GPT-3 125M shape
+    python -m bench.bench_train_step --device cuda --size gpt3-350m --batch 8 --seq-len 2048 \
         --dtype bf16 --compile                                # GPU, with MFU
 
-Prints a table and writes bench/bench_train_step.json (or --out).
+Prints a table and writes runs/bench/bench_train_step.json (or --out).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
 import time
 from datetime import date
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import bench_parser, command_line, cpu_name, write_report
+from codegpt.config import CONFIG_ROOT, from_dict, read_yaml
+from codegpt.model import GPT, ModelConfig
+from codegpt.train.flops import flops_per_token, peak_flops
+from codegpt.train.optim import build_optimizer
 
-from common import cpu_name  # noqa: E402  (bench/ is on sys.path as the script folder)
-
-from codegpt.config import CONFIG_ROOT, from_dict, read_yaml  # noqa: E402
-from codegpt.train.flops import flops_per_token, peak_flops  # noqa: E402
-from codegpt.model import GPT, ModelConfig  # noqa: E402
-from codegpt.train.optim import build_optimizer  # noqa: E402
+NAME = "bench_train_step"
 
 
 def build_ours(cfg: ModelConfig, device, fused: bool):
@@ -99,7 +94,7 @@ def time_steps(step, batch, n: int, device) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench_parser(NAME, __doc__)
     ap.add_argument("--size", default="gpt3-125m", help="a name in configs/model/")
     ap.add_argument("--vocab", type=int, default=50257)
     ap.add_argument("--seq-len", type=int, default=512)
@@ -114,7 +109,6 @@ def main() -> None:
                     help="alternating rounds; the ratio is the median of per-round ratios")
     ap.add_argument("--steps", type=int, default=1, help="timed steps per round")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = ap.parse_args()
 
     device = torch.device(args.device)
@@ -179,7 +173,7 @@ def main() -> None:
         "speedup_vs_transformers": ratio,
         "speedup_per_round": per_round,
         "speedup_of_fastest_steps": min(times["transformers"]) / min(times["codegpt"]),
-        "command": "python " + " ".join(sys.argv),
+        "command": command_line(NAME),
     }
     import transformers
 
@@ -195,8 +189,7 @@ def main() -> None:
     print(f"  speedup codegpt / transformers: {ratio:.2f}x (median of {len(per_round)} rounds; "
           f"range {min(per_round):.2f}-{max(per_round):.2f}; fastest steps "
           f"{report['speedup_of_fastest_steps']:.2f}x)")
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {write_report(report, args.out)}")
 
 
 if __name__ == "__main__":
