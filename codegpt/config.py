@@ -1,13 +1,20 @@
-"""Typed configs from YAML with ``section.field=value`` overrides.
+"""Typed configs from YAML with ``section.field=value`` overrides: the one loader of every stage.
 
-Every stage loads its YAML into dataclasses, so a typo is an error naming the closest valid
-key instead of a silently ignored setting, and a value of the wrong type is refused up front.
+Every stage loads its YAML into dataclasses with ``load_config``, so a typo is an error naming
+the closest valid key instead of a silently ignored setting, a value of the wrong type is
+refused up front, and each dataclass checks its own values in ``__post_init__``.
+
+The same concept has the same key in every stage: ``data_dir`` is the folder a stage reads,
+``tokenizer`` the tokenizer folder and ``out_dir`` the folder it writes. Keys
+that were renamed (``RENAMED`` on a config class) still load, with a warning naming the new
+key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from pathlib import Path
@@ -15,14 +22,15 @@ from typing import Any, Iterable, TypeVar
 
 import yaml
 
+from codegpt.errors import ConfigError
+
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_ROOT = REPO_ROOT / "configs"
 
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be applied."""
 
 
 def valid_keys(cls: type, prefix: str = "") -> list[str]:
@@ -184,14 +192,6 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def add_config_arguments(parser, stage: str, nested: bool = True) -> None:
-    """The ``CONFIG [overrides ...]`` positionals of a command driven by configs/<stage>/
-    (``section.field=value`` overrides, or ``field=value`` for a flat config)."""
-    parser.add_argument("config", help=f"configs/{stage}/NAME.yaml or a NAME under configs/{stage}/")
-    parser.add_argument("overrides", nargs="*",
-                        help="section.field=value" if nested else "field=value")
-
-
 def find_named_config(stage: str, name: str) -> Path:
     """Resolve ``name`` to ``configs/<stage>/<name>.yaml`` (a path is returned unchanged)."""
     p = Path(name)
@@ -211,3 +211,37 @@ def dump_yaml(obj: Any, path: str | Path) -> None:
     from codegpt.io import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+def apply_renames(raw: dict, renamed: dict[str, str]) -> dict:
+    """Move values from old dotted keys to their new names (with a warning), so configs and
+    command lines written before a rename keep working."""
+    for old, new in renamed.items():
+        *parents, leaf = old.split(".")
+        node = raw
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        log.warning("config key '%s' is now '%s'", old, new)
+        raw = deep_merge(raw, _nested(new, value))
+    return raw
+
+
+def _nested(key: str, value: Any) -> dict:
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: Iterable[str] = ()) -> T:
+    """A stage's config: ``configs/<cls.STAGE>/NAME.yaml`` (or a path) plus overrides.
+
+    ``cls.RENAMED`` maps old keys to new ones; ``cls.resolve_raw(raw)``, if defined, expands
+    the raw mapping first (e.g. ``model.size`` into a named model's fields)."""
+    raw = read_yaml(find_named_config(cls.STAGE, str(path))) if path else {}
+    raw = deep_merge(raw, parse_overrides(overrides))
+    raw = apply_renames(raw, getattr(cls, "RENAMED", {}))
+    resolve = getattr(cls, "resolve_raw", None)
+    return from_dict(cls, resolve(raw) if resolve else raw)

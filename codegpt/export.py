@@ -9,23 +9,20 @@ The folder loads offline with ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pr
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 
+from codegpt.errors import ExportError
 from codegpt.model import GPT, ModelConfig
 
 LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 LAYERNORMS = ("ln_1", "ln_2")
 
 
-class ExportError(RuntimeError):
-    """A checkpoint that cannot be exported as GPT-2."""
 
 
 def hf_config(cfg: ModelConfig, eot_id: int = 0):
@@ -70,9 +67,8 @@ def export_hf(checkpoint_dir: str | Path, tokenizer_dir: str | Path, out_dir: st
     tokenizer.json, tokenizer_config.json, special_tokens_map.json) to ``out_dir``, atomically."""
     from safetensors.torch import save_file
 
-    from codegpt.eval.generate import load_checkpoint_model
-    from codegpt.tokenizer.bpe import (EOT, SPECIAL_TOKENS, TokenizerError, _tokenizer_file,
-                                   load_tokenizer)
+    from codegpt.train.checkpoint import load_checkpoint_model
+    from codegpt.tokenizer.bpe import EOT, SPECIAL_TOKENS, _tokenizer_file, load_tokenizer
 
     model, cfg = load_checkpoint_model(checkpoint_dir)
     if cfg.sparse_attention:
@@ -81,10 +77,7 @@ def export_hf(checkpoint_dir: str | Path, tokenizer_dir: str | Path, out_dir: st
             "true), which GPT-2 cannot express: the exported model would compute something "
             "else. Only dense models can be exported.")
     tok_file = _tokenizer_file(tokenizer_dir)
-    tok = load_tokenizer(tok_file)
-    if tok.get_vocab_size() != cfg.vocab_size:
-        raise TokenizerError(f"the tokenizer has {tok.get_vocab_size()} tokens but the model has "
-                             f"vocab_size={cfg.vocab_size}: use the tokenizer it was trained with")
+    tok = load_tokenizer(tok_file, vocab_size=cfg.vocab_size)
     eot_id = tok.token_to_id(EOT)
 
     out = Path(out_dir)
@@ -112,26 +105,3 @@ def export_hf(checkpoint_dir: str | Path, tokenizer_dir: str | Path, out_dir: st
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """``codegpt export --checkpoint DIR --tokenizer DIR --out DIR``."""
-    from codegpt.train.checkpoint import CheckpointError
-    from codegpt.tokenizer.bpe import TokenizerError
-
-    try:
-        out = export_hf(args.checkpoint, args.tokenizer, args.out)
-    except (CheckpointError, TokenizerError, ExportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
-    return 0
-
-
-def add_parser(sub) -> None:
-    """Register ``export`` on the ``codegpt`` subparsers."""
-    p = sub.add_parser("export", help="export a checkpoint as a Hugging Face GPT-2 folder")
-    p.add_argument("--checkpoint", required=True, help="a checkpoints/step_NNNNNNN folder")
-    p.add_argument("--tokenizer", required=True, help="the tokenizer folder (or tokenizer.json)")
-    p.add_argument("--out", required=True, help="the output folder (replaced if it exists)")
-    p.set_defaults(func=cmd_export)

@@ -1,27 +1,61 @@
-"""Loading a data-prep config: YAML in configs/data/ plus section.field=value overrides."""
+"""The data-prep config: sources, filters, dedup, decontamination, executor and output.
+
+Loaded with ``codegpt.config.load_config(PrepConfig, CONFIG, overrides)`` from
+``configs/data/``; every section checks its own values when it is built.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterable
+from dataclasses import dataclass, field
 
-from codegpt.config import (ConfigError, deep_merge, find_named_config, from_dict,
-                            parse_overrides, read_yaml)
-from data_prep.pipeline import PrepConfig
+from data_prep.dedup import DedupConfig
+from data_prep.filters import FilterConfig
 
 
-def load_prep_config(path: str | Path | None, overrides: Iterable[str] = ()) -> PrepConfig:
-    raw = read_yaml(find_named_config("data", str(path))) if path else {}
-    raw = deep_merge(raw, parse_overrides(overrides))
-    cfg = from_dict(PrepConfig, raw)
-    if cfg.executor.tasks < 1:
-        raise ConfigError(f"executor.tasks must be >= 1, got {cfg.executor.tasks}")
-    if not 0.0 < cfg.dedup.threshold <= 1.0:
-        raise ConfigError(f"dedup.threshold must be in (0, 1], got {cfg.dedup.threshold}")
-    if cfg.dedup.num_perm % cfg.dedup.bands:
-        raise ConfigError(f"dedup.num_perm={cfg.dedup.num_perm} must be a multiple of "
-                          f"dedup.bands={cfg.dedup.bands}")
-    if not isinstance(cfg.sources, list) or not all(isinstance(s, dict) and "type" in s
-                                                    for s in cfg.sources):
-        raise ConfigError("sources must be a list of mappings, each with a 'type'")
-    return cfg
+@dataclass
+class DecontamConfig:
+    enabled: bool = True
+    ngram: int = 13
+
+    def __post_init__(self) -> None:
+        if self.ngram < 1:
+            raise ValueError(f"decontam.ngram must be >= 1, got {self.ngram}")
+
+
+@dataclass
+class ExecutorConfig:
+    type: str = "local"          # local | slurm | ray
+    tasks: int = 2               # keep fixed across a resume
+    workers: int = -1            # local: parallel processes (-1: one per core, at most tasks)
+    start_method: str = "fork"   # local: fork starts workers in milliseconds; spawn/forkserver
+    slurm: dict = field(default_factory=dict)  # extra SlurmPipelineExecutor arguments
+    ray: dict = field(default_factory=dict)    # extra RayPipelineExecutor arguments
+
+    def __post_init__(self) -> None:
+        if self.type not in ("local", "slurm", "ray"):
+            raise ValueError(f"executor.type must be local, slurm or ray, got {self.type!r}")
+        if self.tasks < 1:
+            raise ValueError(f"executor.tasks must be >= 1, got {self.tasks}")
+        if self.workers == 0 or self.workers < -1:
+            raise ValueError(f"executor.workers must be >= 1 (or -1: one per core), got {self.workers}")
+
+
+@dataclass
+class PrepConfig:
+    out_dir: str = "runs/data/default"  # data/*.parquet, stats.json, rejected/, logs/
+    sources: list = field(default_factory=lambda: [{"type": "local"}])
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    decontam: DecontamConfig = field(default_factory=DecontamConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    reject_samples: int = 5      # rejected files kept per (stage, reason) for inspection
+
+    STAGE = "data"
+    RENAMED = {"output.dir": "out_dir", "output.reject_samples": "reject_samples"}
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sources, list) or not all(
+                isinstance(s, dict) and "type" in s for s in self.sources):
+            raise ValueError("sources must be a list of mappings, each with a 'type'")
+        if not self.sources:
+            raise ValueError("sources is empty: name at least one source")

@@ -33,6 +33,13 @@ class DedupConfig:
     ngram: int = 5
     seed: int = 1
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"dedup.threshold must be in (0, 1], got {self.threshold}")
+        if self.bands < 1 or self.num_perm % self.bands:
+            raise ValueError(f"dedup.num_perm={self.num_perm} must be a multiple of "
+                             f"dedup.bands={self.bands}")
+
 
 def normalise_whitespace(text: str) -> str:
     return " ".join(text.split())

@@ -24,7 +24,7 @@ import logging
 import os
 import shutil
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,52 +34,16 @@ import pyarrow.parquet as pq
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
+from codegpt.documents import META_FIELDS, SCHEMA
+from codegpt.errors import ConfigError
 from codegpt.io import atomic_write_json
+from data_prep.config import DecontamConfig, ExecutorConfig, PrepConfig
 from data_prep.dedup import DedupConfig, MinHasher, exact_hash, plan_removals, shingles
 from data_prep.filters import FilterConfig, decode, first_failure
 
 log = logging.getLogger(__name__)
 
-SCHEMA = pa.schema([
-    ("text", pa.string()), ("id", pa.string()), ("source", pa.string()),
-    ("repo_name", pa.string()), ("path", pa.string()), ("license", pa.string()),
-    ("size", pa.int64()), ("sha256", pa.string()), ("stars", pa.int64()),
-    ("commit", pa.string()),
-])
-META_FIELDS = [f.name for f in SCHEMA if f.name not in ("text", "id")]
 SNIPPET_CHARS = 2000
-
-
-@dataclass
-class DecontamConfig:
-    enabled: bool = True
-    ngram: int = 13
-
-
-@dataclass
-class ExecutorConfig:
-    type: str = "local"          # local | slurm | ray
-    tasks: int = 2               # keep fixed across a resume
-    workers: int = -1            # local: parallel processes (-1: one per core, at most tasks)
-    start_method: str = "fork"   # local: fork starts workers in milliseconds; spawn/forkserver
-    slurm: dict = field(default_factory=dict)  # extra SlurmPipelineExecutor arguments
-    ray: dict = field(default_factory=dict)    # extra RayPipelineExecutor arguments
-
-
-@dataclass
-class OutputConfig:
-    dir: str = "runs/data/default"
-    reject_samples: int = 5      # rejected files kept per (stage, reason) for inspection
-
-
-@dataclass
-class PrepConfig:
-    sources: list = field(default_factory=lambda: [{"type": "local"}])
-    filters: FilterConfig = field(default_factory=FilterConfig)
-    dedup: DedupConfig = field(default_factory=DedupConfig)
-    decontam: DecontamConfig = field(default_factory=DecontamConfig)
-    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
 
 
 # --- helpers shared by the blocks --------------------------------------------------------------
@@ -89,7 +53,6 @@ def build_sources(specs: list[dict]) -> list:
     import difflib
     import inspect
 
-    from codegpt.config import ConfigError
     from data_prep.sources import registry
 
     sources = []
@@ -105,7 +68,10 @@ def build_sources(specs: list[dict]) -> list:
                 close = difflib.get_close_matches(key, params, n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise ConfigError(f"unknown option '{key}' for source '{kind}'{hint}")
-        sources.append(cls(**spec))
+        try:
+            sources.append(cls(**spec))
+        except (ValueError, OSError) as e:  # a bad option value or a missing local folder
+            raise ConfigError(f"source '{kind}': {e}") from e
     return sources
 
 
@@ -182,13 +148,18 @@ class SourceReader(PipelineStep):
         atomic_write_json(self.work / "inputs" / f"{rank:05d}.json", inputs)
 
 
-class QualityFilter(PipelineStep):
-    name = "🔍 quality filters"
+class _RejectingFilter(PipelineStep):
+    """A filter set up by its config section (``cfg``) that logs what it rejects (a RejectLog)."""
+
     type = "🔻 - FILTER"
 
-    def __init__(self, cfg: FilterConfig, work: str, samples: int):
+    def __init__(self, cfg: FilterConfig | DecontamConfig, work: str, samples: int):
         super().__init__()
         self.cfg, self.work, self.samples = cfg, Path(work), samples
+
+
+class QualityFilter(_RejectingFilter):
+    name = "🔍 quality filters"
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1):
         rejects = RejectLog(self.work, "filter", rank, self.samples)
@@ -204,13 +175,8 @@ class QualityFilter(PipelineStep):
         rejects.close()
 
 
-class Decontaminate(PipelineStep):
+class Decontaminate(_RejectingFilter):
     name = "🧪 HumanEval decontamination"
-    type = "🔻 - FILTER"
-
-    def __init__(self, cfg: DecontamConfig, work: str, samples: int):
-        super().__init__()
-        self.cfg, self.work, self.samples = cfg, Path(work), samples
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1):
         rejects = RejectLog(self.work, "decontam", rank, self.samples)
@@ -332,11 +298,29 @@ class WriteKept(PipelineStep):
 
 # --- running and summarising -------------------------------------------------------------------
 
+_EXECUTOR_CLASSES = {"local": "LocalPipelineExecutor", "slurm": "SlurmPipelineExecutor",
+                     "ray": "RayPipelineExecutor"}
+
+
+def _executor_options(ex: ExecutorConfig, name: str, tasks: int) -> tuple[dict, dict]:
+    """A job's executor arguments beyond the common ones, given the config's ``executor``
+    section: (set by us, settable in the config).
+
+    Kept apart so that the config repeating one of ours is an error, not a silent override."""
+    if ex.type == "local":
+        workers = ex.workers if ex.workers != -1 else min(tasks, os.cpu_count() or 1)
+        return {"workers": workers, "start_method": ex.start_method}, {}
+    if ex.type == "slurm":
+        return ({"job_name": f"codegpt-prep-{name}"},
+                {"time": "04:00:00", "partition": "cpu", "cpus_per_task": 1, **ex.slurm})
+    return {}, dict(ex.ray)
+
+
 def make_executors(cfg: PrepConfig) -> list:
-    out = Path(cfg.output.dir)
+    out = Path(cfg.out_dir)
     work = str(out / "work")
     tasks = cfg.executor.tasks
-    samples = cfg.output.reject_samples
+    samples = cfg.reject_samples
     jobs = [
         ("1_filter", [SourceReader(cfg.sources, work, samples, cfg.filters.max_size_bytes),
                       QualityFilter(cfg.filters, work, samples),
@@ -345,46 +329,67 @@ def make_executors(cfg: PrepConfig) -> list:
         ("2_dedup", [PlanDedup(cfg.dedup, work, tasks)], 1),
         ("3_write", [WriteKept(work, str(out), samples)], tasks),
     ]
+    import datatrove.executor
+
+    cls = getattr(datatrove.executor, _EXECUTOR_CLASSES[cfg.executor.type])
     executors = []
-    kind = cfg.executor.type
     for name, pipeline, n in jobs:
-        logs = str(out / "logs" / name)
-        prev = executors[-1] if executors else None
-        if kind == "local":
-            from datatrove.executor import LocalPipelineExecutor
-
-            workers = cfg.executor.workers
-            if workers == -1:
-                workers = min(n, os.cpu_count() or 1)
-            executors.append(LocalPipelineExecutor(pipeline=pipeline, tasks=n, workers=workers,
-                                                   logging_dir=logs, depends=prev,
-                                                   start_method=cfg.executor.start_method))
-        elif kind == "slurm":
-            from datatrove.executor import SlurmPipelineExecutor
-
-            opts = {"time": "04:00:00", "partition": "cpu", "cpus_per_task": 1, **cfg.executor.slurm}
-            executors.append(SlurmPipelineExecutor(pipeline=pipeline, tasks=n, logging_dir=logs,
-                                                   job_name=f"codegpt-prep-{name}",
-                                                   depends=prev, **opts))
-        elif kind == "ray":
-            from datatrove.executor import RayPipelineExecutor
-
-            executors.append(RayPipelineExecutor(pipeline=pipeline, tasks=n, logging_dir=logs,
-                                                 depends=prev, **cfg.executor.ray))
-        else:
-            from codegpt.config import ConfigError
-
-            raise ConfigError(f"executor.type must be local, slurm or ray, got {kind!r}")
+        ours, opts = _executor_options(cfg.executor, name, n)
+        executors.append(cls(pipeline=pipeline, tasks=n, logging_dir=str(out / "logs" / name),
+                             depends=executors[-1] if executors else None, **ours, **opts))
     return executors
 
 
+@contextmanager
+def datatrove_console_to(path: Path) -> Iterator[None]:
+    """While inside, what datatrove would print on the console is appended to ``path`` instead.
+
+    datatrove has no switch for this: each task's ``add_task_logger`` removes every loguru sink
+    and adds one on ``sys.stderr`` (besides the task's own ``<logging_dir>/logs/task_NNNNN.log``),
+    and ``close_task_logger`` puts back its default sink, again on ``sys.stderr``; the executors
+    log progress and stats tables there too. Both look ``sys.stderr`` up in
+    ``datatrove.utils.logging`` when called, so that module is shown ``path`` as its stderr.
+    Workers forked from here (start_method fork, the default) inherit this, and one worker runs
+    in this process; spawn/forkserver workers start a fresh datatrove that still prints its
+    tasks' logs. Our own tqdm bars and messages keep the real stderr.
+    """
+    import sys
+
+    import datatrove.utils.logging as dt_logging
+
+    class _Sys:  # the sys module, but with another stderr
+        def __init__(self, stderr):
+            self.stderr = stderr
+
+        def __getattr__(self, name):
+            return getattr(sys, name)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saved = dt_logging.sys
+    with open(path, "a", buffering=1) as f:  # append: workers write through one shared offset
+        dt_logging.sys = _Sys(f)
+        dt_logging.setup_default_logger()
+        try:
+            yield
+        finally:
+            dt_logging.sys = saved
+            dt_logging.setup_default_logger()
+
+
 def run_prep(cfg: PrepConfig) -> dict | None:
-    """Run the three jobs and summarise. On Slurm the jobs are submitted; summarise later."""
-    out = Path(cfg.output.dir)
+    """Run the three jobs and summarise. On Slurm the jobs are submitted; summarise later.
+
+    datatrove's own logs go to ``logs/`` in the output folder, not to the console: one file
+    per task under each job's folder, and what it would have printed in ``logs/prep.log``."""
+    build_sources(cfg.sources)  # a bad source is refused here, before any worker starts
+    out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, cfg)
     executors = make_executors(cfg)
-    executors[-1].run()  # runs its dependencies first
+    console_log = out / "logs" / "prep.log"
+    log.info("datatrove's logs: %s and %s", console_log, out / "logs" / "*" / "logs")
+    with datatrove_console_to(console_log):
+        executors[-1].run()  # runs its dependencies first
     if cfg.executor.type == "slurm":
         return None
     return summarize(out, cfg)
@@ -394,13 +399,12 @@ def _resume_key(cfg: PrepConfig) -> dict:
     """What must not change between a run and its resume (how it is executed may)."""
     plain = _plain(cfg)
     plain["executor"] = {"tasks": cfg.executor.tasks}
-    plain["output"] = {}
+    plain["out_dir"], plain["reject_samples"] = "", 0
     return json.loads(json.dumps(plain))
 
 
 def _check_resume(out: Path, cfg: PrepConfig) -> None:
     """Completion markers are per task and outputs per config: refuse to mix two runs."""
-    from codegpt.config import ConfigError
 
     marker = out / "work" / "run.json"
     key = _resume_key(cfg)
@@ -410,11 +414,11 @@ def _check_resume(out: Path, cfg: PrepConfig) -> None:
     before = json.loads(marker.read_text())
     if before["executor"]["tasks"] != cfg.executor.tasks:
         raise ConfigError(f"{out} was started with executor.tasks={before['executor']['tasks']}; "
-                          "resume with the same number, or choose a new output.dir")
+                          "resume with the same number, or choose a new out_dir")
     if before != key:
         changed = sorted(k for k in key if key[k] != before.get(k))
         raise ConfigError(f"{out} was made with a different config (changed: {', '.join(changed)}); "
-                          "choose a new output.dir, or delete it to start over")
+                          "choose a new out_dir, or delete it to start over")
 
 
 def _read_jsonl(path: Path) -> Iterator[dict]:
@@ -462,7 +466,7 @@ def summarize(out: str | Path, cfg: PrepConfig) -> dict:
     if not stats["accounted"]:
         raise RuntimeError(f"accounting error: {inputs['files']} inputs but {kept_files} kept + "
                            f"{n_rejected} rejected; see {work}")
-    _write_samples(out / "rejected", samples, cfg.output.reject_samples)
+    _write_samples(out / "rejected", samples, cfg.reject_samples)
     atomic_write_json(out / "stats.json", stats)
     return stats
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from codegpt.tokenizer.shards import stdlib_documents, write_byte_shards
+from byte_shards import stdlib_documents, write_byte_shards
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "train" / "smoke.yaml"

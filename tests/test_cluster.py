@@ -64,7 +64,7 @@ def test_sbatch_script_requeues_a_preempted_run_and_the_requeued_job_finishes(to
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "123",
            "SLURM_JOB_NODELIST": "localhost", "SLURM_NTASKS": "1", "SLURM_CPUS_PER_TASK": "1",
            "VENV": str(Path(os.sys.executable).parents[1]), "OMP_NUM_THREADS": "1"}
-    args = [str(SMOKE), f"data.dir={token_dir}", f"run.dir={run_dir}",
+    args = [str(SMOKE), f"data_dir={token_dir}", f"out_dir={run_dir}",
             "model.n_layer=4", "model.d_model=256", "run.max_steps=20", "data.val_every=0"]
     script = str(REPO / "scripts" / "slurm" / "train.sbatch")
     first = subprocess.run(["bash", script, *args], cwd=REPO, env=env, capture_output=True,

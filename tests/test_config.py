@@ -1,7 +1,12 @@
 import pytest
 
 from codegpt.config import ConfigError
-from codegpt.train.config import load_train_config
+from codegpt.config import load_config
+from codegpt.train.config import TrainConfig
+
+
+def load_train_config(path, overrides=()):
+    return load_config(TrainConfig, path, overrides)
 
 from conftest import SMOKE
 
@@ -14,10 +19,10 @@ def test_smoke_config_loads_with_named_size():
 
 def test_any_field_can_be_overridden():
     cfg = load_train_config(SMOKE, ["optim.lr=1e-4", "model.n_layer=3", "run.compile=true",
-                                    "model.size=mini", "run.dir=/tmp/x"])
+                                    "model.size=mini", "out_dir=/tmp/x"])
     assert cfg.optim.lr == 1e-4
     assert cfg.model.n_layer == 3 and cfg.model.d_model == 256  # size first, then the override
-    assert cfg.run.compile is True and cfg.run.dir == "/tmp/x"
+    assert cfg.run.compile is True and cfg.out_dir == "/tmp/x"
 
 
 def test_named_config_resolves_without_path():

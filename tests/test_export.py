@@ -1,11 +1,11 @@
 """Export to a Hugging Face GPT-2 folder: same logits, same greedy tokens, offline loading."""
 
-import argparse
 
 import pytest
 import torch
 
-from codegpt.export import ExportError, add_parser, cmd_export, export_hf
+from codegpt.cli import main
+from codegpt.export import ExportError, export_hf
 from codegpt.eval.generate import generate
 from codegpt.tokenizer.bpe import EOT, load_tokenizer
 from test_generate import PROMPTS, make_checkpoint, make_tokenizer
@@ -75,10 +75,8 @@ def test_sparse_model_is_refused_and_cli_reports_errors(exported, tmp_path, caps
     with pytest.raises(ExportError, match="sparse attention"):
         export_hf(folder, tok_dir, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers())
-    args = parser.parse_args(["export", "--checkpoint", str(folder), "--tokenizer", str(tok_dir),
-                              "--out", str(tmp_path / "hf")])
-    assert cmd_export(args) == 2 and "sparse attention" in capsys.readouterr().err
-    args.checkpoint = str(tmp_path / "nope")
-    assert cmd_export(args) == 2 and "does not exist" in capsys.readouterr().err
+    argv = ["export", "--checkpoint", str(folder), "--tokenizer", str(tok_dir),
+            "--out", str(tmp_path / "hf")]
+    assert main(argv) == 2 and "sparse attention" in capsys.readouterr().err
+    argv[2] = str(tmp_path / "nope")
+    assert main(argv) == 2 and "does not exist" in capsys.readouterr().err

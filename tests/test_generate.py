@@ -12,11 +12,14 @@ import yaml
 
 from codegpt.train import checkpoint as ckpt
 from codegpt.config import to_dict
-from codegpt.eval.generate import (DEFAULT_STOP, Completion, _groups, cmd_sample, generate,
-                              load_checkpoint_model, nucleus_mask, pick_tokens,
-                              time_generation)
+from codegpt.eval import generate as generate_module
+from codegpt.eval.decode import decode_step, prefill, prompt_groups
+from codegpt.cli import main
+from codegpt.eval.generate import DEFAULT_STOP, Completion, generate, time_generation
+from codegpt.eval.sampling import nucleus_mask, pick_tokens
 from codegpt.model import GPT, ModelConfig
 from codegpt.tokenizer.bpe import EOT, TokenizerConfig, load_tokenizer, train_tokenizer
+from codegpt.train.checkpoint import load_checkpoint_model
 from codegpt.train.config import TrainConfig
 
 PROMPTS = ["def add(a, b):\n    return", "import os\n", "class Point:\n    def __init__(self"]
@@ -73,30 +76,16 @@ def test_load_checkpoint_model_restores_the_weights(setup):
     assert torch.equal(loaded(x)[0], model(x)[0])
 
 
-@pytest.mark.parametrize("sparse", [False, True])
-def test_kv_cache_matches_the_full_forward(sparse):
-    torch.manual_seed(0)
-    model = GPT(ModelConfig(n_layer=2, n_head=4, d_model=32, block_size=32, vocab_size=100,
-                            sparse_attention=sparse, local_window=4)).eval()
-    x = torch.randint(0, 100, (3, 20))
-    with torch.no_grad():
-        full, _ = model(x)
-    cache = model.new_kv_cache(3)
-    parts = [model.forward_cached(x[:, :7], cache, 0), model.forward_cached(x[:, 7:10], cache, 7)]
-    parts += [model.forward_cached(x[:, t:t + 1], cache, t) for t in range(10, 20)]
-    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
-
-
 def decode_rows(model, prompts, rows, gen, groups, drop_at=None, keep=None):
     """Logits of decoding gen [B, S] after the prompts (lists of ids, any lengths) with
-    prefill + decode_with_prefix; rows[r] is row r's prompt. At step ``drop_at`` only the
+    prefill + decode_step; rows[r] is row r's prompt. At step ``drop_at`` only the
     rows in ``keep`` go on (groups then come from ``keep``)."""
     lengths = torch.tensor([len(p) for p in prompts])
     idx = torch.zeros(len(prompts), int(lengths.max()), dtype=torch.long)
     for i, p in enumerate(prompts):
         idx[i, : len(p)] = torch.tensor(p)
     prefix = model.new_kv_cache(len(prompts), idx.shape[1])
-    first = model.prefill(idx, lengths, prefix)
+    first = prefill(model, idx, lengths, prefix)
     cache = model.new_kv_cache(len(rows), gen.shape[1])
     row_len = lengths[rows]
     out, live = [first[rows]], torch.arange(len(rows))
@@ -106,8 +95,8 @@ def decode_rows(model, prompts, rows, gen, groups, drop_at=None, keep=None):
             cache = [(k[live], v[live]) for k, v in cache]
             if groups is None:
                 prefix = [(k[live], v[live]) for k, v in prefix]
-            groups = None if groups is None else _groups([rows[i] for i in keep])
-        step = model.decode_with_prefix(gen[live, t], prefix, groups, cache, t, row_len[live])
+            groups = None if groups is None else prompt_groups([rows[i] for i in keep])
+        step = decode_step(model, gen[live, t], prefix, groups, cache, t, row_len[live])
         out.append(torch.full_like(out[0], float("nan")).index_copy(0, live, step))
     return torch.stack(out, 1)  # [B, S, V]: logits before gen[:, t]
 
@@ -129,7 +118,7 @@ def test_decoding_against_prompts_matches_the_full_forward(sparse):
                     for r, p in enumerate(rows)]
 
     rows = [0, 0, 0, 1, 2]  # grouped: three samples of prompt 0, one each of prompts 1 and 2
-    got = decode_rows(model, prompts, rows, gen, _groups(rows), drop_at=6, keep=[1, 3, 4])
+    got = decode_rows(model, prompts, rows, gen, prompt_groups(rows), drop_at=6, keep=[1, 3, 4])
     for r, want in enumerate(reference(rows)):
         n = 7 if r in (0, 2) else 10  # rows 0 and 2 left the batch after step 6
         torch.testing.assert_close(got[r, :n], want[:n], atol=1e-5, rtol=1e-5)
@@ -139,8 +128,7 @@ def test_decoding_against_prompts_matches_the_full_forward(sparse):
         n = 5 if r == 1 else 10
         torch.testing.assert_close(got[r, :n], want[:n], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="exceeds the KV cache"):
-        model.decode_with_prefix(gen[:, 0], model.new_kv_cache(5, 7), None,
-                                 model.new_kv_cache(5, 2), 2)
+        decode_step(model, gen[:, 0], model.new_kv_cache(5, 7), None, model.new_kv_cache(5, 2), 2)
 
 
 def greedy_reference(model: GPT, ids: list[int], steps: int) -> list[int]:
@@ -155,8 +143,13 @@ def greedy_reference(model: GPT, ids: list[int], steps: int) -> list[int]:
     return out
 
 
-def test_greedy_with_cache_equals_greedy_without(setup):
+@pytest.mark.parametrize("sparse", [False, True])
+def test_greedy_with_cache_equals_greedy_without(setup, sparse):
     _, tok, _, model = setup
+    if sparse:  # a window much shorter than prompt + completion: the band matters
+        torch.manual_seed(1)
+        model = GPT(ModelConfig(**{**vars(model.config), "sparse_attention": True,
+                                   "local_window": 5})).eval()
     res = generate(model, tok, PROMPTS, n=1, max_new_tokens=12, temperature=0, stop=(),
                    ignore_eot=True)
     for prompt, [c] in zip(PROMPTS, res):
@@ -169,6 +162,18 @@ def test_greedy_with_cache_equals_greedy_without(setup):
         lp = torch.log_softmax(logits[0, len(ids) - 1:-1], -1)
         expect = lp.gather(1, torch.tensor(c.token_ids)[:, None]).mean().item()
         assert c.mean_logp == pytest.approx(expect, abs=1e-5)
+
+
+def test_too_long_prompts_keep_their_end_with_one_warning(setup, caplog):
+    _, tok, _, model = setup
+    long = "x = 1\n" * 100  # far more than block_size - 1 = 63 tokens
+    with caplog.at_level("WARNING", logger="codegpt.eval.generate"):
+        out = generate(model, tok, [long, "y", long + "z = 2\n"], max_new_tokens=1,
+                       temperature=0, stop=())
+    assert [r.getMessage() for r in caplog.records] == [
+        "2 of 3 prompts were longer than 63 tokens; kept their last 63 tokens "
+        "(model.block_size=64)"]
+    assert all(len(cs[0].token_ids) == 1 for cs in out)
 
 
 def test_samples_do_not_depend_on_batch_size_or_other_prompts(setup):
@@ -251,31 +256,30 @@ def test_top_k_top_p_and_greedy_selection():
     assert set(pick_tokens(many, 1.0, 1.0, 0, u).tolist()) == {0, 1, 2, 3}  # p(4) ~ 2e-4
 
 
-class Scripted(GPT):
-    """A model whose next token is scripted per prompt, to test stopping. The row's identity
-    rides in its KV cache, so it survives finished rows being dropped from the batch."""
+def scripted(monkeypatch, cfg: ModelConfig, scripts: list[list[int]]) -> GPT:
+    """A model whose next token is scripted per prompt (in order of the batch), to test
+    stopping: generate's prefill and decode_step are replaced. The row's identity rides in its
+    KV cache, so it survives finished rows being dropped from the batch."""
 
-    def __init__(self, cfg, scripts):
-        super().__init__(cfg)
-        self.scripts = scripts  # prompt (in order of the batch) -> list of token ids
-
-    def _scripted(self, who: list[int], step: int) -> torch.Tensor:
-        logits = torch.full((len(who), self.config.vocab_size), -10.0)
+    def logits(who: list[int], step: int) -> torch.Tensor:
+        out = torch.full((len(who), cfg.vocab_size), -10.0)
         for b, r in enumerate(who):
-            logits[b, self.scripts[r][min(step, len(self.scripts[r]) - 1)]] = 10.0
-        return logits
+            out[b, scripts[r][min(step, len(scripts[r]) - 1)]] = 10.0
+        return out
 
-    def prefill(self, idx, lengths, cache):
-        return self._scripted(list(range(idx.shape[0])), 0)
-
-    def decode_with_prefix(self, tokens, prefix, groups, cache, step, prefix_len=None):
+    def fake_decode_step(model, tokens, prefix, groups, cache, step, prefix_len=None):
         tag = cache[0][0]
         if step == 0:
             tag[:, 0, 0, 0] = torch.arange(tokens.shape[0], dtype=tag.dtype)
-        return self._scripted(tag[:, 0, 0, 0].long().tolist(), step + 1)
+        return logits(tag[:, 0, 0, 0].long().tolist(), step + 1)
+
+    monkeypatch.setattr(generate_module, "prefill",
+                        lambda model, idx, lengths, cache: logits(list(range(idx.shape[0])), 0))
+    monkeypatch.setattr(generate_module, "decode_step", fake_decode_step)
+    return GPT(cfg).eval()
 
 
-def test_each_sequence_stops_on_its_own(setup):
+def test_each_sequence_stops_on_its_own(setup, monkeypatch):
     _, tok, _, _ = setup
     ids = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
     eot = tok.token_to_id(EOT)
@@ -284,7 +288,7 @@ def test_each_sequence_stops_on_its_own(setup):
                x + [eot] + x * 5,                # stops at <|endoftext|>
                x * 20]                           # runs to the limit
     cfg = ModelConfig(n_layer=1, n_head=1, d_model=8, block_size=64, vocab_size=tok.get_vocab_size())
-    model = Scripted(cfg, scripts).eval()
+    model = scripted(monkeypatch, cfg, scripts)
     # three prompts of the same token length share one batch
     out = generate(model, tok, ["a", "b", "c"], n=1, max_new_tokens=3 * len(x), temperature=0)
     a, b, c = (r[0] for r in out)
@@ -295,7 +299,7 @@ def test_each_sequence_stops_on_its_own(setup):
     assert "\ndef" in DEFAULT_STOP
 
 
-def test_stop_strings_found_late_and_across_tokens(setup):
+def test_stop_strings_found_late_and_across_tokens(setup, monkeypatch):
     """Stops are looked for in the last few tokens only: a multi-token stop string (also a
     non-ASCII one, whose bytes span tokens) deep into a completion is still cut exactly."""
     _, tok, _, _ = setup
@@ -303,7 +307,7 @@ def test_stop_strings_found_late_and_across_tokens(setup):
     body = "    total = total + 1\n" * 12
     texts = [body + "\nprint(total)\n", body + "# é→ end", body + "return 1" + "\n    pass" * 8]
     cfg = ModelConfig(n_layer=1, n_head=1, d_model=8, block_size=512, vocab_size=tok.get_vocab_size())
-    model = Scripted(cfg, [ids(t) for t in texts]).eval()
+    model = scripted(monkeypatch, cfg, [ids(t) for t in texts])
     assert len(ids("é→")) > 1
     assert len(ids(texts[2])) > max(len(ids(texts[0])), len(ids(texts[1])))
     out = generate(model, tok, ["a", "b", "c"], n=1, max_new_tokens=len(ids(texts[2])),
@@ -315,22 +319,14 @@ def test_stop_strings_found_late_and_across_tokens(setup):
 
 
 def test_cli_sample_and_clear_errors(setup, tmp_path, capsys):
-    import argparse
-
-    from codegpt.eval.generate import add_parser
-
     tok_dir, _, folder, _ = setup
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers())
-    args = parser.parse_args(["sample", "--checkpoint", str(folder), "--tokenizer", str(tok_dir),
-                              "--prompt", "def f(x):", "--n", "2", "--max-new-tokens", "5"])
-    assert cmd_sample(args) == 0
+    argv = ["sample", "--checkpoint", str(folder), "--tokenizer", str(tok_dir),
+            "--prompt", "def f(x):", "--n", "2", "--max-new-tokens", "5"]
+    assert main(argv) == 0
     assert capsys.readouterr().out.count("--- sample") == 2
-    args.checkpoint = str(tmp_path / "missing")
-    assert cmd_sample(args) == 2
+    assert main(argv[:2] + [str(tmp_path / "missing")] + argv[3:]) == 2
     assert "does not exist" in capsys.readouterr().err
-    args.checkpoint, args.tokenizer = str(folder), str(tmp_path)
-    assert cmd_sample(args) == 2
+    assert main(argv[:4] + [str(tmp_path)] + argv[5:]) == 2
     assert "no tokenizer" in capsys.readouterr().err
 
 
@@ -338,3 +334,40 @@ def test_time_generation_counts_every_token(setup):
     _, tok, _, model = setup
     r = time_generation(model, tok, "def f(x):", batch_size=2, new_tokens=8)
     assert r["tokens"] == 16 and r["tokens_per_s"] > 0
+
+
+GOLDEN = Path(__file__).parent / "data" / "generation_golden.json"
+GOLDEN_CORPUS = [
+    "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n",
+    "import os\nimport sys\n\n\nclass Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n",
+    "for i in range(10):\n    if i % 2 == 0:\n        print(i)\n    else:\n        continue\n",
+] * 3
+GOLDEN_PROMPTS = ["def add(a, b):\n    return", "import os\n", "class Point:\n    def __init__(self, x"]
+
+
+def test_generation_matches_the_recorded_tokens():
+    """The tokens (and mean logp) that generation gave when the golden file was recorded, for
+    greedy, nucleus and top-k sampling at batch sizes 1 and 4: refactoring the model, the
+    decoding or the sampling must not change a single token. A float64 model keeps the
+    comparison free of rounding noise."""
+    import json
+
+    from codegpt.tokenizer.bpe import train_bpe
+
+    golden = json.loads(GOLDEN.read_text())
+    tok = train_bpe(GOLDEN_CORPUS, TokenizerConfig(vocab_size=320, min_frequency=1))
+    assert tok.get_vocab_size() == golden["vocab"]
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=2, n_head=4, d_model=32, block_size=64,
+                            vocab_size=tok.get_vocab_size()))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model = model.double().eval()
+    for run in golden["runs"]:
+        res = generate(model, tok, GOLDEN_PROMPTS, max_new_tokens=24, stop=(), seed=7,
+                       **run["settings"])
+        assert [[c.token_ids for c in cs] for cs in res] == run["token_ids"], run["settings"]
+        for cs, want in zip(res, run["mean_logp"]):
+            assert [c.mean_logp for c in cs] == pytest.approx(want, abs=1e-6), run["settings"]

@@ -83,6 +83,26 @@ def test_banded_layers_alternate_and_only_see_the_window():
     assert not torch.allclose(dense(x)[:, 4:], dense(x2)[:, 4:])
 
 
+@pytest.mark.parametrize("sparse,window", [(False, 4), (True, 4), (True, 12)])
+def test_kv_cache_matches_the_full_forward(sparse, window):
+    """Chunks and single tokens through the cache give the training forward's logits, for
+    dense layers and for bands shorter and longer than the chunks; ``head_pos`` picks one
+    position per row."""
+    torch.manual_seed(0)
+    model = GPT(tiny(sparse_attention=sparse, local_window=window)).eval()
+    x = torch.randint(0, 100, (3, 20))
+    with torch.no_grad():
+        full, _ = model(x)
+    cache = model.new_kv_cache(3)
+    parts = [model.forward_cached(x[:, :7], cache, 0), model.forward_cached(x[:, 7:10], cache, 7)]
+    parts += [model.forward_cached(x[:, t:t + 1], cache, t) for t in range(10, 20)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+    last = model.forward_cached(x[:, :9], model.new_kv_cache(3, 9), 0, torch.tensor([8, 2, 5]))
+    torch.testing.assert_close(last, full[[0, 1, 2], [8, 2, 5]], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="exceeds the KV cache"):
+        model.forward_cached(x[:, :3], model.new_kv_cache(3, 8), 6)
+
+
 def test_sparse_model_trains_forward_and_backward():
     model = GPT(tiny(sparse_attention=True, local_window=8))
     x = torch.randint(0, 100, (2, 32))

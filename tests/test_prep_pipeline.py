@@ -8,7 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from data_prep.config import load_prep_config
+from codegpt.config import load_config
+from data_prep.config import PrepConfig
 from data_prep.pipeline import run_prep
 
 
@@ -84,8 +85,8 @@ def corpus(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def prep(corpus_root: Path, out: Path, tasks: int, *extra):
-    cfg = load_prep_config("default", [
-        f"sources=[{{type: local, roots: [{corpus_root}]}}]", f"output.dir={out}",
+    cfg = load_config(PrepConfig, "default", [
+        f"sources=[{{type: local, roots: [{corpus_root}]}}]", f"out_dir={out}",
         f"executor.tasks={tasks}", *extra])
     return run_prep(cfg)
 
@@ -200,12 +201,12 @@ def test_config_errors_name_the_problem(tmp_path):
     from codegpt.config import ConfigError
 
     with pytest.raises(ConfigError, match="did you mean 'dedup.threshold'"):
-        load_prep_config("default", ["dedup.treshold=0.5"])
+        load_config(PrepConfig, "default", ["dedup.treshold=0.5"])
     with pytest.raises(ConfigError, match="unknown source type 'svn'"):
-        run_prep(load_prep_config("default", ["sources=[{type: svn}]", f"output.dir={tmp_path}"]))
+        run_prep(load_config(PrepConfig, "default", ["sources=[{type: svn}]", f"out_dir={tmp_path}"]))
     with pytest.raises(ConfigError, match="did you mean 'roots'"):
-        run_prep(load_prep_config("default", ["sources=[{type: local, root: [x]}]",
-                                              f"output.dir={tmp_path}/b"]))
+        run_prep(load_config(PrepConfig, "default", ["sources=[{type: local, root: [x]}]",
+                                              f"out_dir={tmp_path}/b"]))
 
 
 def test_the_same_pipeline_builds_for_slurm(tmp_path):
@@ -213,8 +214,8 @@ def test_the_same_pipeline_builds_for_slurm(tmp_path):
 
     from data_prep.pipeline import make_executors
 
-    cfg = load_prep_config("default", [
-        f"output.dir={tmp_path}", "executor.type=slurm", "executor.tasks=64",
+    cfg = load_config(PrepConfig, "default", [
+        f"out_dir={tmp_path}", "executor.type=slurm", "executor.tasks=64",
         "executor.slurm={partition: cpu, time: '02:00:00', cpus_per_task: 4}"])
     jobs = make_executors(cfg)  # built, not submitted
     assert [type(j) for j in jobs] == [SlurmPipelineExecutor] * 3
@@ -243,7 +244,7 @@ def test_git_and_local_sources_together_with_license_rejections(tmp_path):
         {"type": "local", "roots": [str(local)]},
         {"type": "git", "urls": [good, gpl, (tmp_path / "remotes" / "missing").as_uri()],
          "cache_dir": str(tmp_path / "clones"), "retries": 0}]}))
-    cfg = load_prep_config(config, [f"output.dir={out}", "decontam.enabled=false"])
+    cfg = load_config(PrepConfig, config, [f"out_dir={out}", "decontam.enabled=false"])
     stats = run_prep(cfg)
     assert stats["accounted"] and stats["inputs"]["files"] == 5  # 3 files + 2 repo-level records
     reasons = {r: v["files"] for s in stats["rejected"].values() for r, v in s.items()}
@@ -255,3 +256,21 @@ def test_git_and_local_sources_together_with_license_rejections(tmp_path):
     assert len(rows["pkg/b.py"]["commit"]) == 40
     # of the two identical copies, the one whose (source, repo_name, path) sorts first is kept
     assert "pkg/a.py" in rows and "repo/copy_of_a.py" not in rows
+
+
+def test_local_repositories_are_a_packages_subpackages(tmp_path):
+    """A local file's repository is its root's label and at most its first two folders."""
+    from pathlib import PurePath
+
+    from data_prep.sources.local import LocalSource, repo_name
+
+    root = tmp_path / "lib"
+    for rel in ("os.py", "numpy/__init__.py", "numpy/core/x.py", "numpy/core/tests/y.py",
+                "numpy/linalg/z.py"):
+        write(root / rel, "x = 1\n")
+    got = {r.path: r.repo_name for r in LocalSource(roots=[str(root)]).iter_files()}
+    assert got == {"os.py": "lib/os", "numpy/__init__.py": "lib/numpy",
+                   "numpy/core/x.py": "lib/numpy/core", "numpy/core/tests/y.py": "lib/numpy/core",
+                   "numpy/linalg/z.py": "lib/numpy/linalg"}
+    assert repo_name("site-packages", PurePath("numpy/core/x.py")) == "site-packages/numpy/core"
+    assert repo_name("stdlib", PurePath("asyncio/events.py")) == "stdlib/asyncio"

@@ -9,9 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from codegpt.tokenizer.shards import SequenceIndex, ShardError, iter_documents
-from codegpt.tokenizer.encode import TokenizeConfig, check_tokenizer, split_of, tokenize
+from codegpt.documents import repository_bytes, split_repositories, utf8_size
+from codegpt.errors import DataError
 from codegpt.tokenizer.bpe import EOT, TokenizerConfig, load_tokenizer, train_tokenizer
+from codegpt.tokenizer.encode import TokenizeConfig, check_tokenizer, tokenize
+from codegpt.tokenizer.shards import SequenceIndex, ShardError, iter_documents
 
 
 def corpus_docs() -> list[dict]:
@@ -62,13 +64,17 @@ def test_shards_decode_back_to_exactly_the_documents(setup):
     assert n_tokens > 0 and len(meta["splits"]["train"]["shards"]) > 1
 
 
-def test_train_and_val_share_no_repository(setup):
-    docs, _, out, meta = setup
-    repos = {s: {d["repo_name"] for d in docs if split_of(d["repo_name"], 0.3) == s}
-             for s in ("train", "val")}
-    assert repos["train"] and repos["val"] and not repos["train"] & repos["val"]
-    assert meta["splits"]["val"]["documents"] == sum(
-        split_of(d["repo_name"], 0.3) == "val" for d in docs)
+def test_the_split_is_the_shared_function_and_keeps_repositories_whole(setup):
+    docs, tok_dir, out, meta = setup
+    val = split_repositories(repository_bytes((d["repo_name"], utf8_size(d["text"])) for d in docs),
+                             0.3, seed=0)
+    assert val and len(val) < len({d["repo_name"] for d in docs})
+    tok = load_tokenizer(tok_dir)
+    by_split = {s: Counter(tok.decode(ids.tolist(), skip_special_tokens=False)
+                           for ids in iter_documents(out, s)) for s in ("train", "val")}
+    expected = {s: Counter(d["text"] for d in docs if (d["repo_name"] in val) == (s == "val"))
+                for s in ("train", "val")}
+    assert by_split == expected  # exactly the repositories the shared function puts in val
 
 
 def test_training_reads_the_shards_and_checks_the_tokenizer(setup, tmp_path):
@@ -97,15 +103,19 @@ def test_same_size_but_different_tokenizer_is_refused(setup, tmp_path):
 
 def test_empty_dataset_and_missing_folder_are_clear_errors(setup, tmp_path):
     _, tok_dir, _, _ = setup
-    with pytest.raises(ShardError, match="no parquet shards"):
+    with pytest.raises(DataError, match="is not a folder"):
         tokenize(TokenizeConfig(data_dir=str(tmp_path / "nothing"), tokenizer=str(tok_dir),
+                                out_dir=str(tmp_path / "o")))
+    (tmp_path / "no_shards").mkdir()
+    with pytest.raises(DataError, match="no parquet shards"):
+        tokenize(TokenizeConfig(data_dir=str(tmp_path / "no_shards"), tokenizer=str(tok_dir),
                                 out_dir=str(tmp_path / "o")))
     empty = tmp_path / "empty"
     empty.mkdir()
     pq.write_table(pa.Table.from_pylist([], schema=pa.schema(
         [("id", pa.string()), ("repo_name", pa.string()), ("text", pa.string())])),
         empty / "00000.parquet")
-    with pytest.raises(ShardError, match="hold no documents"):
+    with pytest.raises(DataError, match="hold no documents"):
         tokenize(TokenizeConfig(data_dir=str(empty), tokenizer=str(tok_dir),
                                 out_dir=str(tmp_path / "o")))
 

@@ -11,11 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
-from codegpt.config import REPO_ROOT as REPO, ConfigError
-from codegpt.tokenizer.shards import stdlib_python_files
+from byte_shards import stdlib_python_files
+from codegpt.cli import main
+from codegpt.config import REPO_ROOT as REPO, ConfigError, load_config
+from codegpt.errors import DataError
 from codegpt.tokenizer.bpe import (CODE_PATTERN, EOT, META_FILE, SPECIAL_TOKENS, TokenizerConfig,
                                TokenizerError, build_tokenizer, bytes_per_token,
-                               load_hf_tokenizer, load_tokenizer, load_tokenizer_config, main,
+                               load_hf_tokenizer, load_tokenizer,
                                sample_documents, tokenizer_hash, train_bpe, train_tokenizer,
                                whitespace_splitter, whitespace_tokens)
 
@@ -183,7 +185,7 @@ def write_parquet(folder, docs: list[tuple[str, str]]):
 def test_train_tokenizer_end_to_end_from_parquet(tmp_path, corpus):
     docs = [(f"repo{i % 5}", t) for i, t in enumerate(corpus[:60])]
     write_parquet(tmp_path / "data", docs)
-    cfg = load_tokenizer_config(None, [f"data_dir={tmp_path / 'data'}",
+    cfg = load_config(TokenizerConfig, None, [f"data_dir={tmp_path / 'data'}",
                                        f"out_dir={tmp_path / 'out'}", "vocab_size=700",
                                        "sample_mb=0.5", "holdout_repos=[repo0]"])
     path = train_tokenizer(cfg)
@@ -205,7 +207,7 @@ def test_sample_is_seeded_and_respects_limits(tmp_path):
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(TokenizerError, match=str(tmp_path)):
+    with pytest.raises(DataError, match=str(tmp_path)):
         sample_documents(tmp_path, 1.0)
     write_parquet(tmp_path / "d", [("r", "")])
     with pytest.raises(TokenizerError, match="no documents"):
@@ -215,22 +217,22 @@ def test_empty_folder_is_a_clear_error(tmp_path):
 def test_cli_reports_missing_data(tmp_path, capsys):
     config = tmp_path / "t.yaml"
     config.write_text("vocab_size: 1000\n")
-    assert main([str(config), f"data_dir={tmp_path}"]) == 2
+    assert main(["tokenizer", str(config), f"data_dir={tmp_path}"]) == 2
     assert str(tmp_path) in capsys.readouterr().err
 
 
 def test_config_validation():
     with pytest.raises(ConfigError, match="vocab_size"):
-        load_tokenizer_config(None, ["vocab_sise=10"])
+        load_config(TokenizerConfig, None, ["vocab_sise=10"])
     with pytest.raises(ConfigError, match="pre_tokenizer"):
-        load_tokenizer_config(None, ["pre_tokenizer=bert"])
+        load_config(TokenizerConfig, None, ["pre_tokenizer=bert"])
     with pytest.raises(ConfigError, match="space_runs"):
-        load_tokenizer_config(None, ["space_runs=[3,2]"])
+        load_config(TokenizerConfig, None, ["space_runs=[3,2]"])
     with pytest.raises(ConfigError, match="no room"):
-        load_tokenizer_config(None, ["vocab_size=261"])
+        load_config(TokenizerConfig, None, ["vocab_size=261"])
     with pytest.raises(ConfigError, match="no room"):
-        load_tokenizer_config(None, ["vocab_size=300", "space_runs=[2,32]", "tab_runs=[1,8]"])
-    cfg = load_tokenizer_config(REPO / "configs" / "tokenizer" / "default.yaml")
+        load_config(TokenizerConfig, None, ["vocab_size=300", "space_runs=[2,32]", "tab_runs=[1,8]"])
+    cfg = load_config(TokenizerConfig, REPO / "configs" / "tokenizer" / "default.yaml")
     assert cfg.vocab_size == 49152 and whitespace_tokens(cfg) == []
-    cfg = load_tokenizer_config(REPO / "configs" / "tokenizer" / "default.yaml", ["tab_runs=[1,8]"])
+    cfg = load_config(TokenizerConfig, REPO / "configs" / "tokenizer" / "default.yaml", ["tab_runs=[1,8]"])
     assert whitespace_tokens(cfg) == ["\t" * n for n in range(1, 9)]

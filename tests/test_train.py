@@ -13,14 +13,15 @@ import torch
 
 from codegpt.train.checkpoint import list_checkpoints
 from codegpt.train.metrics import read_metrics
-from codegpt.train.config import load_train_config
+from codegpt.config import load_config
+from codegpt.train.config import TrainConfig
 from codegpt.train.trainer import PREEMPTED_EXIT_CODE, NonFiniteLossError, Trainer
 
 from conftest import REPO, SMOKE, run_cli
 
 
 def smoke_args(token_dir, run_dir, *extra):
-    return [str(SMOKE), f"data.dir={token_dir}", f"run.dir={run_dir}", *extra]
+    return [str(SMOKE), f"data_dir={token_dir}", f"out_dir={run_dir}", *extra]
 
 
 def losses(run_dir, key="loss"):
@@ -127,7 +128,7 @@ def test_sigusr1_saves_and_exits_with_the_requeue_code_then_resumes(token_dir, t
 
 def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(token_dir, tmp_path,
                                                                          monkeypatch):
-    cfg = load_train_config(SMOKE, [f"data.dir={token_dir}", f"run.dir={tmp_path}",
+    cfg = load_config(TrainConfig, SMOKE, [f"data_dir={token_dir}", f"out_dir={tmp_path}",
                                     "run.max_steps=12", "checkpoint.every=4", "data.val_every=0"])
     trainer = Trainer(cfg)
     forward = trainer.raw_model.forward
@@ -161,7 +162,7 @@ def test_cli_errors_are_clear_and_name_the_problem(token_dir, tmp_path):
 
 
 def test_in_process_training_learns_and_writes_what_it_promises(token_dir, tmp_path):
-    cfg = load_train_config(SMOKE, [f"data.dir={token_dir}", f"run.dir={tmp_path}",
+    cfg = load_config(TrainConfig, SMOKE, [f"data_dir={token_dir}", f"out_dir={tmp_path}",
                                     "run.max_steps=30", "logging.wandb=true"])
     result = Trainer(cfg).fit()
     assert result.status == "finished" and result.step == 30

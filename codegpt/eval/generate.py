@@ -1,6 +1,6 @@
-"""Sampling from a checkpoint: batched generation with a KV cache, nucleus / top-k sampling,
-per-sequence stop strings, and the mean token log-probability used for Codex's mean-logp
-reranking.
+"""Sampling from a model: batched generation with a KV cache, per-sequence stop strings, and
+the mean token log-probability used for Codex's mean-logp reranking. The sampling functions
+are in ``codegpt.eval.sampling``, the decoding against shared prompts in ``codegpt.eval.decode``.
 
 Reproducibility: each sample draws its random numbers from its own generator, seeded from
 (seed, sample index), so sample i of a prompt is the same whatever the batch size or the
@@ -13,28 +13,23 @@ prompt all read that one copy, which is what makes pass@k sampling cheap.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import math
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from codegpt.model import GPT, ModelConfig
+from codegpt.eval.decode import decode_step, prefill, prompt_groups
+from codegpt.eval.sampling import (cut_at_stop, kept_tokens, pick_tokens, sample_generator,
+                                   stop_window)
+from codegpt.model import GPT, KVCache
 from codegpt.tokenizer.bpe import EOT
 
 log = logging.getLogger(__name__)
 
 # Codex (Chen et al. 2021): stop at the start of a new top-level statement.
 DEFAULT_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
-
-
-class GenerateError(RuntimeError):
-    """A checkpoint or tokenizer that cannot be used for generation."""
 
 
 @dataclass
@@ -45,7 +40,7 @@ class Completion:
     finish_reason: str     # "stop" (a stop string), "eot" (<|endoftext|>) or "length"
 
 
-# --- loading -------------------------------------------------------------------------------
+# --- precision -----------------------------------------------------------------------------
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -62,140 +57,7 @@ def inference_dtype(name: str | None, device: str | torch.device = "cpu") -> tor
     return DTYPES[name]
 
 
-def load_checkpoint_model(folder: str | Path, device: str | torch.device = "cpu",
-                          dtype: str | torch.dtype | None = None) -> tuple[GPT, ModelConfig]:
-    """The model of a checkpoint folder (its config.yaml's ``model:`` section and weights),
-    in eval mode on ``device``, its weights in ``dtype`` (a torch dtype or a name for
-    ``inference_dtype``; float32 on CPU by default). Raises CheckpointError for a missing or
-    corrupt checkpoint."""
-    import yaml
-
-    from codegpt.train.checkpoint import CheckpointError, load_model_state, verify
-    from codegpt.config import ConfigError, from_dict
-
-    folder = Path(folder)
-    verify(folder)
-    cfg_path = folder / "config.yaml"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"checkpoint {folder} has no config.yaml: cannot rebuild the model")
-    try:
-        raw = yaml.safe_load(cfg_path.read_text()) or {}
-        model_raw = dict(raw["model"])
-        model_raw.pop("size", None)
-        cfg = from_dict(ModelConfig, model_raw, prefix="model.")
-    except (yaml.YAMLError, KeyError, TypeError, ValueError, ConfigError) as e:
-        raise CheckpointError(f"checkpoint {folder}: config.yaml has no usable model section ({e})"
-                              ) from e
-    model = GPT(cfg)
-    state = load_model_state(folder)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {folder}: weights do not fit its model config ({e})"
-                              ) from e
-    if not isinstance(dtype, torch.dtype):
-        dtype = inference_dtype(dtype, device)
-    return model.to(device=device, dtype=dtype).eval(), cfg
-
-
-# --- sampling ------------------------------------------------------------------------------
-
-def sample_generator(seed: int, index: int) -> torch.Generator:
-    """A CPU generator for sample ``index``: independent streams, same for any batch size."""
-    state = np.random.SeedSequence([seed & 0xFFFFFFFF, index]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-SHORTLIST = 256  # the nucleus is first looked for among this many most (or least) likely tokens
-
-
-def nucleus_mask(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Which tokens are in each row's nucleus (top-p set): in descending order of probability,
-    a token stays while the mass of the tokens before it is below ``top_p`` (the top token
-    always stays). probs: [B, V] normalized; returns bool [B, V].
-
-    Sorting the whole vocabulary every step costs more than the model's own work at small
-    sizes (8 ms for 32 x 8192 on two CPU cores). A row's nucleus usually fits among its
-    ``SHORTLIST`` most likely tokens (a trained model) or leaves out only a few of its least
-    likely ones (a flat distribution), so each row tries those two partial sorts
-    (``topk``) and only the rows that fit neither get a full sort. The decision is per row, so a
-    row's nucleus never depends on the rest of the batch."""
-    B, V = probs.shape
-    keep = torch.ones_like(probs, dtype=torch.bool)
-    todo = torch.arange(B, device=probs.device)
-    total = probs.sum(-1)
-    # cheap necessary conditions first, so rows that cannot fit skip a wasted partial sort:
-    # SHORTLIST tokens hold at most SHORTLIST * max; the k_low least likely ones hold more than
-    # total - top_p only if fewer than k_low tokens are at or below (total - top_p) / k_low.
-    # A flat row leaves out more than (1 - top_p) * V tokens (the least likely ones each hold
-    # less than the average mass): about 2.8x that for random weights at T=0.8.
-    k_low = min(max(SHORTLIST, math.ceil(4 * (1 - top_p) * V)), V // 2)
-    if V > SHORTLIST:
-        maybe = todo[SHORTLIST * probs.amax(-1) >= top_p]
-        if len(maybe):
-            vals, idx = torch.topk(probs[maybe], SHORTLIST, dim=-1)  # descending
-            before = vals.cumsum(-1) - vals
-            fits = before[:, -1] >= top_p  # the cutoff falls inside the shortlist
-            rows = maybe[fits]
-            keep[rows] = False
-            keep[rows[:, None], idx[fits]] = before[fits] < top_p
-            todo = todo[~torch.isin(todo, rows)]
-    if len(todo) and k_low < V // 2:
-        small = (probs[todo] <= ((total[todo] - top_p) / k_low)[:, None]).sum(-1)
-        maybe = todo[small < k_low]
-        if len(maybe):
-            low, lidx = torch.topk(probs[maybe], k_low, dim=-1, largest=False)  # ascending
-            # mass of the strictly more likely tokens = total - (this token and all below it)
-            before = total[maybe, None] - low.cumsum(-1)
-            fits = before[:, -1] < top_p  # the least likely token outside the shortlist stays
-            rows = maybe[fits]
-            keep[rows[:, None], lidx[fits]] = before[fits] < top_p
-            todo = todo[~torch.isin(todo, rows)]
-    if len(todo):
-        vals, order = torch.sort(probs[todo], dim=-1, descending=True)
-        before = vals.cumsum(-1) - vals
-        keep[todo[:, None], order] = before < top_p
-    return keep
-
-
-def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float, top_k: int,
-                uniforms: torch.Tensor | None) -> torch.Tensor:
-    """Next ids [B] from logits [B, V]: argmax when temperature == 0, else inverse-CDF sampling
-    with one uniform per row (so a row's draw does not depend on the other rows).
-
-    Plain and top-p sampling walk the cumulative distribution in vocabulary order, which needs
-    no sort (see ``nucleus_mask``); top-k walks its k tokens from the most likely down."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    scaled = logits.float() / temperature
-    V = scaled.shape[-1]
-    nucleus = 0.0 < top_p < 1.0
-    u = uniforms.to(scaled.device).unsqueeze(1)
-    if top_k <= 0 or top_k >= V:
-        probs = torch.softmax(scaled, -1)
-        if nucleus:
-            probs = probs * nucleus_mask(probs, top_p)
-        cdf = probs.cumsum(-1)
-        # side="right": the first token whose cumulative mass exceeds the target, so a token
-        # with zero probability (cut, or underflowed) is never picked
-        pos = torch.searchsorted(cdf, u * cdf[:, -1:], side="right")
-        return pos.clamp_(max=V - 1).squeeze(1)
-    vals, order = torch.topk(scaled, top_k, dim=-1)
-    probs = torch.exp(vals - torch.logsumexp(scaled, -1, keepdim=True))
-    if nucleus:
-        before = probs.cumsum(-1) - probs
-        probs = probs.masked_fill(before >= top_p, 0.0)  # the top token always stays
-    cdf = probs.cumsum(-1)
-    pos = torch.searchsorted(cdf, u * cdf[:, -1:], side="right")
-    pos = torch.minimum(pos, (probs > 0).sum(-1, keepdim=True) - 1)  # kept tokens are a prefix
-    return order.gather(1, pos).squeeze(1)
-
-
-def _find_stop(text: str, stop: tuple[str, ...], start: int) -> int:
-    """Index of the earliest stop string in text[start:], or -1."""
-    hits = [i for s in stop if (i := text.find(s, start)) >= 0]
-    return min(hits) if hits else -1
-
+# --- the batch loop ------------------------------------------------------------------------
 
 @dataclass
 class _Row:
@@ -206,15 +68,37 @@ class _Row:
     gen: torch.Generator
 
 
-def _groups(prompts: list[int]) -> list[tuple[int, int, int]]:
-    """Runs of equal entries: (value, first index, end index), for rows sorted by prompt."""
-    out: list[tuple[int, int, int]] = []
-    for j, p in enumerate(prompts):
-        if out and out[-1][0] == p:
-            out[-1] = (p, out[-1][1], j + 1)
-        else:
-            out.append((p, j, j + 1))
-    return out
+def _take(tokenizer, r: _Row, tok: int, logp: float, eot_id: int | None, stop: tuple[str, ...],
+          window: int, budget: int) -> tuple[str, str] | None:
+    """Row r's next token: appended (unless it is <|endoftext|>); (text, finish_reason) when
+    the row is done, else None."""
+    if eot_id is not None and tok == eot_id:
+        return tokenizer.decode(r.ids), "eot"
+    r.ids.append(tok)
+    r.logps.append(logp)
+    if stop and (text := cut_at_stop(tokenizer, r.ids, stop, window)) is not None:
+        return text, "stop"
+    if len(r.ids) >= budget:
+        return tokenizer.decode(r.ids), "length"
+    return None
+
+
+def _prefill_prompts(model: GPT, prompt_ids: list[list[int]], device
+                     ) -> tuple[KVCache, list[int], torch.Tensor, torch.Tensor]:
+    """Each distinct prompt of the rows run once, right-padded to the longest: returns the
+    prompts' keys/values [P, H, T0, C/H] per layer, each row's prompt index, each row's first
+    logits [B, V] and each row's prompt length [B]."""
+    distinct: dict[tuple[int, ...], int] = {}
+    row_prompt = [distinct.setdefault(tuple(ids), len(distinct)) for ids in prompt_ids]
+    lengths = [len(ids) for ids in distinct]
+    idx = torch.zeros(len(distinct), max(lengths), dtype=torch.long, device=device)
+    for p, ids in enumerate(distinct):
+        idx[p, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    prompt_len = torch.tensor(lengths, device=device)
+    prefix = model.new_kv_cache(len(distinct), max(lengths), device=device)
+    first = prefill(model, idx, prompt_len, prefix)  # [P, V]
+    row_sel = torch.tensor(row_prompt, device=device)
+    return prefix, row_prompt, first.index_select(0, row_sel), prompt_len.index_select(0, row_sel)
 
 
 @torch.no_grad()
@@ -224,30 +108,16 @@ def _generate_batch(model: GPT, tokenizer, prompt_ids: list[list[int]], rows: li
     """Generate for a batch of rows (the rows of a prompt next to each other; prompts of any
     lengths); returns (row, text, finish_reason).
 
-    Each distinct prompt goes through the model once (right-padded to the longest) and its
-    keys/values are kept once; every row then decodes against its prompt's keys/values plus its
-    own cache (``GPT.decode_with_prefix``). Rows finish on their own and leave the batch."""
-    block = model.config.block_size
-    distinct: dict[tuple[int, ...], int] = {}
-    row_prompt = [distinct.setdefault(tuple(ids), len(distinct)) for ids in prompt_ids]
-    lengths = [len(ids) for ids in distinct]
-    T0 = max(lengths)
-    idx = torch.zeros(len(distinct), T0, dtype=torch.long, device=device)
-    for p, ids in enumerate(distinct):
-        idx[p, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-    prompt_len = torch.tensor(lengths, device=device)
-    prefix = model.new_kv_cache(len(distinct), T0, device=device)
-    first = model.prefill(idx, prompt_len, prefix)  # [P, V]
-    row_sel = torch.tensor(row_prompt, device=device)
-    logits = first.index_select(0, row_sel)
-    row_len = prompt_len.index_select(0, row_sel)  # [B]: each row's prompt length
+    Each distinct prompt goes through the model once and its keys/values are kept once; every
+    row then decodes against its prompt's keys/values plus its own cache (``decode_step``).
+    Rows finish on their own and leave the batch."""
+    prefix, row_prompt, logits, row_len = _prefill_prompts(model, prompt_ids, device)
     # a row may generate up to max_new_tokens, within the model's context after its own prompt
+    block = model.config.block_size
     budgets = [min(max_new_tokens, block - len(prompt_ids[i])) for i in range(len(rows))]
     cache = model.new_kv_cache(len(rows), max(budgets), device=device)
-    aligned = len(distinct) == len(rows)  # row r continues prompt r: no groups needed
-    # a stop string of L bytes ends inside the last L + 1 tokens (every token is at least one
-    # byte), so each step decodes only those; the whole text is decoded once a stop shows up
-    window = max((len(s.encode()) for s in stop), default=0) + 1
+    aligned = prefix[0][0].shape[0] == len(rows)  # row r continues prompt r: no groups needed
+    window = stop_window(stop)
     active = list(range(len(rows)))  # positions in the batch of the unfinished rows
     done: list[tuple[_Row, str, str]] = []
     for step in range(max(budgets)):
@@ -257,27 +127,13 @@ def _generate_batch(model: GPT, tokenizer, prompt_ids: list[list[int]], rows: li
             uniforms = torch.cat([torch.rand(1, generator=r.gen) for r in live])
         nxt = pick_tokens(logits, temperature, top_p, top_k, uniforms)
         logp = torch.log_softmax(logits.float(), -1).gather(1, nxt[:, None]).squeeze(1)
-        nxt_list, logp_list = nxt.tolist(), logp.tolist()
         keep = []
-        for j, r in enumerate(live):
-            tok = nxt_list[j]
-            if eot_id is not None and tok == eot_id:
-                done.append((r, tokenizer.decode(r.ids), "eot"))
-                continue
-            r.ids.append(tok)
-            r.logps.append(logp_list[j])
-            if stop:
-                tail = tokenizer.decode(r.ids[-window:])
-                if any(st in tail for st in stop):
-                    text = tokenizer.decode(r.ids)
-                    cut = _find_stop(text, stop, 0)
-                    if cut >= 0:
-                        done.append((r, text[:cut], "stop"))
-                        continue
-            if len(r.ids) >= budgets[active[j]]:
-                done.append((r, tokenizer.decode(r.ids), "length"))
-                continue
-            keep.append(j)
+        for j, (r, tok, lp) in enumerate(zip(live, nxt.tolist(), logp.tolist())):
+            end = _take(tokenizer, r, tok, lp, eot_id, stop, window, budgets[active[j]])
+            if end is None:
+                keep.append(j)
+            else:
+                done.append((r, *end))
         active = [active[j] for j in keep]
         if not keep:
             break
@@ -288,21 +144,24 @@ def _generate_batch(model: GPT, tokenizer, prompt_ids: list[list[int]], rows: li
                 prefix = [(k.index_select(0, sel), v.index_select(0, sel)) for k, v in prefix]
             nxt = nxt.index_select(0, sel)
             row_len = row_len.index_select(0, sel)
-        groups = None if aligned else _groups([row_prompt[i] for i in active])
-        logits = model.decode_with_prefix(nxt, prefix, groups, cache, step, row_len)
+        groups = None if aligned else prompt_groups([row_prompt[i] for i in active])
+        logits = decode_step(model, nxt, prefix, groups, cache, step, row_len)
     for i in active:  # only with max_new_tokens=0
         done.append((rows[i], tokenizer.decode(rows[i].ids), "length"))
     return done
 
 
-def _kept_tokens(tokenizer, ids: list[int], text: str) -> int:
-    """How many leading tokens decode to a prefix no longer than ``text``."""
-    if tokenizer.decode(ids) == text:
-        return len(ids)
-    k = 0
-    while k < len(ids) and len(tokenizer.decode(ids[: k + 1])) <= len(text):
-        k += 1
-    return k
+def _encode_prompts(tokenizer, prompts: list[str], block: int) -> list[list[int]]:
+    """Each prompt's token ids (<|endoftext|> for an empty one), at most block - 1 of them so
+    that one token can be generated: a longer prompt keeps its last block - 1 tokens. One
+    warning per call, not one per prompt, which would drown a benchmark's log."""
+    eot = tokenizer.token_to_id(EOT)
+    encoded = [tokenizer.encode(t, add_special_tokens=False).ids or [eot] for t in prompts]
+    cut = sum(len(ids) > block - 1 for ids in encoded)
+    if cut:
+        log.warning("%d of %d prompts were longer than %d tokens; kept their last %d tokens "
+                    "(model.block_size=%d)", cut, len(prompts), block - 1, block - 1, block)
+    return [ids[-(block - 1):] for ids in encoded]
 
 
 def generate(model: GPT, tokenizer, prompts: list[str], n: int = 1, max_new_tokens: int = 256,
@@ -327,15 +186,7 @@ def generate(model: GPT, tokenizer, prompts: list[str], n: int = 1, max_new_toke
     model.eval()
     stop = tuple(s for s in (stop or ()) if s)
     eot_id = None if ignore_eot else tokenizer.token_to_id(EOT)
-    block = model.config.block_size
-    encoded = []
-    for p, text in enumerate(prompts):
-        ids = tokenizer.encode(text, add_special_tokens=False).ids or [tokenizer.token_to_id(EOT)]
-        if len(ids) > block - 1:
-            log.warning("prompt %d has %d tokens; keeping the last %d (model.block_size=%d)",
-                        p, len(ids), block - 1, block)
-            ids = ids[-(block - 1):]
-        encoded.append(ids)
+    encoded = _encode_prompts(tokenizer, prompts, model.config.block_size)
     # prompts of similar length batch together (less padding); within a prompt, by sample
     items = sorted(((len(encoded[p]), p, i) for p in range(len(prompts)) for i in range(n)))
     results: list[list[Completion | None]] = [[None] * n for _ in prompts]
@@ -346,7 +197,7 @@ def generate(model: GPT, tokenizer, prompts: list[str], n: int = 1, max_new_toke
                                max_new_tokens=max_new_tokens, temperature=temperature,
                                top_p=top_p, top_k=top_k, stop=stop, eot_id=eot_id, device=device)
         for r, text, reason in done:
-            k = len(r.ids) if reason != "stop" else _kept_tokens(tokenizer, r.ids, text)
+            k = len(r.ids) if reason != "stop" else kept_tokens(tokenizer, r.ids, text)
             mean = float(np.mean(r.logps[:k])) if k else 0.0
             results[r.prompt][r.sample] = Completion(text, r.ids[:k], mean, reason)
     model.train(was_training)
@@ -387,61 +238,3 @@ def time_generation(model: GPT, tokenizer, prompt: str | list[str], batch_size: 
         tokens = sum(len(c.token_ids) for cs in out for c in cs)
     return {"batch_size": batch_size, "new_tokens": new_tokens, "tokens": tokens,
             "seconds": best, "tokens_per_s": tokens / best}
-
-
-# --- command line --------------------------------------------------------------------------
-
-def cmd_sample(args: argparse.Namespace) -> int:
-    """``codegpt sample --checkpoint DIR --tokenizer DIR --prompt TEXT``: print completions."""
-    from codegpt.train.checkpoint import CheckpointError
-    from codegpt.tokenizer.bpe import TokenizerError, load_tokenizer
-
-    try:
-        model, _ = load_checkpoint_model(args.checkpoint, args.device, args.dtype)
-        tokenizer = load_tokenizer(args.tokenizer)
-        if model.config.vocab_size != tokenizer.get_vocab_size():
-            raise TokenizerError(
-                f"the tokenizer has {tokenizer.get_vocab_size()} tokens but the checkpoint's model "
-                f"has vocab_size={model.config.vocab_size}: use the tokenizer it was trained with")
-    except (CheckpointError, TokenizerError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # e.g. a corrupt tokenizer.json
-        print(f"error: cannot load the tokenizer at {args.tokenizer} ({e})", file=sys.stderr)
-        return 2
-    prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
-    stop = () if args.no_stop else DEFAULT_STOP
-    out = generate(model, tokenizer, [prompt], n=args.n, max_new_tokens=args.max_new_tokens,
-                   temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, stop=stop,
-                   seed=args.seed)[0]
-    for i, c in enumerate(out):
-        print(f"--- sample {i} (mean logp {c.mean_logp:.3f}, {len(c.token_ids)} tokens, "
-              f"{c.finish_reason})")
-        print(prompt + c.text)
-    return 0
-
-
-def add_parser(sub) -> None:
-    """Register ``sample`` on the ``codegpt`` subparsers."""
-    p = sub.add_parser("sample", help="sample completions of a prompt from a checkpoint")
-    p.add_argument("--checkpoint", required=True, help="a checkpoints/step_NNNNNNN folder")
-    p.add_argument("--tokenizer", required=True, help="the tokenizer folder (or tokenizer.json)")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--escapes", action="store_true", help="interpret \\n etc. in --prompt")
-    p.add_argument("--n", type=int, default=1)
-    p.add_argument("--temperature", type=float, default=0.2)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-stop", action="store_true", help="do not stop at Codex's stop strings")
-    add_device_arguments(p)
-    p.set_defaults(func=cmd_sample)
-
-
-def add_device_arguments(p) -> None:
-    """--device and --dtype, shared by the commands that run a model."""
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
-                   help="weights and activations: auto = bfloat16 on a GPU that has it, else "
-                        "float32 (bfloat16 is also about 2x faster on CPUs with AVX512-BF16)")

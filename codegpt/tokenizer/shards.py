@@ -11,25 +11,21 @@ Training memory-maps the shards; nothing is loaded whole.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import random
-import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from codegpt.errors import ShardError
 from codegpt.io import atomic_write_json, fsync_dir
 
 FORMAT = "codegpt-tokens-v1"
 SPLITS = ("train", "val")
 
 
-class ShardError(ValueError):
-    """Token shards that are missing, truncated or inconsistent with their meta.json."""
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -108,7 +104,7 @@ def read_meta(token_dir: str | Path) -> dict:
     path = Path(token_dir) / "meta.json"
     if not path.is_file():
         raise ShardError(f"no meta.json in {token_dir}: not a token-shard folder "
-                         "(make one with `codegpt tokenize` or `codegpt shards-bytes`)")
+                         "(make one with `codegpt tokenize` / `make tokens`)")
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -164,71 +160,6 @@ class SequenceIndex:
 
     def batch(self, indices: Iterable[int]) -> np.ndarray:
         return np.stack([self.get(int(i)) for i in indices])
-
-
-# --- byte-level shards for the demo, until the BPE tokenizer stage lands ---------------------
-
-BYTE_VOCAB = 257  # 256 byte values + <|endoftext|>
-BYTE_EOT = 256
-
-
-def stdlib_python_files() -> list[Path]:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    return sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts and p.is_file())
-
-
-def stdlib_documents(files: list[Path] | None = None) -> Iterator[tuple[str, bytes]]:
-    """(repository, bytes) of standard-library files; the repository is the top-level package."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    for path in files if files is not None else stdlib_python_files():
-        try:
-            rel = path.relative_to(root)
-            repo = rel.parts[0] if len(rel.parts) > 1 else rel.stem
-        except ValueError:
-            repo = path.parent.name
-        try:
-            yield repo, path.read_bytes()
-        except OSError:
-            continue
-
-
-def parquet_documents(folder: str | Path) -> Iterator[tuple[str, bytes]]:
-    """(repo_name, UTF-8 bytes) of the documents in data prep's parquet shards."""
-    import pyarrow.parquet as pq
-
-    files = sorted(Path(folder).glob("*.parquet"))
-    if not files:
-        raise ShardError(f"no parquet shards in {folder} (run `codegpt prep` / `make data` first)")
-    for f in files:
-        table = pq.read_table(f, columns=["repo_name", "text"])
-        for repo, text in zip(table.column("repo_name").to_pylist(), table.column("text").to_pylist()):
-            yield repo, text.encode("utf-8", "surrogatepass")
-
-
-def write_byte_shards(out_dir: str | Path, documents: Iterable[tuple[str, bytes]] | None = None,
-                      max_mb: float = 8.0, val_fraction: float = 0.05, seed: int = 0,
-                      tokens_per_shard: int = 1_000_000) -> dict:
-    """Byte-level token shards of (repository, bytes) documents, split into train/val by
-    repository (no repository in both), in a seeded shuffled order, up to ``max_mb``."""
-    from tqdm import tqdm
-
-    docs = [d for d in (documents if documents is not None else stdlib_documents()) if d[1]]
-    if not docs:
-        raise ShardError("no documents to encode")
-    docs.sort()
-    random.Random(seed).shuffle(docs)
-    writers = {s: ShardWriter(out_dir, s, BYTE_VOCAB, BYTE_EOT, tokens_per_shard) for s in SPLITS}
-    budget = int(max_mb * 1e6)
-    used = 0
-    for repo, data in tqdm(docs, desc="byte shards", unit="doc"):
-        bucket = int(hashlib.sha256(repo.encode()).hexdigest(), 16) % 1000
-        split = "val" if bucket < val_fraction * 1000 else "train"
-        writers[split].add(np.frombuffer(data, dtype=np.uint8))
-        used += len(data)
-        if used >= budget:
-            break
-    splits = {s: w.finish() for s, w in writers.items()}
-    return write_meta(out_dir, BYTE_VOCAB, BYTE_EOT, "bytes", "bytes-v1", splits, tokens_per_shard)
 
 
 def iter_documents(token_dir: str | Path, split: str) -> Iterator[np.ndarray]:

@@ -14,11 +14,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from codegpt.errors import ConfigError
 from codegpt.tokenizer.shards import SequenceIndex
 
-
-class BatchConfigError(ValueError):
-    pass
+BatchConfigError = ConfigError  # a batch that cannot be formed is a config problem
 
 
 @dataclass

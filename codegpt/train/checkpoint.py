@@ -30,7 +30,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from codegpt.errors import CheckpointError
 from codegpt.io import atomic_write_json, fsync_dir, sha256_file
+from codegpt.model import GPT, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,6 @@ TMP_PREFIX = ".tmp_"
 TIED_KEYS = {"lm_head.weight": "wte.weight"}
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, partial, truncated or otherwise unusable."""
 
 
 def step_dir_name(step: int) -> str:
@@ -179,6 +179,10 @@ def verify(folder: Path, check_hashes: bool = True) -> dict:
         raise CheckpointError(f"checkpoint {folder} does not exist")
     mpath = folder / MANIFEST
     if not mpath.is_file():
+        if not (folder / "model.safetensors").is_file():
+            raise CheckpointError(f"{folder} is not a checkpoint: expected a folder "
+                                  "RUN_DIR/checkpoints/step_NNNNNNN holding model.safetensors "
+                                  f"and {MANIFEST}")
         raise CheckpointError(f"checkpoint {folder} has no {MANIFEST}: the save did not finish")
     try:
         manifest = json.loads(mpath.read_text())
@@ -242,3 +246,54 @@ def load_torch(folder: Path, name: str) -> Any:
 def load_rng(folder: Path, rank: int) -> dict | None:
     name = f"rng/rank_{rank:05d}.pt"
     return load_torch(folder, name) if (Path(folder) / name).is_file() else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder that verifies: ``path`` itself, or the newest complete checkpoint of
+    a run folder (``path/checkpoints/step_*``) or of a checkpoints folder (``path/step_*``)."""
+    path = Path(path)
+    for root in (path / "checkpoints", path):
+        if list_checkpoints(root):
+            latest = find_latest(root)
+            if latest is None:
+                raise CheckpointError(f"no complete checkpoint in {root}: every one failed to "
+                                      "verify (see the warnings above)")
+            return latest
+    verify(path)
+    return path
+
+
+def load_checkpoint_model(folder: str | Path, device: str | torch.device = "cpu",
+                          dtype: str | torch.dtype | None = None) -> tuple[GPT, ModelConfig]:
+    """The model of a checkpoint folder (its config.yaml's ``model:`` section and weights),
+    in eval mode on ``device``, its weights in ``dtype`` (a torch dtype or a name for
+    ``inference_dtype``; float32 on CPU by default). ``folder`` may also be a run folder or its
+    ``checkpoints/``: its newest complete checkpoint is used. Raises CheckpointError for a
+    missing or corrupt checkpoint."""
+    import yaml
+
+    from codegpt.config import ConfigError, from_dict
+    from codegpt.eval.generate import inference_dtype  # lazily: training never needs it
+
+    folder = resolve_checkpoint(folder)
+    cfg_path = folder / "config.yaml"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"checkpoint {folder} has no config.yaml: cannot rebuild the model")
+    try:
+        raw = yaml.safe_load(cfg_path.read_text()) or {}
+        model_raw = dict(raw["model"])
+        model_raw.pop("size", None)
+        cfg = from_dict(ModelConfig, model_raw, prefix="model.")
+    except (yaml.YAMLError, KeyError, TypeError, ValueError, ConfigError) as e:
+        raise CheckpointError(f"checkpoint {folder}: config.yaml has no usable model section ({e})"
+                              ) from e
+    model = GPT(cfg)
+    state = load_model_state(folder)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {folder}: weights do not fit its model config ({e})"
+                              ) from e
+    if not isinstance(dtype, torch.dtype):
+        dtype = inference_dtype(dtype, device)
+    return model.to(device=device, dtype=dtype).eval(), cfg

@@ -19,29 +19,25 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_model_state_dict,
                                                      set_optimizer_state_dict)
 
-from codegpt.train import checkpoint as ckpt
-from codegpt.config import ConfigError, to_dict
-from codegpt.train.batches import DistributedBatches, plan_batch, val_batches
-from codegpt.train.flops import flops_per_token, mfu, peak_flops
+from codegpt.config import to_dict
+from codegpt.errors import ConfigError, NonFiniteLossError
 from codegpt.io import atomic_write_json, atomic_write_text
-from codegpt.train.metrics import MetricsLogger
 from codegpt.model import GPT
+from codegpt.tokenizer.encode import check_tokenizer
+from codegpt.tokenizer.shards import SequenceIndex, read_meta
+from codegpt.train import checkpoint as ckpt
+from codegpt.train.batches import DistributedBatches, plan_batch, val_batches
+from codegpt.train.config import TrainConfig
+from codegpt.train.flops import flops_per_token, mfu, peak_flops
+from codegpt.train.metrics import MetricsLogger
 from codegpt.train.optim import build_optimizer
 from codegpt.train.schedule import build_scheduler, lr_at
-from codegpt.tokenizer.shards import SequenceIndex, read_meta
-from codegpt.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 # Exit status after a SIGTERM/SIGUSR1 made the run save and stop (EX_TEMPFAIL: "try again").
 # The Slurm script requeues the job on it; a finished run exits 0.
 PREEMPTED_EXIT_CODE = 75
-# Exit status when the loss became NaN or inf.
-NONFINITE_EXIT_CODE = 3
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -85,7 +81,7 @@ def resolve_vocab(cfg: TrainConfig, meta: dict) -> None:
         cfg.model.vocab_size = int(meta["vocab_size"])
     elif cfg.model.vocab_size != meta["vocab_size"]:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} but the token shards in "
-                          f"{cfg.data.dir} use a vocabulary of {meta['vocab_size']}; set "
+                          f"{cfg.data_dir} use a vocabulary of {meta['vocab_size']}; set "
                           "model.vocab_size=0 to take it from the shards")
 
 
@@ -94,7 +90,7 @@ class Trainer:
         from accelerate import Accelerator
 
         self.cfg = cfg
-        self.run_dir = Path(cfg.run.dir)
+        self.run_dir = Path(cfg.out_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         # cpu=True on a machine without CUDA lets torchrun / accelerate launch run gloo (MULTI_CPU)
         self.accelerator = Accelerator(mixed_precision=_precision(cfg),
@@ -102,16 +98,14 @@ class Trainer:
         acc = self.accelerator
         self.rank, self.world = acc.process_index, acc.num_processes
 
-        meta = read_meta(cfg.data.dir)
-        if cfg.data.tokenizer:
-            from codegpt.tokenizer.encode import check_tokenizer
-
-            check_tokenizer(cfg.data.dir, cfg.data.tokenizer)
+        meta = read_meta(cfg.data_dir)
+        if cfg.tokenizer:
+            check_tokenizer(cfg.data_dir, cfg.tokenizer)
         resolve_vocab(cfg, meta)
         self.global_batch, self.accum = plan_batch(cfg.batch.global_batch_tokens, cfg.seq_len,
                                                    cfg.batch.micro_batch_size, self.world)
-        train_index = SequenceIndex.open(cfg.data.dir, "train", cfg.seq_len)
-        self.val_index = (SequenceIndex.open(cfg.data.dir, "val", cfg.seq_len)
+        train_index = SequenceIndex.open(cfg.data_dir, "train", cfg.seq_len)
+        self.val_index = (SequenceIndex.open(cfg.data_dir, "val", cfg.seq_len)
                           if cfg.data.val_every > 0 else None)
         self.batches = DistributedBatches(train_index, self.global_batch,
                                           cfg.batch.micro_batch_size, self.rank, self.world,

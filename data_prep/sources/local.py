@@ -1,8 +1,16 @@
 """Local directories of Python files; by default the running interpreter's own library.
 
 The default needs no network: the standard library and every site-packages folder of the
-interpreter running the pipeline (hundreds of MB on a fresh machine). The repository of a file
-is its top-level package under the root it was found in, e.g. ``site-packages/numpy``.
+interpreter running the pipeline (hundreds of MB on a fresh machine).
+
+The repository of a file is named after the root it was found in (``stdlib``,
+``site-packages``, or a given root's folder name) and at most its first two folders under that
+root, so that one big package does not become one huge repository (which would make
+repository-level train/validation splits lumpy):
+
+- ``numpy/core/x.py`` and ``numpy/core/tests/y.py``: ``site-packages/numpy/core``
+- ``numpy/__init__.py``, a file directly in a top-level package: ``site-packages/numpy``
+- ``os.py``, a top-level module: ``stdlib/os``
 """
 
 from __future__ import annotations
@@ -12,12 +20,18 @@ import logging
 import os
 import site
 import sysconfig
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Iterator
 
 from data_prep.sources.base import RawFile, Source, read_bounded, shard
 
 log = logging.getLogger(__name__)
+
+
+def repo_name(label: str, rel: PurePath) -> str:
+    """The repository of the file at ``rel`` under a root labelled ``label`` (see above)."""
+    folders = rel.parts[:-1][:2]
+    return "/".join((label, *folders)) if folders else f"{label}/{rel.stem}"
 
 
 def default_roots() -> list[tuple[str, Path]]:
@@ -71,8 +85,7 @@ class LocalSource(Source):
 
     def read(self, label: str, root: Path, path: Path) -> RawFile:
         rel = path.relative_to(root)
-        top = rel.parts[0] if len(rel.parts) > 1 else rel.stem
-        rec = RawFile(source="local", repo_name=f"{label}/{top}", path=rel.as_posix(), data=None)
+        rec = RawFile(source="local", repo_name=repo_name(label, rel), path=rel.as_posix(), data=None)
         if path.is_symlink():
             try:
                 path.resolve(strict=True)

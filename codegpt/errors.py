@@ -1,0 +1,48 @@
+"""The one error base class, and one subclass per kind of bad input.
+
+Library code raises these with a message that says what was wrong and what to do; the CLI
+catches ``CodegptError`` once, prints ``error: <message>`` as one line and exits with the
+error's ``exit_code`` (2 for bad input). Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class CodegptError(Exception):
+    """Bad input the user can fix: a config, a path, a file that cannot be used."""
+
+    exit_code = 2
+
+
+class ConfigError(CodegptError, ValueError):
+    """A config file, override or command-line value that cannot be applied."""
+
+
+class DataError(CodegptError, ValueError):
+    """Data prep's documents (parquet shards) missing, empty or malformed."""
+
+
+class ShardError(CodegptError, ValueError):
+    """Token shards that are missing, truncated or inconsistent with their meta.json."""
+
+
+class TokenizerError(CodegptError, ValueError):
+    """Training data or a tokenizer file that cannot be used."""
+
+
+class CheckpointError(CodegptError, RuntimeError):
+    """A checkpoint that is missing, partial, truncated or otherwise unusable."""
+
+
+class EvalError(CodegptError, ValueError):
+    """A samples file or problem set that cannot be scored."""
+
+
+class ExportError(CodegptError, RuntimeError):
+    """A checkpoint that cannot be exported as GPT-2."""
+
+
+class NonFiniteLossError(CodegptError, RuntimeError):
+    """The loss or gradient norm became NaN or inf: the run stops before the update."""
+
+    exit_code = 3
