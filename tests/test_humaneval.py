@@ -123,3 +123,24 @@ def test_generation_batches_problems_and_resumes_the_same_samples(tmp_path):
     (tmp_path / "b.jsonl").write_text("".join(lines[:3]))  # interrupted mid-way
     resumed = generate_samples(folder, tok_dir, tmp_path / "b.jsonl", problems, batch_size=6, **kw)
     assert sorted(map(key, resumed)) == sorted(map(key, batched))
+
+
+def test_too_long_prompts_are_reported_once_per_run(tmp_path, caplog):
+    """Problems are sampled in many small calls; the truncation warning comes once, counted
+    over the whole run, not once per call or per prompt."""
+    import logging
+
+    from test_generate import make_checkpoint, make_tokenizer
+
+    from codegpt.eval.humaneval import generate_samples
+    from codegpt.tokenizer.bpe import load_tokenizer
+
+    tok_dir = make_tokenizer(tmp_path)
+    folder, _ = make_checkpoint(tmp_path / "ckpt", load_tokenizer(tok_dir).get_vocab_size())
+    long = "def f(x):\n" + "    x = x + 1\n" * 40  # far more than the model's 64 positions
+    problems = {f"HumanEval/{i}": {"prompt": long if i % 2 else "def g():\n"} for i in range(6)}
+    with caplog.at_level(logging.WARNING):
+        generate_samples(folder, tok_dir, tmp_path / "s.jsonl", problems, n=1, temperature=0.0,
+                         top_p=1.0, max_new_tokens=2, batch_size=1)
+    warnings = [r.getMessage() for r in caplog.records if "longer than" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("3 of 6 prompts"), warnings

@@ -151,14 +151,15 @@ def _generate_batch(model: GPT, tokenizer, prompt_ids: list[list[int]], rows: li
     return done
 
 
-def _encode_prompts(tokenizer, prompts: list[str], block: int) -> list[list[int]]:
+def encode_prompts(tokenizer, prompts: list[str], block: int, warn: bool = True
+                   ) -> list[list[int]]:
     """Each prompt's token ids (<|endoftext|> for an empty one), at most block - 1 of them so
     that one token can be generated: a longer prompt keeps its last block - 1 tokens. One
-    warning per call, not one per prompt, which would drown a benchmark's log."""
+    warning per call (``warn``), not one per prompt, which would drown a benchmark's log."""
     eot = tokenizer.token_to_id(EOT)
     encoded = [tokenizer.encode(t, add_special_tokens=False).ids or [eot] for t in prompts]
     cut = sum(len(ids) > block - 1 for ids in encoded)
-    if cut:
+    if cut and warn:
         log.warning("%d of %d prompts were longer than %d tokens; kept their last %d tokens "
                     "(model.block_size=%d)", cut, len(prompts), block - 1, block - 1, block)
     return [ids[-(block - 1):] for ids in encoded]
@@ -167,14 +168,15 @@ def _encode_prompts(tokenizer, prompts: list[str], block: int) -> list[list[int]
 def generate(model: GPT, tokenizer, prompts: list[str], n: int = 1, max_new_tokens: int = 256,
              temperature: float = 0.2, top_p: float = 0.95, top_k: int = 0,
              stop=DEFAULT_STOP, seed: int | list[int] = 0, batch_size: int = 16, device=None,
-             ignore_eot: bool = False) -> list[list[Completion]]:
+             ignore_eot: bool = False, warn_truncation: bool = True) -> list[list[Completion]]:
     """``n`` completions of every prompt: result[p][i] is sample i of prompts[p], a function
     of (seed, i) and the prompt alone; ``seed`` may be a list with one seed per prompt.
 
     ``tokenizer`` is a ``tokenizers.Tokenizer``. ``temperature`` 0 is greedy. A sequence
     finishes on its own at a stop string (cut before it), at <|endoftext|> or after
     ``max_new_tokens`` (or the model's context); the rest of its batch goes on.
-    ``ignore_eot`` (benchmarks) keeps generating through <|endoftext|>.
+    ``ignore_eot`` (benchmarks) keeps generating through <|endoftext|>. A caller that calls
+    this in chunks says ``warn_truncation=False`` and warns once itself (``encode_prompts``).
     """
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
@@ -186,7 +188,7 @@ def generate(model: GPT, tokenizer, prompts: list[str], n: int = 1, max_new_toke
     model.eval()
     stop = tuple(s for s in (stop or ()) if s)
     eot_id = None if ignore_eot else tokenizer.token_to_id(EOT)
-    encoded = _encode_prompts(tokenizer, prompts, model.config.block_size)
+    encoded = encode_prompts(tokenizer, prompts, model.config.block_size, warn=warn_truncation)
     # prompts of similar length batch together (less padding); within a prompt, by sample
     items = sorted(((len(encoded[p]), p, i) for p in range(len(prompts)) for i in range(n)))
     results: list[list[Completion | None]] = [[None] * n for _ in prompts]

@@ -144,7 +144,7 @@ def generate_samples(checkpoint: str | Path, tokenizer: str | Path, out_path: st
     problem, i) alone, so a resumed problem continues the same stream."""
     from tqdm import tqdm
 
-    from codegpt.eval.generate import generate
+    from codegpt.eval.generate import encode_prompts, generate
     from codegpt.train.checkpoint import load_checkpoint_model
     from codegpt.tokenizer.bpe import load_tokenizer
 
@@ -156,6 +156,7 @@ def generate_samples(checkpoint: str | Path, tokenizer: str | Path, out_path: st
             have[s["task_id"]] += 1
     model, _ = load_checkpoint_model(checkpoint, device=device or "cpu", dtype=dtype)
     tok = load_tokenizer(tokenizer, vocab_size=model.config.vocab_size)
+    encode_prompts(tok, [problems[t]["prompt"] for t in problems], model.config.block_size)
     todo = [t for t in sorted(problems, key=_task_number) if have[t] < n]
     # problems are batched together when n is smaller than the batch (e.g. n=1 greedy runs)
     per_call = max(1, batch_size // n)
@@ -166,7 +167,7 @@ def generate_samples(checkpoint: str | Path, tokenizer: str | Path, out_path: st
             completions = generate(model, tok, [problems[t]["prompt"] for t in chunk], n=n,
                                    max_new_tokens=max_new_tokens, temperature=temperature,
                                    top_p=top_p, seed=[seed * 100_003 + _task_number(t) for t in chunk],
-                                   batch_size=batch_size, device=device)
+                                   batch_size=batch_size, device=device, warn_truncation=False)
             for task_id, samples in zip(chunk, completions):
                 for c in samples[have[task_id]:]:
                     f.write(json.dumps({"task_id": task_id, "completion": c.text,

@@ -544,20 +544,19 @@ def run_programs(programs: list[str], timeout: float = 5.0, workers: int | None 
     """Run many programs in parallel (threads launching sandboxes); results in input order."""
     method = method or isolation_method()
     workers = workers or max(1, min(32, (os.cpu_count() or 1) * 2))
+    from tqdm import tqdm
+
     results: list[Result | None] = [None] * len(programs)
-    done = 0
+    bar = tqdm(total=len(programs), desc="sandbox", unit="program", disable=not progress)
     lock = threading.Lock()
 
     def one(i: int) -> None:
-        nonlocal done
         results[i] = run_program(programs[i], timeout=timeout, memory_mb=memory_mb,
                                  method=method)
-        if progress:
-            with lock:
-                done += 1
-                if done % 50 == 0 or done == len(programs):
-                    log.info("sandbox: %d/%d programs run", done, len(programs))
+        with lock:
+            bar.update(1)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(one, range(len(programs))))
+    bar.close()
     return results  # type: ignore[return-value]
