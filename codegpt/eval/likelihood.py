@@ -1,0 +1,103 @@
+"""How likely a model finds the canonical solutions: the low-variance quality signal.
+
+pass@k of a small model is 0 long before the model is useless; the log-probability of the
+right answer keeps moving. For each HumanEval problem the prompt and its canonical solution are
+tokenized together, as training would see them, and every token that holds a byte of the
+solution is scored given all the tokens before it, including the one that straddles the
+prompt's end. Bits per byte divides by the UTF-8 bytes those scored tokens cover (the solution
+plus the straddled tail of the prompt), so the figure is comparable across tokenizers; nats per
+token is the mean over the same tokens. No sampling: one forward pass per window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from codegpt.model import GPT
+
+
+@dataclass
+class Likelihood:
+    tokens: int            # scored tokens
+    bytes: int            # UTF-8 bytes the scored tokens cover
+    nats: float           # -sum log p of the scored tokens
+
+    @property
+    def nats_per_token(self) -> float:
+        return self.nats / self.tokens if self.tokens else math.nan
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nats / math.log(2) / self.bytes if self.bytes else math.nan
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "nats_per_token": self.nats_per_token,
+                "bits_per_byte": self.bits_per_byte}
+
+
+def first_scored_token(offsets: list[tuple[int, int]], boundary: int) -> int:
+    """Index of the first token that holds a character at or after ``boundary`` (character
+    offsets as the tokenizer reports them), i.e. the one that straddles the prompt's end or
+    starts the solution; len(offsets) if none does."""
+    for i, (_, end) in enumerate(offsets):
+        if end > boundary:
+            return i
+    return len(offsets)
+
+
+@torch.no_grad()
+def token_logprobs(model: GPT, ids: list[int], first: int) -> torch.Tensor:
+    """log p(ids[i] | ids[:i]) for i in [first, len(ids)), each token seeing at most
+    block_size - 1 tokens before it. A text that fits the context takes one forward pass; a
+    longer one is scored in windows of block_size tokens advancing by half a block, each
+    scoring only its new tokens (so every token sees at least half a block of context)."""
+    block = model.config.block_size
+    device = model.wte.weight.device
+    stride = max(1, block // 2)
+    pos = max(first, 1)  # the first token of a text has no context to be scored in
+    out: list[torch.Tensor] = []
+    while pos < len(ids):
+        end = min(len(ids), max(pos + stride, block))  # score tokens [pos, end)
+        start = max(0, end - block)                     # given the tokens [start, pos)
+        x = torch.tensor(ids[start:end], device=device)[None]
+        logits, _ = model(x[:, :-1])                   # position j predicts ids[start + j + 1]
+        logp = torch.log_softmax(logits[0].float(), -1)
+        picked = logp.gather(1, x[0, 1:, None]).squeeze(1)
+        out.append(picked[pos - start - 1:].cpu())
+        pos = end
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def solution_likelihood(model: GPT, tokenizer, prompt: str, solution: str) -> Likelihood:
+    """The likelihood of ``solution`` after ``prompt`` (see the module docstring)."""
+    enc = tokenizer.encode(prompt + solution, add_special_tokens=False)
+    first = first_scored_token(enc.offsets, len(prompt))
+    scored = token_logprobs(model, enc.ids, first)
+    start = enc.offsets[max(first, 1)][0] if max(first, 1) < len(enc.ids) else len(prompt)
+    covered = (prompt + solution)[start:].encode("utf-8", "surrogatepass")
+    return Likelihood(tokens=len(scored), bytes=len(covered), nats=float(-scored.sum()))
+
+
+def canonical_likelihood(model: GPT, tokenizer, problems: dict[str, dict],
+                         progress: bool = True) -> dict:
+    """Per problem and overall (token- and byte-weighted over all problems) likelihood of the
+    canonical solutions, as stored in results.json."""
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    per: dict[str, Likelihood] = {}
+    for task_id in tqdm(problems, desc="likelihood", unit="problem", disable=not progress):
+        p = problems[task_id]
+        per[task_id] = solution_likelihood(model, tokenizer, p["prompt"], p["canonical_solution"])
+    model.train(was_training)
+    total = Likelihood(tokens=sum(v.tokens for v in per.values()),
+                       bytes=sum(v.bytes for v in per.values()),
+                       nats=sum(v.nats for v in per.values()))
+    return {"canonical_nats_per_token": total.nats_per_token,
+            "canonical_bits_per_byte": total.bits_per_byte,
+            "canonical_tokens": total.tokens, "canonical_bytes": total.bytes,
+            "per_problem": {t: v.as_dict() for t, v in per.items()}}
