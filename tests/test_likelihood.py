@@ -51,7 +51,8 @@ def test_a_long_text_is_scored_once_per_token_with_at_least_half_a_block_of_cont
                                                   abs=1e-5)
     # windows of 16 tokens advancing by 8: token 40 is scored in the window [32, 48), given
     # the 8 tokens 32..39
-    logits, _ = model(torch.tensor(ids[32:40])[None])
+    with torch.no_grad():
+        logits, _ = model(torch.tensor(ids[32:40])[None])
     alone = float(torch.log_softmax(logits[0, -1].float(), -1)[ids[40]])
     assert float(got[40 - 5]) == pytest.approx(alone, abs=1e-5)
 
@@ -100,10 +101,33 @@ def test_canonical_likelihood_reports_overall_and_per_problem(tok):
     problems = dict(list(load_problems().items())[:3])
     model = model_for(tok, block=32)
     out = canonical_likelihood(model, tok, problems, progress=False)
-    per = out["per_problem"]
+    per = out["canonical_per_problem"]
     assert set(per) == set(problems)
     total = Likelihood(sum(v["tokens"] for v in per.values()), sum(v["bytes"] for v in per.values()),
                        sum(v["nats"] for v in per.values()))
     assert out["canonical_bits_per_byte"] == pytest.approx(total.bits_per_byte)
     assert out["canonical_nats_per_token"] == pytest.approx(total.nats_per_token)
     assert not model.training
+
+
+def test_likelihood_only_from_the_command_line(tok, tmp_path, capsys):
+    import json
+
+    from test_generate import make_checkpoint, make_tokenizer
+
+    from codegpt.cli import main
+
+    tok_dir = make_tokenizer(tmp_path)
+    vocab = load_tokenizer(tok_dir).get_vocab_size()
+    folder, _ = make_checkpoint(tmp_path / "run" / "checkpoints", vocab)
+    argv = ["eval", "humaneval", "--likelihood-only", "--tokenizer", str(tok_dir),
+            "--limit", "4", "--out", str(tmp_path / "ev")]
+    assert main(argv + ["--checkpoint", str(tmp_path / "run")]) == 0  # a run folder: its newest
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert results["likelihood_only"] and results["problems"] == 4
+    assert len(results["canonical_per_problem"]) == 4
+    assert f"{results['canonical_bits_per_byte']:.4f} bits/byte" in out
+    assert not (tmp_path / "ev" / "samples.jsonl").exists()  # nothing was sampled
+    assert main(argv) == 2
+    assert "--likelihood-only needs --checkpoint" in capsys.readouterr().err

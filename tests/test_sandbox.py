@@ -7,10 +7,15 @@ harness, sockets, fake passes, floods of output, stdin) except writes to world-w
 such as /tmp: only bubblewrap mounts the host file system read-only, so that one check is skipped
 for the fallbacks (and, when the tests do not run as root, so are the checks that rely on the
 unprivileged uid the sandbox drops to).
+
+A HumanEval-shaped ``Program`` passes only when the launcher's own call of the test's ``check``
+returns: the fake-pass tests pair a wrong solution with a trick and expect a failure.
 """
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 import platform
 import secrets
 import socket
@@ -23,7 +28,8 @@ from pathlib import Path
 import pytest
 
 from codegpt.eval import sandbox
-from codegpt.eval.sandbox import BWRAP, METHODS, RLIMITS, Result, run_program, run_programs
+from codegpt.eval.sandbox import (BWRAP, METHODS, RLIMITS, Program, Result, run_program,
+                                   run_programs)
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = os.geteuid() == 0
@@ -33,9 +39,19 @@ T = 2.0      # timeout for hostile programs
 SLACK = 3.0  # how much longer than the timeout a contained run may take
 
 
-def with_check(body: str) -> str:
-    """A hostile body followed by a check that would pass if the body let it run."""
-    return body + "\n" + PASS
+SOLUTION = "def inc(x):\n    return x + 1\n"
+WRONG = "def inc(x):\n    return x\n"
+TEST = "def check(candidate):\n    assert candidate(1) == 2\n"
+
+
+def with_check(body: str, solution: str = SOLUTION) -> Program:
+    """A hostile body, then a solution, then the test: passes if the body lets check() run."""
+    return Program(body + "\n" + solution, TEST, "inc")
+
+
+def faked(body: str) -> Program:
+    """A trick followed by a wrong solution: any pass would be a fake one."""
+    return with_check(body, WRONG)
 
 
 _AVAILABLE: list[str] | None = None
@@ -65,12 +81,14 @@ def run(body: str, method: str, timeout: float = T, **kw) -> Result:
 
 
 def sandbox_pids() -> list[int]:
-    """Processes owned by the sandbox's private uids (only meaningful as root): all but zombies,
-    and zombie thread-group leaders whose other threads still run count too."""
+    """Processes owned by the private uids this process claimed (only meaningful as root; other
+    harnesses on the machine have their own): all but zombies, and zombie thread-group leaders
+    whose other threads still run count too."""
+    ours = sandbox._UIDS.claimed()
     out = []
     for e in os.listdir("/proc"):
         try:
-            if e.isdigit() and os.stat(f"/proc/{e}").st_uid >= sandbox.UID_BASE:
+            if e.isdigit() and os.stat(f"/proc/{e}").st_uid in ours:
                 with open(f"/proc/{e}/stat", "rb") as f:
                     fields = f.read().rpartition(b")")[2].split()
                 if fields[0] != b"Z" or int(fields[17]) > 1:
@@ -89,6 +107,155 @@ def test_correct_program_passes_and_wrong_fails(method):
     assert run_program(PASS, method=method).status == "passed"
     r = run_program(FAIL, method=method)
     assert r.status == "failed" and "AssertionError" in r.detail
+    assert run_program(with_check(""), method=method).status == "passed"
+    r = run_program(faked(""), method=method)
+    assert r.status == "failed" and "AssertionError" in r.detail
+
+
+def test_program_is_human_evals_text_in_pieces():
+    p = Program(SOLUTION, TEST, "inc")
+    assert p == SOLUTION + "\n\n" + TEST + "\n\ncheck(inc)\n"
+    for clone in (copy.copy(p), copy.deepcopy(p), pickle.loads(pickle.dumps(p))):
+        assert type(clone) is Program and clone == p
+        assert (clone.solution, clone.test, clone.entry_point) == (SOLUTION, TEST, "inc")
+    for bad in ("", "inc(1)", "a b", "x; import os"):
+        with pytest.raises(ValueError, match="identifier"):
+            Program(SOLUTION, TEST, bad)
+
+
+def test_empty_completion_missing_entry_point_or_check_fail(method):
+    prompt = 'def inc(x):\n    """Add one."""\n'
+    r = run_program(Program(prompt, TEST, "inc"), method=method)  # the empty completion
+    assert r.status == "failed" and "AssertionError" in r.detail, r
+    r = run_program(Program(SOLUTION, TEST, "dec"), method=method)
+    assert r.status == "failed" and "'dec' is not defined" in r.detail, r
+    r = run_program(Program(SOLUTION, "assert True\n", "inc"), method=method)
+    assert r.status == "failed" and "check() is missing" in r.detail, r
+
+
+# Tricks on the code that reports the verdict, each followed by a wrong solution, so that a pass
+# would be a fake one. The first ones passed while the launcher looked os._exit up after the
+# program had run: its failure path called the no-op and fell through to the nonce write.
+FAKE_PASSES = {
+    "no-op os._exit": "import os\nos._exit = lambda code: None",
+    "os.write and os._exit": (
+        "import os\nw = os.write\n"
+        "os.write = lambda fd, data: w(fd, data) if fd < 3 else len(data)\n"
+        "os._exit = lambda code: None"),
+    "launcher globals via sys.modules": (
+        "import os, sys, types\nfake = types.SimpleNamespace(**vars(os))\n"
+        "fake._exit = lambda code: None\nsys.modules['__main__'].os = fake\n"
+        "sys.modules['__main__'].sys = types.SimpleNamespace(**vars(sys))"),
+    "sys.modules['os'] replaced": (
+        "import os, sys, types\nfake = types.SimpleNamespace(**vars(os))\n"
+        "fake._exit = lambda code: None\nsys.modules['os'] = fake"),
+    "sys.exit and the excepthooks": (
+        "import os, sys\nsys.exit = sys.excepthook = sys.__excepthook__ = lambda *a: None\n"
+        "os._exit = lambda code: None"),
+    "stdout and stderr replaced": (
+        "import io, os, sys\n"
+        "class Quiet(io.StringIO):\n    def flush(self):\n        os._exit = lambda c: None\n"
+        "sys.stdout = sys.stderr = Quiet()"),
+    "builtins.print and the exception classes": (
+        "import builtins, os\nbuiltins.print = lambda *a, **k: None\n"
+        "builtins.BaseException = builtins.SystemExit = type('Never', (Exception,), {})\n"
+        "os._exit = lambda code: None"),
+    "builtins.AssertionError": (
+        "import builtins\nbuiltins.AssertionError = type('Harmless', (Warning,), {})"),
+    "builtins.__import__": (
+        "import builtins, os\nreal = builtins.__import__\n"
+        "builtins.__import__ = lambda n, *a, **k: os if n == 'sys' else real(n, *a, **k)\n"
+        "os._exit = lambda code: None"),
+    "builtins exec, compile and type": (
+        "import builtins, os\nbuiltins.exec = builtins.compile = lambda *a, **k: None\n"
+        "builtins.type = lambda *a: type(lambda: 0)\nos._exit = lambda code: None"),
+}
+
+
+def test_rebinding_what_reports_the_verdict_is_not_a_pass(method):
+    names = list(FAKE_PASSES)
+    results = run_programs([faked(FAKE_PASSES[n]) for n in names], timeout=T, workers=2,
+                           method=method)
+    for name, r in zip(names, results):
+        assert r.status == "failed", (name, r)
+    # the same tricks before a correct solution: the real check still runs, and passes
+    results = run_programs([with_check(FAKE_PASSES[n]) for n in names], timeout=T, workers=2,
+                           method=method)
+    for name, r in zip(names, results):
+        assert r.status == "passed", (name, r)
+
+
+def test_a_check_of_the_programs_own_does_not_count(method):
+    bodies = [
+        "def check(candidate):\n    pass",
+        "import builtins\nbuiltins.check = lambda candidate: None",
+        # a thread that keeps replacing check, racing the test module's definition of it
+        "import sys, threading\nsys.setswitchinterval(1e-6)\ng = globals()\n"
+        "def spin():\n    while True:\n        g['check'] = lambda candidate: None\n"
+        "threading.Thread(target=spin, daemon=True).start()",
+        # ... or the code of the test's check
+        "import sys, threading\nsys.setswitchinterval(1e-6)\ng = globals()\n"
+        "def spin():\n    while True:\n        f = g.get('check')\n        if f:\n"
+        "            f.__code__ = (lambda candidate: None).__code__\n"
+        "threading.Thread(target=spin, daemon=True).start()",
+    ]
+    results = run_programs([faked(b) for b in bodies], timeout=T, workers=2, method=method)
+    for body, r in zip(bodies, results):
+        assert r.status == "failed", (body, r)
+
+
+def test_exits_and_signals_from_the_entry_point_or_a_thread_fail(method):
+    solutions = [
+        "def inc(x):\n    raise SystemExit(0)\n",
+        "def inc(x):\n    import sys\n    sys.exit(0)\n",
+        "def inc(x):\n    import os\n    os._exit(0)\n",
+        "def inc(x):\n    raise KeyboardInterrupt\n",
+        "def inc(x):\n    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n",
+        "def inc(x):\n    import os, signal\n    os.kill(os.getpid(), signal.SIGTERM)\n",
+        "def inc(x):\n    import os, threading, time\n"
+        "    threading.Thread(target=os._exit, args=(0,)).start()\n    time.sleep(5)\n",
+        "import os, threading, time\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), os._exit(0))).start()\n"
+        "def inc(x):\n    time.sleep(5)\n    return x + 1\n",
+    ]
+    results = run_programs([Program(s, TEST, "inc") for s in solutions], timeout=T, workers=2,
+                           method=method)
+    for solution, r in zip(solutions, results):
+        assert r.status in ("failed", "timeout"), (solution, r)
+
+
+def test_a_completion_cannot_decorate_or_swallow_the_tests(method):
+    prompt = 'def noop(f):\n    return lambda *a: None\n\n\ndef inc(x):\n    """Add one."""\n'
+    completions = ["    return x\n@noop",
+                   "    return x\n@(lambda f: lambda *a: None)\n",
+                   "    return x\n@noop\n\n",
+                   '    return x\n_ = """\n',
+                   "    return x\n_ = '''",
+                   "    return (x\n",
+                   "    return [x,\n",
+                   "    return x\nif True:\n",
+                   "    return x\nclass Swallow:\n",
+                   "    return x\n_ = '\\\n"]
+    test = "def check(candidate):\n    '''the check'''\n    assert candidate(1) == 2\n"
+    results = run_programs([Program(prompt + c, test, "inc") for c in completions], timeout=T,
+                           workers=2, method=method)
+    for completion, r in zip(completions, results):
+        assert r.status == "failed", (completion, r)
+    assert run_program(Program(prompt + "    return x + 1\n", test, "inc"),
+                       method=method).status == "passed"
+
+
+def test_many_threads_fit_in_memory(method):
+    """32 threads alive at once (RLIMIT_AS alone stopped this at about 14: each thread's stack
+    and malloc arena reservation counted as memory)."""
+    body = ("import threading\nout = []\nbarrier = threading.Barrier(32)\n"
+            "def work(i):\n    b = bytearray(1 << 20)\n    barrier.wait()\n"
+            "    out.append(sum(range(i * 1000)) + len(b))\n"
+            "threads = [threading.Thread(target=work, args=(i,)) for i in range(32)]\n"
+            "for t in threads:\n    t.start()\nfor t in threads:\n    t.join()\n"
+            "assert len(out) == 32")
+    r = run(body, method)
+    assert r.status == "passed", r
 
 
 def test_exit_before_check_is_not_a_pass(method):
@@ -173,6 +340,11 @@ def test_fork_bomb_is_contained(method):
 def test_memory_bomb_is_contained(method):
     r = run("x = bytearray(16 * 1024 ** 3)", method)
     assert r.status == "failed" and "MemoryError" in r.detail, r
+    r = run("x = bytearray(4 * 1024 ** 3)", method)
+    assert r.status == "failed" and "MemoryError" in r.detail, r
+    # shared anonymous memory escapes RLIMIT_DATA; the address-space backstop stops it
+    r = run("import mmap\nm = mmap.mmap(-1, 4 * 1024 ** 3)\nm[::4096] = b'x' * (1 << 20)", method)
+    assert r.status == "failed" and "Cannot allocate memory" in r.detail, r
     r = run("chunks = []\nwhile True:\n    chunks.append(bytearray(50 * 1024 ** 2))", method,
             memory_mb=256)
     assert r.status == "failed" and "MemoryError" in r.detail, r
@@ -302,6 +474,19 @@ def test_workdir_is_private_and_removed(method):
     assert run(body, method).status == "passed"
     after = set(Path(tempfile.gettempdir()).glob("codegpt-sandbox-*"))
     assert after <= before
+
+
+def test_uids_are_not_shared_between_harnesses(tmp_path):
+    """Two pools on one lock directory (two harnesses) never hand out the same uid; without a
+    safe directory a pool still works, for its own process only."""
+    locks = tmp_path / "locks"
+    first, second = sandbox._UidPool(1000, str(locks)), sandbox._UidPool(1000, str(locks))
+    assert [first.acquire(), first.acquire()] == [1000, 1001]
+    assert [second.acquire(), second.acquire()] == [1002, 1003]
+    first.release(1000)
+    assert first.acquire() == 1000 and second.claimed() == {1002, 1003}
+    os.chmod(locks, 0o777)  # writable by anyone: a sandboxed program could remove a claim
+    assert sandbox._UidPool(1000, str(locks)).acquire() == 1000
 
 
 def test_run_programs_keeps_input_order():

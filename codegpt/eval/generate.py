@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from codegpt.eval.decode import decode_step, prefill, prompt_groups
+from codegpt.eval.healing import Healer, split_last_piece
 from codegpt.eval.sampling import (cut_at_stop, kept_tokens, pick_tokens, sample_generator,
                                    stop_window)
 from codegpt.model import GPT, KVCache
@@ -36,7 +37,14 @@ DEFAULT_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 class Completion:
     text: str              # the completion, cut before the first stop string
     token_ids: list[int]   # the generated tokens kept in ``text`` (no stop text, no EOT)
-    mean_logp: float       # mean log p(token) under the model (temperature 1) over token_ids
+    mean_logp: float       # Codex's mean-logp reranking score: what it covers, below
+    """Mean log p(token) under the model (temperature 1) over the completion's tokens and the
+    token that ended it, as Codex's reranking scored them: at <|endoftext|> ("eot") that token
+    is scored too; at a stop string ("stop") the first generated token whose decoded text
+    reaches into the stop string is scored too (it was generated, then cut), tokens after it
+    are not; at "length" the tokens of ``token_ids``. So a completion that ends at once scores
+    the probability of ending there, not 0.0, and never wins the reranking by default; with no
+    scored token at all (``max_new_tokens`` 0) it is -inf."""
     finish_reason: str     # "stop" (a stop string), "eot" (<|endoftext|>) or "length"
 
 
@@ -66,17 +74,23 @@ class _Row:
     ids: list[int]
     logps: list[float]
     gen: torch.Generator
+    healed: str = ""       # the prompt's last piece, which the first tokens must reproduce
+    rest: bytes = b""      # what of it is still to reproduce
+
+    def __post_init__(self) -> None:
+        self.rest = self.healed.encode("utf-8", "surrogatepass")
 
 
 def _take(tokenizer, r: _Row, tok: int, logp: float, eot_id: int | None, stop: tuple[str, ...],
           window: int, budget: int) -> tuple[str, str] | None:
-    """Row r's next token: appended (unless it is <|endoftext|>); (text, finish_reason) when
-    the row is done, else None."""
+    """Row r's next token: appended (unless it is <|endoftext|>, of which only the log-prob is
+    kept, see ``Completion.mean_logp``); (text, finish_reason) when the row is done, else None."""
     if eot_id is not None and tok == eot_id:
+        r.logps.append(logp)
         return tokenizer.decode(r.ids), "eot"
     r.ids.append(tok)
     r.logps.append(logp)
-    if stop and (text := cut_at_stop(tokenizer, r.ids, stop, window)) is not None:
+    if stop and (text := cut_at_stop(tokenizer, r.ids, stop, window, len(r.healed))) is not None:
         return text, "stop"
     if len(r.ids) >= budget:
         return tokenizer.decode(r.ids), "length"
@@ -104,13 +118,15 @@ def _prefill_prompts(model: GPT, prompt_ids: list[list[int]], device
 @torch.no_grad()
 def _generate_batch(model: GPT, tokenizer, prompt_ids: list[list[int]], rows: list[_Row], *,
                     max_new_tokens: int, temperature: float, top_p: float, top_k: int,
-                    stop: tuple[str, ...], eot_id: int | None, device) -> list[tuple[_Row, str, str]]:
+                    stop: tuple[str, ...], eot_id: int | None, device,
+                    healer: Healer | None = None) -> list[tuple[_Row, str, str]]:
     """Generate for a batch of rows (the rows of a prompt next to each other; prompts of any
     lengths); returns (row, text, finish_reason).
 
     Each distinct prompt goes through the model once and its keys/values are kept once; every
     row then decodes against its prompt's keys/values plus its own cache (``decode_step``).
-    Rows finish on their own and leave the batch."""
+    Rows finish on their own and leave the batch. Rows with a healed text are held to it
+    (``Healer``) until it is reproduced."""
     prefix, row_prompt, logits, row_len = _prefill_prompts(model, prompt_ids, device)
     # a row may generate up to max_new_tokens, within the model's context after its own prompt
     block = model.config.block_size
@@ -125,10 +141,14 @@ def _generate_batch(model: GPT, tokenizer, prompt_ids: list[list[int]], rows: li
         uniforms = None
         if temperature > 0:
             uniforms = torch.cat([torch.rand(1, generator=r.gen) for r in live])
-        nxt = pick_tokens(logits, temperature, top_p, top_k, uniforms)
+        allowed = healer.constrain(logits, [r.rest for r in live]) if healer else logits
+        nxt = pick_tokens(allowed, temperature, top_p, top_k, uniforms)
+        # the model's own probability of the token (as if unconstrained), for mean_logp
         logp = torch.log_softmax(logits.float(), -1).gather(1, nxt[:, None]).squeeze(1)
         keep = []
         for j, (r, tok, lp) in enumerate(zip(live, nxt.tolist(), logp.tolist())):
+            if r.rest:
+                r.rest = healer.advance(r.rest, tok)
             end = _take(tokenizer, r, tok, lp, eot_id, stop, window, budgets[active[j]])
             if end is None:
                 keep.append(j)
@@ -151,24 +171,29 @@ def _generate_batch(model: GPT, tokenizer, prompt_ids: list[list[int]], rows: li
     return done
 
 
-def encode_prompts(tokenizer, prompts: list[str], block: int, warn: bool = True
-                   ) -> list[list[int]]:
-    """Each prompt's token ids (<|endoftext|> for an empty one), at most block - 1 of them so
-    that one token can be generated: a longer prompt keeps its last block - 1 tokens. One
-    warning per call (``warn``), not one per prompt, which would drown a benchmark's log."""
+def encode_prompts(tokenizer, prompts: list[str], block: int, max_new_tokens: int,
+                   warn: bool = True) -> list[list[int]]:
+    """Each prompt's token ids (<|endoftext|> for an empty one), at most
+    block - min(max_new_tokens, block // 2) of them: a longer prompt keeps its end and leaves
+    the completion its whole budget, or half the context when the budget is larger (keeping
+    block - 1 would leave room for one token). One warning per call (``warn``), not one per
+    prompt, which would drown a benchmark's log."""
     eot = tokenizer.token_to_id(EOT)
     encoded = [tokenizer.encode(t, add_special_tokens=False).ids or [eot] for t in prompts]
-    cut = sum(len(ids) > block - 1 for ids in encoded)
+    keep = block - min(max(max_new_tokens, 0), block // 2)
+    cut = sum(len(ids) > keep for ids in encoded)
     if cut and warn:
-        log.warning("%d of %d prompts were longer than %d tokens; kept their last %d tokens "
-                    "(model.block_size=%d)", cut, len(prompts), block - 1, block - 1, block)
-    return [ids[-(block - 1):] for ids in encoded]
+        log.warning("%d of %d prompts were longer than %d tokens; kept their last %d tokens to "
+                    "leave %d for the completion (model.block_size=%d, max_new_tokens=%d)",
+                    cut, len(prompts), keep, keep, block - keep, block, max_new_tokens)
+    return [ids[-keep:] for ids in encoded]
 
 
 def generate(model: GPT, tokenizer, prompts: list[str], n: int = 1, max_new_tokens: int = 256,
              temperature: float = 0.2, top_p: float = 0.95, top_k: int = 0,
              stop=DEFAULT_STOP, seed: int | list[int] = 0, batch_size: int = 16, device=None,
-             ignore_eot: bool = False, warn_truncation: bool = True) -> list[list[Completion]]:
+             ignore_eot: bool = False, warn_truncation: bool = True, heal: bool = True
+             ) -> list[list[Completion]]:
     """``n`` completions of every prompt: result[p][i] is sample i of prompts[p], a function
     of (seed, i) and the prompt alone; ``seed`` may be a list with one seed per prompt.
 
@@ -177,6 +202,9 @@ def generate(model: GPT, tokenizer, prompts: list[str], n: int = 1, max_new_toke
     ``max_new_tokens`` (or the model's context); the rest of its batch goes on.
     ``ignore_eot`` (benchmarks) keeps generating through <|endoftext|>. A caller that calls
     this in chunks says ``warn_truncation=False`` and warns once itself (``encode_prompts``).
+    ``heal`` (on by default) applies token healing (``codegpt.eval.healing``): the prompt's
+    last piece is backed off and regenerated; the completion is the text after it, and its
+    token_ids and mean_logp count only tokens that hold a byte of the completion.
     """
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
@@ -188,22 +216,37 @@ def generate(model: GPT, tokenizer, prompts: list[str], n: int = 1, max_new_toke
     model.eval()
     stop = tuple(s for s in (stop or ()) if s)
     eot_id = None if ignore_eot else tokenizer.token_to_id(EOT)
-    encoded = encode_prompts(tokenizer, prompts, model.config.block_size, warn=warn_truncation)
+    heads, tails = zip(*(split_last_piece(tokenizer, p) if heal else (p, "") for p in prompts))
+    healer = Healer(tokenizer) if any(tails) else None
+    encoded = encode_prompts(tokenizer, list(heads), model.config.block_size, max_new_tokens,
+                             warn=warn_truncation)
     # prompts of similar length batch together (less padding); within a prompt, by sample
     items = sorted(((len(encoded[p]), p, i) for p in range(len(prompts)) for i in range(n)))
     results: list[list[Completion | None]] = [[None] * n for _ in prompts]
     for start in range(0, len(items), batch_size):
         end = min(start + batch_size, len(items))
-        rows = [_Row(p, i, [], [], sample_generator(seeds[p], i)) for _, p, i in items[start:end]]
+        rows = [_Row(p, i, [], [], sample_generator(seeds[p], i), tails[p])
+                for _, p, i in items[start:end]]
         done = _generate_batch(model, tokenizer, [encoded[r.prompt] for r in rows], rows,
                                max_new_tokens=max_new_tokens, temperature=temperature,
-                               top_p=top_p, top_k=top_k, stop=stop, eot_id=eot_id, device=device)
+                               top_p=top_p, top_k=top_k, stop=stop, eot_id=eot_id, device=device,
+                               healer=healer)
         for r, text, reason in done:
-            k = len(r.ids) if reason != "stop" else kept_tokens(tokenizer, r.ids, text)
-            mean = float(np.mean(r.logps[:k])) if k else 0.0
-            results[r.prompt][r.sample] = Completion(text, r.ids[:k], mean, reason)
+            results[r.prompt][r.sample] = _completion(tokenizer, healer, r, text, reason)
     model.train(was_training)
     return results  # type: ignore[return-value]
+
+
+def _completion(tokenizer, healer: Healer | None, r: _Row, text: str, reason: str) -> Completion:
+    """Row r's completion: the text after its healed prefix, the tokens that hold a byte of
+    it, and the mean log-prob of those and of the token that ended it (Completion.mean_logp)."""
+    k = len(r.ids) if reason != "stop" else kept_tokens(tokenizer, r.ids, text)
+    h = healer.healed_tokens(r.ids, r.healed.encode("utf-8", "surrogatepass")) if r.healed else 0
+    if r.healed:
+        text = text[len(r.healed):] if text.startswith(r.healed) else ""
+    scored = r.logps[h: max(k, h) + 1] if reason == "stop" else r.logps[h:]
+    mean = float(np.mean(scored)) if scored else float("-inf")
+    return Completion(text, r.ids[h:max(k, h)], mean, reason)
 
 
 def rerank_by_mean_logp(completions: list[Completion]) -> list[Completion]:

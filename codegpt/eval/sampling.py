@@ -78,7 +78,9 @@ def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float, top_k: i
     with one uniform per row (so a row's draw does not depend on the other rows).
 
     Plain and top-p sampling walk the cumulative distribution in vocabulary order, which needs
-    no sort (see ``nucleus_mask``); top-k walks its k tokens from the most likely down."""
+    no sort (see ``nucleus_mask``); top-k walks its k tokens from the most likely down. With
+    both, the nucleus is cut from the top-k distribution renormalised (as transformers' TopK
+    then TopP warpers do), so top_p keeps that share of what top-k left, not of the full mass."""
     if temperature <= 0:
         return logits.argmax(-1)
     scaled = logits.float() / temperature
@@ -95,7 +97,7 @@ def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float, top_k: i
         pos = torch.searchsorted(cdf, u * cdf[:, -1:], side="right")
         return pos.clamp_(max=V - 1).squeeze(1)
     vals, order = torch.topk(scaled, top_k, dim=-1)
-    probs = torch.exp(vals - torch.logsumexp(scaled, -1, keepdim=True))
+    probs = torch.softmax(vals, -1)  # renormalised over the top k, before the nucleus cut
     if nucleus:
         before = probs.cumsum(-1) - probs
         probs = probs.masked_fill(before >= top_p, 0.0)  # the top token always stays
@@ -111,15 +113,17 @@ def stop_window(stop: tuple[str, ...]) -> int:
     return max((len(s.encode()) for s in stop), default=0) + 1
 
 
-def cut_at_stop(tokenizer, ids: list[int], stop: tuple[str, ...], window: int) -> str | None:
+def cut_at_stop(tokenizer, ids: list[int], stop: tuple[str, ...], window: int,
+                skip: int = 0) -> str | None:
     """The text of ``ids`` cut before its first stop string, or None while there is none.
     Called after every new token, so only the last ``window`` tokens (``stop_window``) are
-    decoded; the whole text is decoded once a stop string shows up there."""
+    decoded; the whole text is decoded once a stop string shows up there. A stop string must
+    end after the first ``skip`` characters (the healed text, which is the prompt's)."""
     tail = tokenizer.decode(ids[-window:])
     if not any(s in tail for s in stop):
         return None
     text = tokenizer.decode(ids)
-    hits = [i for s in stop if (i := text.find(s)) >= 0]
+    hits = [i for s in stop if (i := text.find(s, max(0, skip - len(s) + 1))) >= 0]
     return text[: min(hits)] if hits else None
 
 

