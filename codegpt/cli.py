@@ -77,6 +77,17 @@ def print_funnel(stats: dict) -> None:
     print(f"kept     {kept['files']:>8,} files {kept['bytes'] / 1e6:>10.1f} MB")
 
 
+def run_sft_data(args) -> int:
+    from codegpt.config import load_config
+    from codegpt.sft.data import SftDataConfig, build_sft_data, funnel_lines
+
+    cfg = load_config(SftDataConfig, args.config, args.overrides)
+    stats = build_sft_data(cfg)
+    print("\n".join(funnel_lines(stats)))
+    print(f"wrote {cfg.out_dir}/train.jsonl, val.jsonl and stats.json in {stats['seconds']} s")
+    return 0
+
+
 def run_tokenizer(args) -> int:
     import json
 
@@ -305,6 +316,8 @@ COMMANDS = (
             config_arguments("tokenizer"), run_tokenizer),
     Command("tokenize", "encode data prep's documents into train/val token shards",
             config_arguments("tokens"), run_tokenize),
+    Command("sft-data", "Codex-S fine-tuning pairs: standalone functions of data prep's documents",
+            config_arguments("sft"), run_sft_data),
     Command("train", "train a model (the same as `accelerate launch train.py ...`)",
             config_arguments("train"), run_train),
     Command("show-config", "print a training config resolved with overrides",
