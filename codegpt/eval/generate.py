@@ -267,7 +267,8 @@ def time_generation(model: GPT, tokenizer, prompt: str | list[str], batch_size: 
     if len(prompts) * n != batch_size:
         raise ValueError(f"{len(prompts)} prompts do not make a batch of {batch_size}")
     kw = dict(n=n, max_new_tokens=new_tokens, temperature=temperature, top_p=top_p,
-              stop=(), batch_size=batch_size, device=device, ignore_eot=True)
+              stop=(), batch_size=batch_size, device=device, ignore_eot=True,
+              heal=False)  # the decoding loop alone, as transformers runs it
     generate(model, tokenizer, prompts, **{**kw, "max_new_tokens": 2})  # warm-up
     dev = torch.device(device) if device is not None else model.wte.weight.device
     best = float("inf")
