@@ -198,7 +198,8 @@ class GPT(nn.Module):
         logits = F.linear(x, self.lm_head.weight, self.vocab_mask)  # [B, T, V padded]
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.reshape(B * T, -1).float(), targets.reshape(B * T))
+            loss = F.cross_entropy(logits.reshape(B * T, -1).float(), targets.reshape(B * T),
+                                   ignore_index=-100)  # targets -100 take no loss (SFT prompts)
         return logits[..., : self.config.vocab_size], loss  # a view without the padded ids
 
     def trunk(self, idx: torch.Tensor, cache: KVCache | None = None,

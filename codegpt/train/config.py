@@ -7,9 +7,17 @@ its own values when it is built, so a bad value is refused before anything runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from codegpt.config import deep_merge, find_named_config, read_yaml
+from codegpt.errors import CheckpointError, ConfigError
 from codegpt.model import ModelConfig
+
+DATA_FORMATS = ("tokens", "sft")
+# Model keys that decide the weights' shapes or what they compute: a run that starts from a
+# checkpoint has the checkpoint's values (dropout and the like may differ).
+ARCHITECTURE_KEYS = ("n_layer", "n_head", "d_model", "block_size", "vocab_size",
+                     "pad_vocab_multiple", "bias", "sparse_attention", "local_window")
 
 
 def _at_least(value: int | float, minimum: int | float, key: str) -> None:
@@ -33,10 +41,14 @@ class RunSection:
 
 @dataclass
 class DataSection:
+    format: str = "tokens"         # tokens (token shards) | sft (`codegpt sft-data`'s pairs)
     val_every: int = 0             # validation every N steps (0: never)
-    val_sequences: int = 64        # sequences of the val split scored each time
+    val_sequences: int = 64        # sequences (sft: pairs) of the val split scored each time
 
     def __post_init__(self) -> None:
+        if self.format not in DATA_FORMATS:
+            raise ValueError(f"data.format must be one of {', '.join(DATA_FORMATS)}, "
+                             f"got '{self.format}'")
         _at_least(self.val_every, 0, "data.val_every")
         _at_least(self.val_sequences, 1, "data.val_sequences")
 
@@ -94,8 +106,11 @@ class LoggingSection:
 
 @dataclass
 class TrainConfig:
-    data_dir: str = "runs/demo/tokens"  # token shards (meta.json, train/, val/): `codegpt tokenize`
-    tokenizer: str = ""                 # if set, the shards must have been made with this tokenizer
+    data_dir: str = "runs/demo/tokens"  # tokens: token shards (`codegpt tokenize`); sft: the pairs
+                                        # (train.jsonl, val.jsonl) of `codegpt sft-data`
+    tokenizer: str = ""                 # tokens: if set, the shards must have been made with it;
+                                        # sft: required, the pairs are encoded with it
+    init_from: str = ""                 # (model.init_from) start from this checkpoint's weights
     out_dir: str = "runs/train"         # the run: config, metrics, checkpoints, status
     run: RunSection = field(default_factory=RunSection)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -107,7 +122,12 @@ class TrainConfig:
 
     STAGE = "train"
     RENAMED = {"run.dir": "out_dir", "data.dir": "data_dir", "data.tokenizer": "tokenizer"}
-    EXTRA_KEYS = ("model.size",)  # resolved before the dataclass is built
+    EXTRA_KEYS = ("model.size", "model.init_from")  # resolved before the dataclass is built
+
+    def __post_init__(self) -> None:
+        if self.data.format == "sft" and not self.tokenizer:
+            raise ValueError("data.format=sft needs tokenizer=FOLDER: the tokenizer the pairs are "
+                             "encoded with, the one the model was pretrained with")
 
     @property
     def seq_len(self) -> int:
@@ -115,9 +135,45 @@ class TrainConfig:
 
     @staticmethod
     def resolve_raw(raw: dict) -> dict:
-        """``model.size: NAME`` loads configs/model/NAME.yaml; other model keys override it."""
+        """``model.size: NAME`` loads configs/model/NAME.yaml; other model keys override it.
+
+        ``model.init_from: PATH`` (the same as ``init_from: PATH``) starts from a checkpoint, or
+        from the newest complete checkpoint of a run folder: ``init_from`` becomes that
+        checkpoint's folder, and the model is the checkpoint's model, which given model keys may
+        only repeat (the trainer refuses a different architecture key by name) or extend with
+        what does not shape the weights (dropout)."""
         model = dict(raw.get("model") or {})
         size = model.pop("size", None)
+        init_from = model.pop("init_from", None)
         if size is not None:
             model = deep_merge(read_yaml(find_named_config("model", str(size))), model)
-        return {**raw, "model": model}
+        raw = {**raw, "model": model}
+        if init_from is not None:
+            if raw.get("init_from") not in (None, "", init_from):
+                raise ConfigError(f"model.init_from={init_from} and init_from={raw['init_from']} "
+                                  "name different checkpoints: give one")
+            raw["init_from"] = init_from
+        if raw.get("init_from"):
+            from codegpt.train.checkpoint import resolve_checkpoint
+
+            folder = resolve_checkpoint(str(raw["init_from"]))
+            raw["init_from"] = str(folder)
+            raw["model"] = {**checkpoint_config(folder)["model"], **model}
+        return raw
+
+
+def checkpoint_config(folder: Path) -> dict:
+    """The resolved run config a checkpoint was saved with (its config.yaml), as a mapping;
+    ``model`` without ``size`` (already expanded)."""
+    import yaml
+
+    path = Path(folder) / "config.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"checkpoint {folder}: config.yaml is not valid YAML ({e})") from e
+    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+        raise CheckpointError(f"checkpoint {folder} has no config.yaml with a model section: "
+                              "cannot tell which model it holds")
+    raw["model"] = {k: v for k, v in raw["model"].items() if k != "size"}
+    return raw

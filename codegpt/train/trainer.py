@@ -19,19 +19,18 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_model_state_dict,
                                                      set_optimizer_state_dict)
 
-from codegpt.config import to_dict
+from codegpt.config import from_dict, to_dict
 from codegpt.errors import ConfigError, NonFiniteLossError
 from codegpt.io import atomic_write_json, atomic_write_text
-from codegpt.model import GPT
-from codegpt.tokenizer.encode import check_tokenizer
-from codegpt.tokenizer.shards import SequenceIndex, read_meta
+from codegpt.model import GPT, ModelConfig
 from codegpt.train import checkpoint as ckpt
-from codegpt.train.batches import DistributedBatches, plan_batch, val_batches
-from codegpt.train.config import TrainConfig
+from codegpt.train.batches import (DistributedBatches, TrainData, loss_tokens, open_token_data,
+                                   plan_batch, val_batches)
+from codegpt.train.config import ARCHITECTURE_KEYS, TrainConfig, checkpoint_config
 from codegpt.train.flops import flops_per_token, mfu, peak_flops
 from codegpt.train.metrics import MetricsLogger
 from codegpt.train.optim import build_optimizer
-from codegpt.train.schedule import build_scheduler, lr_at
+from codegpt.train.schedule import build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +75,97 @@ def _precision(cfg: TrainConfig) -> str:
     return {"fp32": "no", "bf16": "bf16"}[cfg.run.precision]
 
 
-def resolve_vocab(cfg: TrainConfig, meta: dict) -> None:
+def open_data(cfg: TrainConfig) -> TrainData:
+    """The examples of ``data.format``: token-shard windows, or Codex-S pairs tokenized now."""
+    with_val = cfg.data.val_every > 0
+    if cfg.data.format == "sft":
+        from codegpt.train.sft import open_sft_data
+
+        return open_sft_data(cfg.data_dir, cfg.tokenizer, cfg.seq_len, with_val)
+    return open_token_data(cfg.data_dir, cfg.tokenizer, cfg.seq_len, with_val)
+
+
+def data_source(cfg: TrainConfig) -> str:
+    """Where the data's token ids come from, for messages."""
+    if cfg.data.format == "sft":
+        return f"the tokenizer {cfg.tokenizer}"
+    return f"the token shards in {cfg.data_dir}"
+
+
+def resolve_vocab(cfg: TrainConfig, data: TrainData) -> None:
     if cfg.model.vocab_size == 0:
-        cfg.model.vocab_size = int(meta["vocab_size"])
-    elif cfg.model.vocab_size != meta["vocab_size"]:
-        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} but the token shards in "
-                          f"{cfg.data_dir} use a vocabulary of {meta['vocab_size']}; set "
-                          "model.vocab_size=0 to take it from the shards")
+        cfg.model.vocab_size = data.vocab_size
+    elif cfg.model.vocab_size != data.vocab_size:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} but the data "
+                          f"({data_source(cfg)}) has a vocabulary of {data.vocab_size}; set "
+                          "model.vocab_size=0 to take it from the data")
+
+
+def check_start_tokenizer(folder: Path, start_cfg: dict, data: TrainData,
+                          cfg: TrainConfig) -> None:
+    """Refuse to start from a checkpoint trained on another tokenizer's ids than the data's: by
+    the tokenizer hash where the checkpoint's run recorded its tokenizer, else (tokenizer=
+    required) by the vocabulary size."""
+    from codegpt.tokenizer.bpe import tokenizer_hash
+
+    theirs = str(start_cfg.get("tokenizer") or "")
+    if theirs and not Path(theirs).exists():
+        log.warning("init_from=%s was trained with the tokenizer %s, which is not here: only the "
+                    "vocabulary size is checked", folder, theirs)
+        theirs = ""
+    if theirs and data.tokenizer_hash:
+        if tokenizer_hash(theirs) != data.tokenizer_hash:
+            raise ConfigError(f"init_from={folder} was trained with the tokenizer {theirs}, but "
+                              f"the data's ids come from another one ({data_source(cfg)}); "
+                              "fine-tune on data made with the tokenizer the model was trained "
+                              "with")
+        return
+    if not cfg.tokenizer:
+        raise ConfigError(f"init_from={folder} does not record the tokenizer it was trained with: "
+                          "set tokenizer= to that tokenizer's folder")
+    vocab = start_cfg["model"].get("vocab_size")
+    if vocab != data.vocab_size:
+        raise ConfigError(f"init_from={folder} has a vocabulary of {vocab} ids but the data "
+                          f"({data_source(cfg)}) has {data.vocab_size}: use the tokenizer the "
+                          "model was trained with")
+
+
+def check_start_model(folder: Path, start_model: dict, model: ModelConfig) -> None:
+    """Refuse a model config that differs from the checkpoint's in a key that shapes the weights
+    (``ARCHITECTURE_KEYS``), naming the key."""
+    theirs = from_dict(ModelConfig, start_model, prefix="model.")
+    for key in ARCHITECTURE_KEYS:
+        if getattr(model, key) != getattr(theirs, key):
+            raise ConfigError(f"model.{key}={getattr(model, key)} but init_from={folder} holds a "
+                              f"model with {key}={getattr(theirs, key)}: the model of a run that "
+                              f"starts from a checkpoint is the checkpoint's; drop model.{key} "
+                              "(or model.size) from the config")
+
+
+def resolve_start(cfg: TrainConfig, data: TrainData) -> Path | None:
+    """Resolve the model's vocabulary from the data; with init_from, return its checkpoint
+    folder once it is known to fit: trained with the data's tokenizer, of the configured model."""
+    if not cfg.init_from:
+        resolve_vocab(cfg, data)
+        return None
+    folder = ckpt.resolve_checkpoint(cfg.init_from)
+    start_cfg = checkpoint_config(folder)
+    check_start_tokenizer(folder, start_cfg, data, cfg)
+    resolve_vocab(cfg, data)
+    check_start_model(folder, start_cfg["model"], cfg.model)
+    return folder
+
+
+def log_data(cfg: TrainConfig, data: TrainData) -> None:
+    """How many pairs fit a sequence (SFT); the others were dropped."""
+    if cfg.data.format != "sft":
+        return
+    for split, examples in (("train", data.train), ("val", data.val)):
+        if examples is not None:
+            kept, dropped = len(examples), examples.dropped
+            (log.warning if dropped else log.info)(
+                "%s: %d of %d pairs fit %d tokens; %d longer ones dropped (%.1f%%)", split, kept,
+                kept + dropped, cfg.seq_len + 1, dropped, 100 * dropped / (kept + dropped))
 
 
 class Trainer:
@@ -98,16 +181,14 @@ class Trainer:
         acc = self.accelerator
         self.rank, self.world = acc.process_index, acc.num_processes
 
-        meta = read_meta(cfg.data_dir)
-        if cfg.tokenizer:
-            check_tokenizer(cfg.data_dir, cfg.tokenizer)
-        resolve_vocab(cfg, meta)
+        data = open_data(cfg)
+        self.init_from = resolve_start(cfg, data)
+        if acc.is_main_process:
+            log_data(cfg, data)
         self.global_batch, self.accum = plan_batch(cfg.batch.global_batch_tokens, cfg.seq_len,
                                                    cfg.batch.micro_batch_size, self.world)
-        train_index = SequenceIndex.open(cfg.data_dir, "train", cfg.seq_len)
-        self.val_index = (SequenceIndex.open(cfg.data_dir, "val", cfg.seq_len)
-                          if cfg.data.val_every > 0 else None)
-        self.batches = DistributedBatches(train_index, self.global_batch,
+        self.val_data = data.val
+        self.batches = DistributedBatches(data.train, self.global_batch,
                                           cfg.batch.micro_batch_size, self.rank, self.world,
                                           cfg.run.seed)
 
@@ -173,19 +254,19 @@ class Trainer:
 
     def load(self, folder: Path) -> None:
         state = ckpt.load_trainer_state(folder)
-        model_sd = ckpt.load_model_state(folder)
-        set_model_state_dict(self.model, model_sd, options=self._state_options())
+        self.load_weights(folder)
         optim_sd = ckpt.load_torch(folder, "optimizer.pt")
         set_optimizer_state_dict(self.model, self.optimizer, optim_sd,
                                  options=self._state_options())
         self.scheduler.load_state_dict(ckpt.load_torch(folder, "scheduler.pt"))
         self.step = state.step
         # the lr of the next update comes from the schedule as configured now (run.max_steps
-        # may have been raised to extend a finished run), not from the saved optimizer groups
-        next_lr = lr_at(self.step + 1, self.cfg.optim.lr, self.cfg.optim.warmup_steps,
-                        self.cfg.run.max_steps, self.cfg.optim.min_lr_ratio)
-        for group in self.optimizer.param_groups:
-            group["lr"] = next_lr
+        # may have been raised to extend a finished run), not from the saved optimizer groups;
+        # computed as LambdaLR does (peak * factor), so it equals the unbroken run's bit for bit
+        sched = self.scheduler
+        sched.base_lrs = [self.cfg.optim.lr] * len(sched.base_lrs)
+        for group, factor in zip(self.optimizer.param_groups, sched.lr_lambdas):
+            group["lr"] = self.cfg.optim.lr * factor(sched.last_epoch)
         if state.world_size != self.world:
             log.warning("checkpoint was written by %d process(es), resuming on %d: the data order "
                         "continues exactly, per-rank RNG streams are re-seeded",
@@ -197,22 +278,37 @@ class Trainer:
             ckpt.set_rng_state(rng)
         self.last_checkpoint = folder
 
+    def load_weights(self, folder: Path) -> None:
+        """The model weights of a checkpoint (a resumed run's, or init_from's)."""
+        set_model_state_dict(self.model, ckpt.load_model_state(folder),
+                             options=self._state_options())
+
     # --- steps -------------------------------------------------------------------------------
 
-    def train_step(self) -> tuple[float, float]:
-        """One optimizer update over the global batch; returns (mean loss, grad norm)."""
+    def train_step(self) -> tuple[float, float, int]:
+        """One optimizer update over the global batch; returns (loss, grad norm, loss tokens).
+
+        The loss is the mean over the loss tokens of the whole global batch, however they fall
+        into micro-batches and processes (SFT micro-batches hold different numbers): each
+        micro-batch's mean times its count is its token sum, and the gradient of sum / N is
+        taken, N counted over all ranks before the first backward; the data-parallel gradient
+        average over ranks is undone by the factor world."""
         acc, model = self.accelerator, self.model
         model.train()
         micro_batches = self.batches.next_step()
+        counts = [loss_tokens(y) for _, y in micro_batches]
+        total = acc.reduce(torch.tensor(sum(counts), device=acc.device), reduction="sum")
         loss_sum = torch.zeros((), device=acc.device)
-        for i, mb in enumerate(micro_batches):
-            mb = mb.to(acc.device, non_blocking=True)
+        for i, ((x, y), n) in enumerate(zip(micro_batches, counts)):
+            x = x.to(acc.device, non_blocking=True)
+            y = y.to(acc.device, non_blocking=True)
             sync = i == len(micro_batches) - 1
             with contextlib.nullcontext() if sync else acc.no_sync(model):
-                _, loss = model(mb[:, :-1], mb[:, 1:])
-                acc.backward(loss / self.accum)
-            loss_sum += loss.detach().float()
-        loss = acc.reduce(loss_sum / self.accum, reduction="mean").item()
+                _, loss = model(x, y)  # the mean over this micro-batch's n loss tokens
+                token_sum = loss * n
+                acc.backward(token_sum * (self.world / total))
+            loss_sum += token_sum.detach().float()
+        loss = (acc.reduce(loss_sum, reduction="sum") / total).item()
         if not math.isfinite(loss):
             raise NonFiniteLossError(self._nonfinite_message("loss", loss))
         grad_norm = float(acc.clip_grad_norm_(model.parameters(), self.cfg.optim.grad_clip))
@@ -221,7 +317,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss, grad_norm
+        return loss, grad_norm, int(total.item())
 
     def _nonfinite_message(self, what: str, value: float) -> str:
         where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
@@ -235,12 +331,12 @@ class Trainer:
         acc = self.accelerator
         self.model.eval()
         total = torch.zeros(2, device=acc.device, dtype=torch.float64)
-        for mb in val_batches(self.val_index, self.cfg.data.val_sequences,
-                              self.cfg.batch.micro_batch_size, self.rank, self.world):
-            mb = mb.to(acc.device)
-            _, loss = self.model(mb[:, :-1], mb[:, 1:])
-            total += torch.tensor([loss.double().item() * mb.shape[0], mb.shape[0]],
-                                  device=acc.device, dtype=torch.float64)
+        for x, y in val_batches(self.val_data, self.cfg.data.val_sequences,
+                                self.cfg.batch.micro_batch_size, self.rank, self.world):
+            _, loss = self.model(x.to(acc.device), y.to(acc.device))
+            n = loss_tokens(y)  # the mean over the loss tokens of all scored sequences
+            total += torch.tensor([loss.double().item() * n, n], device=acc.device,
+                                  dtype=torch.float64)
         total = acc.reduce(total, reduction="sum")
         return float(total[0] / total[1])
 
@@ -257,10 +353,14 @@ class Trainer:
         main = acc.is_main_process
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resume_from = self.find_resume_point()
-        if resume_from is not None:
+        if resume_from is not None:  # a run's own checkpoint wins over init_from
             self.load(resume_from)
             if main:
                 log.info("resumed from %s at step %d", resume_from, self.step)
+        elif self.init_from is not None:
+            self.load_weights(self.init_from)
+            if main:
+                log.info("starting from the weights of %s", self.init_from)
         if main:
             atomic_write_text(self.run_dir / "config.yaml",
                               yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -283,7 +383,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
                 try:
-                    loss, grad_norm = self.train_step()
+                    loss, grad_norm, n_loss = self.train_step()
                 except NonFiniteLossError:
                     if main:
                         self._write_status("failed", reason="non-finite loss")
@@ -295,12 +395,13 @@ class Trainer:
                 self.tokens_seen += tokens_per_step
                 tps = tokens_per_step / dt
                 metrics.log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                             "tokens": self.tokens_seen, "tokens_per_s": tps, "step_time_s": dt,
+                             "tokens": self.tokens_seen, "loss_tokens": n_loss,
+                             "tokens_per_s": tps, "step_time_s": dt,
                              "mfu": mfu(tps, self.flops_per_token, self.world, self.peak),
                              "epoch": self.batches.position.epoch})
                 progress.update(1)
                 progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
-                if self.val_index is not None and self.step % cfg.data.val_every == 0:
+                if self.val_data is not None and self.step % cfg.data.val_every == 0:
                     metrics.log({"step": self.step, "val_loss": self.evaluate()})
                 every = cfg.checkpoint.every
                 if (every and self.step % every == 0) or self.step == cfg.run.max_steps:
