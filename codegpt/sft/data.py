@@ -44,6 +44,7 @@ import random
 import shutil
 import symtable
 import time
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -184,7 +185,7 @@ def document_candidates(doc: Document, cfg: SftDataConfig) -> list[Candidate] | 
     """Every candidate function of a document as a pair or a rejection; None when the document
     does not parse (it then has no candidates)."""
     try:
-        tree = ast.parse(doc.text)
+        tree = parse_quietly(doc.text)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     lines = source_lines(doc.text)
@@ -292,9 +293,17 @@ def drop_first_parameter(header: list[str], node) -> list[str]:
     return header[:i] + ([new] if new.strip() else []) + header[i + 1:]
 
 
+def parse_quietly(source: str) -> ast.Module:
+    """``ast.parse`` without the warnings other people's code raises (invalid escape sequences
+    and the like), which would flood the console for a corpus of thousands of files."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ast.parse(source)
+
+
 def parse_or_reject(source: str) -> ast.Module:
     try:
-        return ast.parse(source)
+        return parse_quietly(source)
     except (SyntaxError, ValueError, RecursionError) as e:
         raise Reject("syntax", str(e)[:DETAIL_CHARS]) from None
 
@@ -303,7 +312,9 @@ def module_level_names(source: str, name: str) -> set[str]:
     """The names a function (its source alone) looks up at module level, in any of its scopes,
     its defaults and annotations included; its own name (recursion) is not counted."""
     try:
-        top = symtable.symtable(source, "<function>", "exec")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            top = symtable.symtable(source, "<function>", "exec")
     except (SyntaxError, ValueError, RecursionError) as e:
         raise Reject("syntax", str(e)[:DETAIL_CHARS]) from None
     found, stack = set(), [top]
