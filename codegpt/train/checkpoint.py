@@ -263,6 +263,23 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def checkpoint_config(folder: str | Path) -> dict:
+    """The resolved run config a checkpoint was saved with (its config.yaml), as a mapping;
+    ``model`` without ``size`` (already expanded)."""
+    import yaml
+
+    path = Path(folder) / "config.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"checkpoint {folder}: config.yaml is not valid YAML ({e})") from e
+    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+        raise CheckpointError(f"checkpoint {folder} has no config.yaml with a model section: "
+                              "cannot tell which model it holds")
+    raw["model"] = {k: v for k, v in raw["model"].items() if k != "size"}
+    return raw
+
+
 def load_checkpoint_model(folder: str | Path, device: str | torch.device = "cpu",
                           dtype: str | torch.dtype | None = None) -> tuple[GPT, ModelConfig]:
     """The model of a checkpoint folder (its config.yaml's ``model:`` section and weights),
@@ -270,21 +287,13 @@ def load_checkpoint_model(folder: str | Path, device: str | torch.device = "cpu"
     ``inference_dtype``; float32 on CPU by default). ``folder`` may also be a run folder or its
     ``checkpoints/``: its newest complete checkpoint is used. Raises CheckpointError for a
     missing or corrupt checkpoint."""
-    import yaml
-
     from codegpt.config import ConfigError, from_dict
     from codegpt.eval.generate import inference_dtype  # lazily: training never needs it
 
     folder = resolve_checkpoint(folder)
-    cfg_path = folder / "config.yaml"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"checkpoint {folder} has no config.yaml: cannot rebuild the model")
     try:
-        raw = yaml.safe_load(cfg_path.read_text()) or {}
-        model_raw = dict(raw["model"])
-        model_raw.pop("size", None)
-        cfg = from_dict(ModelConfig, model_raw, prefix="model.")
-    except (yaml.YAMLError, KeyError, TypeError, ValueError, ConfigError) as e:
+        cfg = from_dict(ModelConfig, checkpoint_config(folder)["model"], prefix="model.")
+    except ConfigError as e:
         raise CheckpointError(f"checkpoint {folder}: config.yaml has no usable model section ({e})"
                               ) from e
     model = GPT(cfg)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codegpt.config import deep_merge, find_named_config, read_yaml
-from codegpt.errors import CheckpointError, ConfigError
+from codegpt.errors import ConfigError
 from codegpt.model import ModelConfig
 
 DATA_FORMATS = ("tokens", "sft")
@@ -154,26 +154,9 @@ class TrainConfig:
                                   "name different checkpoints: give one")
             raw["init_from"] = init_from
         if raw.get("init_from"):
-            from codegpt.train.checkpoint import resolve_checkpoint
+            from codegpt.train.checkpoint import checkpoint_config, resolve_checkpoint
 
             folder = resolve_checkpoint(str(raw["init_from"]))
             raw["init_from"] = str(folder)
             raw["model"] = {**checkpoint_config(folder)["model"], **model}
         return raw
-
-
-def checkpoint_config(folder: Path) -> dict:
-    """The resolved run config a checkpoint was saved with (its config.yaml), as a mapping;
-    ``model`` without ``size`` (already expanded)."""
-    import yaml
-
-    path = Path(folder) / "config.yaml"
-    try:
-        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except yaml.YAMLError as e:
-        raise CheckpointError(f"checkpoint {folder}: config.yaml is not valid YAML ({e})") from e
-    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
-        raise CheckpointError(f"checkpoint {folder} has no config.yaml with a model section: "
-                              "cannot tell which model it holds")
-    raw["model"] = {k: v for k, v in raw["model"].items() if k != "size"}
-    return raw

@@ -26,7 +26,7 @@ from codegpt.model import GPT, ModelConfig
 from codegpt.train import checkpoint as ckpt
 from codegpt.train.batches import (DistributedBatches, TrainData, loss_tokens, open_token_data,
                                    plan_batch, val_batches)
-from codegpt.train.config import ARCHITECTURE_KEYS, TrainConfig, checkpoint_config
+from codegpt.train.config import ARCHITECTURE_KEYS, TrainConfig
 from codegpt.train.flops import flops_per_token, mfu, peak_flops
 from codegpt.train.metrics import MetricsLogger
 from codegpt.train.optim import build_optimizer
@@ -149,7 +149,7 @@ def resolve_start(cfg: TrainConfig, data: TrainData) -> Path | None:
         resolve_vocab(cfg, data)
         return None
     folder = ckpt.resolve_checkpoint(cfg.init_from)
-    start_cfg = checkpoint_config(folder)
+    start_cfg = ckpt.checkpoint_config(folder)
     check_start_tokenizer(folder, start_cfg, data, cfg)
     resolve_vocab(cfg, data)
     check_start_model(folder, start_cfg["model"], cfg.model)
