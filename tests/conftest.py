@@ -1,6 +1,8 @@
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,3 +29,18 @@ def run_cli(args: list[str], launcher: list[str] | None = None, timeout: float =
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", **(env or {})}
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env=full_env)
+
+
+def kill_at_checkpoint(args: list[str], run_dir: Path, step: int = 10,
+                       timeout: float = 240) -> None:
+    """Run train.py with ``args`` and SIGKILL it as soon as its step-``step`` checkpoint is on
+    disk, as a preempted node or an OOM killer would."""
+    cmd = [sys.executable, str(REPO / "train.py"), *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + timeout
+    while not (run_dir / "checkpoints" / f"step_{step:07d}").exists():
+        assert proc.poll() is None and time.time() < deadline, f"run ended before step {step}"
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

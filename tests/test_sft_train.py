@@ -3,10 +3,7 @@
 
 import json
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,7 +27,7 @@ from codegpt.train.metrics import read_metrics
 from codegpt.train.sft import open_sft_data, read_pairs
 from codegpt.train.trainer import Trainer
 
-from conftest import REPO, run_cli
+from conftest import REPO, kill_at_checkpoint, run_cli
 
 SFT_YAML = REPO / "configs" / "train" / "sft.yaml"
 MODEL = dict(n_layer=2, n_head=4, d_model=32, block_size=64)
@@ -258,15 +255,7 @@ def test_sigkill_then_resume_gives_bit_identical_losses(env, slower_start, tmp_p
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     proc = run_cli(args(straight))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    cmd = [sys.executable, str(REPO / "train.py"), *args(killed)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 240
-    while not (killed / "checkpoints" / "step_0000010").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before step 10"
-        time.sleep(0.001)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint(args(killed), killed)
     assert max(step_records(killed)) < 20, "the kill came too late to test anything"
     assert [p.name for p in list_checkpoints(killed / "checkpoints")] == ["step_0000010"]
     proc = run_cli(args(killed))  # resume=auto: its own step 10, not init_from's weights

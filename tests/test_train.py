@@ -17,7 +17,7 @@ from codegpt.config import load_config
 from codegpt.train.config import TrainConfig
 from codegpt.train.trainer import PREEMPTED_EXIT_CODE, NonFiniteLossError, Trainer
 
-from conftest import REPO, SMOKE, run_cli
+from conftest import REPO, SMOKE, kill_at_checkpoint, run_cli
 
 
 def smoke_args(token_dir, run_dir, *extra):
@@ -43,15 +43,7 @@ def test_sigkill_then_resume_gives_bit_identical_losses(token_dir, tmp_path):
     check_ok(run_cli(smoke_args(token_dir, straight, *SLOW)))
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, str(REPO / "train.py"), *smoke_args(token_dir, killed, *SLOW)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 240
-    while not (killed / "checkpoints" / "step_0000010").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before step 10"
-        time.sleep(0.001)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at_checkpoint(smoke_args(token_dir, killed, *SLOW), killed)
     assert max(losses(killed)) < 20, "the kill came too late to test anything"
     assert [p.name for p in list_checkpoints(killed / "checkpoints")] == ["step_0000010"]
 
