@@ -35,6 +35,8 @@ endif
 	@# the HumanEval sandbox's OS isolation (namespaces, read-only host); without it the
 	@# sandbox falls back to unshare or resource limits and says so in results.json
 	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq bubblewrap) || echo "note: bubblewrap not installed (needs root): the sandbox will use its fallback"; }
+	@# headless Chromium renders codegpt report's page in tests/test_report.py (skipped without it)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium) || echo "note: chromium not installed (needs root): the report's browser tests will be skipped"; }
 	touch $@
 
 install: $(VENV)/.installed

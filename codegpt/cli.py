@@ -149,6 +149,13 @@ def run_plot(args) -> int:
     return 0
 
 
+def run_report(args) -> int:
+    from codegpt.report import write_report
+
+    print(f"wrote {write_report(args.run_dir, args.out)}")
+    return 0
+
+
 def model_arguments(p: argparse.ArgumentParser, out: bool = False) -> None:
     """--checkpoint and --tokenizer (and --device/--dtype), shared by the commands that run a
     model."""
@@ -328,6 +335,11 @@ COMMANDS = (
             lambda p: (p.add_argument("run_dir", help="a training run's out_dir"),
                        p.add_argument("--out", help="PNG path (default RUN_DIR/loss.png)")),
             run_plot),
+    Command("report", "a pipeline run folder as one self-contained HTML page with its plots",
+            lambda p: (p.add_argument("run_dir", help="the run folder (data/, tokenizer/, "
+                                      "tokens/, train/, sft-data/, sft/, humaneval/)"),
+                       p.add_argument("--out", help="output folder (default RUN_DIR/report)")),
+            run_report),
     Command("sample", "sample completions of a prompt from a checkpoint", sample_arguments,
             run_sample),
     Command("eval humaneval", "HumanEval pass@k of a checkpoint or a samples file, in the sandbox",

@@ -59,6 +59,8 @@ def cases(f) -> list[tuple[list[str], str]]:
         (["show-config", "smoke", "model.n_head=3", "model.d_model=64"], "not divisible"),
         (["plot", MISSING], MISSING),
         (["plot", str(f["root"])], "no metrics"),
+        (["report", MISSING], f"no run folder at {MISSING}"),
+        (["report", str(f["root"] / "run")], "holds none of the pipeline's stages"),
         (["sample", "--checkpoint", MISSING, "--tokenizer", f["tok"], "--prompt", "x"], MISSING),
         (["sample", "--checkpoint", f["tok"], "--tokenizer", f["tok"], "--prompt", "x"],
          "is not a checkpoint"),
