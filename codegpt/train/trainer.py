@@ -24,8 +24,8 @@ from codegpt.errors import ConfigError, NonFiniteLossError
 from codegpt.io import atomic_write_json, atomic_write_text
 from codegpt.model import GPT, ModelConfig
 from codegpt.train import checkpoint as ckpt
-from codegpt.train.batches import (DistributedBatches, TrainData, loss_tokens, open_token_data,
-                                   plan_batch, val_batches)
+from codegpt.train.batches import (DistributedBatches, TrainData, as_tensors, loss_tokens,
+                                   open_token_data, plan_batch, val_batches)
 from codegpt.train.config import ARCHITECTURE_KEYS, TrainConfig
 from codegpt.train.flops import flops_per_token, mfu, peak_flops
 from codegpt.train.metrics import MetricsLogger
@@ -73,6 +73,29 @@ def _precision(cfg: TrainConfig) -> str:
     if cfg.run.precision == "auto":
         return "bf16" if torch.cuda.is_available() else "no"
     return {"fp32": "no", "bf16": "bf16"}[cfg.run.precision]
+
+
+def _enable_cpu_fsdp(acc) -> None:
+    """Honour an FSDP launch config on CPU processes.
+
+    accelerate (1.15) turns a multi-process CPU launch into MULTI_CPU (DDP over gloo) even when
+    the launch config says ``distributed_type: FSDP``: its state switches to FSDP only for GPU
+    kinds. torch's ``fully_shard`` works over gloo on CPU, so when the launcher asked for FSDP
+    (``ACCELERATE_USE_FSDP``) and accelerate settled on MULTI_CPU, set the state to FSDP with
+    the plugin read from the launch environment; ``prepare`` then shards the model exactly as it
+    does on GPUs. This is what lets the FSDP path be tested without a GPU."""
+    import os
+
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if (acc.distributed_type != DistributedType.MULTI_CPU
+            or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true"):
+        return
+    acc.state.fsdp_plugin = FullyShardedDataParallelPlugin()
+    acc.state.distributed_type = DistributedType.FSDP
+    # as accelerate does for FSDP on GPUs; AcceleratorState() re-reads it from here
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def open_data(cfg: TrainConfig) -> TrainData:
@@ -179,6 +202,7 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision=_precision(cfg),
                                        cpu=not torch.cuda.is_available())
         acc = self.accelerator
+        _enable_cpu_fsdp(acc)
         self.rank, self.world = acc.process_index, acc.num_processes
 
         data = open_data(cfg)
@@ -200,6 +224,10 @@ class Trainer:
         if cfg.run.compile:
             model = torch.compile(model)
         self.model, self.optimizer = acc.prepare(model, optimizer)
+        if acc.is_main_process:
+            log.info("%d process(es), %s%s, device %s", self.world, acc.distributed_type.value,
+                     " (FSDP2: parameters sharded with fully_shard)" if acc.is_fsdp2 else "",
+                     acc.device)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim.lr, cfg.optim.warmup_steps,
                                          cfg.run.max_steps, cfg.optim.min_lr_ratio)
         torch.manual_seed(cfg.run.seed + 1000 * (self.rank + 1))  # per-rank dropout streams
@@ -330,10 +358,20 @@ class Trainer:
     def evaluate(self) -> float:
         acc = self.accelerator
         self.model.eval()
+        micro, data = self.cfg.batch.micro_batch_size, self.val_data
         total = torch.zeros(2, device=acc.device, dtype=torch.float64)
-        for x, y in val_batches(self.val_data, self.cfg.data.val_sequences,
-                                self.cfg.batch.micro_batch_size, self.rank, self.world):
+        batches = val_batches(data, self.cfg.data.val_sequences, micro, self.rank, self.world)
+        # Every rank runs as many forwards as rank 0, which has the most sequences: under FSDP a
+        # forward all-gathers the parameters, and a rank that stopped early would leave the
+        # others waiting for it forever. A rank whose share has run out scores a filler batch
+        # and discards the result.
+        n_val = min(self.cfg.data.val_sequences, len(data))
+        for _ in range(math.ceil(math.ceil(n_val / self.world) / micro)):
+            batch = next(batches, None)
+            x, y = batch or as_tensors(data.batch(range(min(micro, n_val))))
             _, loss = self.model(x.to(acc.device), y.to(acc.device))
+            if batch is None:
+                continue
             n = loss_tokens(y)  # the mean over the loss tokens of all scored sequences
             total += torch.tensor([loss.double().item() * n, n], device=acc.device,
                                   dtype=torch.float64)
