@@ -43,3 +43,20 @@ def test_torch_scheduler_sets_the_formula_lr_for_each_update():
 def test_update_numbers_start_at_one():
     with pytest.raises(ValueError):
         lr_at(0, PEAK, WARMUP, MAX, RATIO)
+
+
+def test_time_budget_decays_by_the_clock_when_it_runs_ahead_of_the_steps():
+    from codegpt.train.schedule import lr_at_time
+
+    floor = RATIO * PEAK
+    # warmup is by steps whatever the clock says
+    assert lr_at_time(WARMUP // 2, 0.9, PEAK, WARMUP, MAX, RATIO) == pytest.approx(PEAK / 2)
+    # no time spent: the step schedule
+    assert lr_at_time(600, 0.0, PEAK, WARMUP, MAX, RATIO) == pytest.approx(
+        lr_at(600, PEAK, WARMUP, MAX, RATIO))
+    # half the time spent at 10% of the decay's steps: the cosine's midpoint
+    assert lr_at_time(WARMUP + 100, 0.5, PEAK, WARMUP, MAX, RATIO) == pytest.approx(
+        (PEAK + floor) / 2)
+    # the budget spent: the floor
+    assert lr_at_time(WARMUP + 1, 1.0, PEAK, WARMUP, MAX, RATIO) == pytest.approx(floor)
+    assert lr_at_time(WARMUP + 1, 3.0, PEAK, WARMUP, MAX, RATIO) == pytest.approx(floor)

@@ -171,6 +171,25 @@ def test_in_process_training_learns_and_writes_what_it_promises(token_dir, tmp_p
                                                                             "step_0000030"]
 
 
+def test_time_budget_stops_saves_and_finishes_with_the_lr_at_its_floor(token_dir, tmp_path):
+    overrides = [f"data_dir={token_dir}", f"out_dir={tmp_path}", "run.max_steps=100000",
+                 "run.max_minutes=0.15", "optim.warmup_steps=2", "data.val_every=0"]
+    result = Trainer(load_config(TrainConfig, SMOKE, overrides)).fit()
+    assert result.status == "finished" and 2 < result.step < 100000
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "finished" and "max_minutes" in status["reason"]
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")][-1] == \
+        f"step_{result.step:07d}"
+    steps = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
+    assert len(steps) == result.step
+    peak = steps[1]["lr"]
+    assert steps[-1]["lr"] < 0.5 * peak  # decayed by the clock, not the 100,000 steps
+    assert 5.0 <= steps[-1]["elapsed_s"] <= 120
+    # started again, the spent budget is read back from the checkpoint: nothing more to do
+    again = Trainer(load_config(TrainConfig, SMOKE, overrides)).fit()
+    assert again.step == result.step and again.status == "finished"
+
+
 @pytest.mark.slow
 def test_compiled_model_trains_like_the_eager_one(token_dir, tmp_path):
     extra = ["run.max_steps=6", "checkpoint.every=0", "data.val_every=3"]

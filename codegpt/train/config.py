@@ -32,9 +32,13 @@ class RunSection:
     resume: str = "auto"          # auto: newest complete checkpoint in dir; never; or a checkpoint path
     precision: str = "auto"       # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     compile: bool = False         # torch.compile the model
+    max_minutes: float = 0.0      # wall-time budget of the run (0: none): it stops, saves and
+                                  # finishes when the budget is spent, and the lr's cosine decays
+                                  # over time (the larger of the step and time fractions)
 
     def __post_init__(self) -> None:
         _at_least(self.max_steps, 1, "run.max_steps")
+        _at_least(self.max_minutes, 0.0, "run.max_minutes")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"run.precision must be auto, fp32 or bf16, got '{self.precision}'")
 

@@ -30,6 +30,20 @@ def lr_at(step: int, peak_lr: float, warmup_steps: int, max_steps: int,
     return floor + (peak_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def lr_at_time(step: int, time_fraction: float, peak_lr: float, warmup_steps: int,
+               max_steps: int, min_lr_ratio: float = 0.1) -> float:
+    """The lr of update ``step`` in a run with a wall-time budget (``run.max_minutes``), of
+    which ``time_fraction`` is spent: the same warmup and cosine, but the decay's progress is
+    the larger of the step fraction and the time fraction, so the lr reaches its floor at the
+    deadline however fast the machine is (or at max_steps, if that comes first)."""
+    if warmup_steps > 0 and step <= warmup_steps:
+        return lr_at(step, peak_lr, warmup_steps, max_steps, min_lr_ratio)
+    floor = min_lr_ratio * peak_lr
+    by_steps = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    progress = min(1.0, max(by_steps, time_fraction))
+    return floor + (peak_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, peak_lr: float, warmup_steps: int,
                     max_steps: int, min_lr_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR whose k-th ``step()`` call sets the lr of update k+1 (optimizer lr = peak)."""

@@ -30,7 +30,7 @@ from codegpt.train.config import ARCHITECTURE_KEYS, TrainConfig
 from codegpt.train.flops import flops_per_token, mfu, peak_flops
 from codegpt.train.metrics import MetricsLogger
 from codegpt.train.optim import build_optimizer
-from codegpt.train.schedule import build_scheduler
+from codegpt.train.schedule import build_scheduler, lr_at_time
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,7 @@ class Trainer:
 
         self.step = 0
         self.tokens_seen = 0
+        self.elapsed_before = 0.0  # wall seconds of the loop in earlier processes (resumes)
         self.last_checkpoint: Path | None = None
         self.flops_per_token = flops_per_token(cfg.model, cfg.seq_len)
         device_name = torch.cuda.get_device_name() if acc.device.type == "cuda" else None
@@ -255,7 +256,8 @@ class Trainer:
             "data": self.batches.state_dict(),
             "tokens_seen": self.tokens_seen,
             "world_size": self.world,
-            "extra": {"global_batch": self.global_batch, "accum": self.accum},
+            "extra": {"global_batch": self.global_batch, "accum": self.accum,
+                      "elapsed_s": self.elapsed()},
         }
         path = ckpt.save_checkpoint(
             self.ckpt_dir, self.step, model_state=model_sd, optim_state=optim_sd,
@@ -301,6 +303,7 @@ class Trainer:
                         state.world_size, self.world)
         self.batches.load_state_dict(state.data)
         self.tokens_seen = state.tokens_seen
+        self.elapsed_before = float(state.extra.get("elapsed_s", 0.0))
         rng = ckpt.load_rng(folder, self.rank) if state.world_size == self.world else None
         if rng is not None:
             ckpt.set_rng_state(rng)
@@ -386,6 +389,31 @@ class Trainer:
 
     # --- the loop ----------------------------------------------------------------------------
 
+    def elapsed(self) -> float:
+        """Wall seconds the loop has run, this process and the ones it resumes."""
+        start = getattr(self, "_loop_start", None)
+        return self.elapsed_before + (time.perf_counter() - start if start is not None else 0.0)
+
+    def _time_fraction(self) -> float:
+        """The share of run.max_minutes spent, the same on every rank (rank 0's clock)."""
+        budget = self.cfg.run.max_minutes * 60.0
+        if budget <= 0:
+            return 0.0
+        spent = torch.tensor([self.elapsed() / budget], device=self.accelerator.device)
+        if self.world > 1:
+            from accelerate.utils import broadcast
+
+            spent = broadcast(spent, from_process=0)
+        return float(spent.item())
+
+    def _set_time_lr(self, fraction: float) -> None:
+        """Under a time budget the lr of the next update follows the clock as well as the step."""
+        o = self.cfg.optim
+        lr = lr_at_time(self.step + 1, fraction, o.lr, o.warmup_steps, self.cfg.run.max_steps,
+                        o.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def fit(self) -> TrainResult:
         cfg, acc = self.cfg, self.accelerator
         main = acc.is_main_process
@@ -410,14 +438,21 @@ class Trainer:
             if cfg.logging.wandb else None,
             config=to_dict(cfg))
         self.stop.install()
-        status, loss = "finished", None
+        status, loss, reason = "finished", None, None
         tokens_per_step = self.global_batch * cfg.seq_len
         progress = _progress(main, self.step, cfg.run.max_steps)
+        self._loop_start = time.perf_counter()
         try:
             while self.step < cfg.run.max_steps:
                 if self._stop_requested():
                     status = "preempted"
                     break
+                if cfg.run.max_minutes > 0:
+                    fraction = self._time_fraction()
+                    if fraction >= 1.0:
+                        reason = f"run.max_minutes={cfg.run.max_minutes:g} spent"
+                        break
+                    self._set_time_lr(fraction)
                 t0 = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
                 try:
@@ -435,6 +470,7 @@ class Trainer:
                 metrics.log({"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                              "tokens": self.tokens_seen, "loss_tokens": n_loss,
                              "tokens_per_s": tps, "step_time_s": dt,
+                             "elapsed_s": round(self.elapsed(), 3),
                              "mfu": mfu(tps, self.flops_per_token, self.world, self.peak),
                              "epoch": self.batches.position.epoch})
                 progress.update(1)
@@ -451,8 +487,14 @@ class Trainer:
                     log.warning("received signal %s: saved step %d, exiting with code %d so the "
                                 "job can be requeued", self.stop.signum, self.step,
                                 PREEMPTED_EXIT_CODE)
+            if reason is not None:  # the time budget ended the run before max_steps
+                if self.last_checkpoint is None or ckpt.step_dir_name(self.step) != self.last_checkpoint.name:
+                    self.save()
+                if main:
+                    log.info("%s: finished at step %d of %d", reason, self.step,
+                             cfg.run.max_steps)
             if main:
-                self._write_status(status)
+                self._write_status(status, **({"reason": reason} if reason else {}))
         finally:
             progress.close()
             metrics.close()
