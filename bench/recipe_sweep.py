@@ -1,0 +1,147 @@
+"""The CPU recipe search: which model size, context, batch and learning rate give the lowest
+HumanEval canonical-solution bits per byte for a fixed budget of training time.
+
+Each trial is a training config plus overrides (a YAML file of trials, see
+bench/recipe_trials.yaml). For each trial the sweep
+
+1. gives it the same training compute: ``--budget-minutes`` of a quiet machine that does
+   ``--flops-per-second`` (by default measured once, in CPU time, on the first trial's model),
+   divided by the trial's training FLOPs per token, is its token budget. Equal FLOPs rather than
+   equal wall time keeps trials comparable when they share a busy machine; a small model's
+   matmuls run somewhat less efficiently, so it gets a little more than its real time would buy;
+2. trains it for the updates that budget buys, through ``codegpt train``, as a user would;
+3. scores the canonical solutions' bits per byte (``codegpt.eval.likelihood``) and reads the
+   last val loss.
+
+    python -m bench.recipe_sweep --trials bench/recipe_trials.yaml --budget-minutes 5
+
+Prints a table and writes runs/bench/recipe_sweep.json (or --out); the runs go under --runs.
+A finished trial (its run finished and scored) is not run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+import yaml
+
+from bench.common import bench_parser, command_line, cpu_name, write_report
+from codegpt.config import load_config
+from codegpt.model import GPT
+from codegpt.train.config import TrainConfig
+from codegpt.train.flops import flops_per_token
+from codegpt.train.metrics import read_metrics
+from codegpt.train.optim import build_optimizer
+
+NAME = "recipe_sweep"
+
+
+def trial_config(trial: dict, run_dir: Path, extra: list[str] = ()) -> tuple[str, list[str]]:
+    overrides = [f"{k}={v}" for k, v in (trial.get("set") or {}).items()]
+    return trial["config"], [*overrides, f"out_dir={run_dir}", *extra]
+
+
+def cpu_throughput(cfg: TrainConfig, steps: int = 4) -> float:
+    """Training tokens per second of a quiet machine, from CPU time: the process's CPU seconds
+    per step divided by the threads torch uses (what wall time would be with nothing else
+    running), so trials measured on a busy machine stay comparable."""
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    opt = build_optimizer(model, cfg.optim.lr, (0.9, 0.95), 1e-8, 0.1, cfg.optim.fused)
+    micro = cfg.batch.micro_batch_size
+    x = torch.randint(0, cfg.model.vocab_size, (micro, cfg.seq_len))
+    bf16 = cfg.run.precision == "bf16"
+
+    def step():
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with ctx:
+            _, loss = model(x, x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    step()
+    t0 = time.process_time()
+    for _ in range(steps):
+        step()
+    seconds = (time.process_time() - t0) / torch.get_num_threads()
+    return steps * micro * cfg.seq_len / seconds
+
+
+def score(run_dir: Path, tokenizer: str) -> dict:
+    from codegpt.eval.humaneval import first_problems
+    from codegpt.eval.likelihood import checkpoint_likelihood
+
+    lik = checkpoint_likelihood(run_dir, tokenizer, first_problems(0))
+    val = [r["val_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "val_loss" in r]
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+    return {"canonical_bits_per_byte": lik["canonical_bits_per_byte"],
+            "val_loss": val[-1] if val else None, "train_loss": rows[-1]["loss"],
+            "wall_s": rows[-1].get("elapsed_s")}
+
+
+def main() -> None:
+    ap = bench_parser(NAME, __doc__)
+    ap.add_argument("--trials", type=Path, default=Path("bench/recipe_trials.yaml"))
+    ap.add_argument("--budget-minutes", type=float, default=15.0,
+                    help="quiet-machine training time each trial gets")
+    ap.add_argument("--runs", type=Path, default=Path("runs/sweep"))
+    ap.add_argument("--only", nargs="*", help="run only these trials")
+    ap.add_argument("--flops-per-second", type=float, default=0.0,
+                    help="the quiet machine's training FLOP/s (0: measure on the first trial)")
+    args = ap.parse_args()
+    trials = yaml.safe_load(args.trials.read_text())["trials"]
+    report = {"benchmark": NAME, "command": command_line(NAME), "date": date.today().isoformat(),
+              "cpu": cpu_name(), "threads": torch.get_num_threads(),
+              "budget_minutes": args.budget_minutes, "flops_per_second": args.flops_per_second,
+              "trials": []}
+    if args.out.exists():
+        report["trials"] = json.loads(args.out.read_text()).get("trials", [])
+    done = {t["name"] for t in report["trials"]}
+    for trial in trials:
+        name = trial["name"]
+        if name in done or (args.only and name not in args.only):
+            continue
+        run_dir = args.runs / name
+        config, overrides = trial_config(trial, run_dir)
+        cfg = load_config(TrainConfig, config, overrides)
+        if not cfg.model.vocab_size:
+            meta = json.loads((Path(cfg.data_dir) / "meta.json").read_text())
+            cfg.model.vocab_size = meta["vocab_size"]
+        fpt = flops_per_token(cfg.model, cfg.seq_len)
+        if not report["flops_per_second"]:
+            report["flops_per_second"] = cpu_throughput(cfg) * fpt
+        tps = report["flops_per_second"] / fpt
+        tokens_per_step = cfg.batch.global_batch_tokens
+        steps = max(1, int(args.budget_minutes * 60 * tps / tokens_per_step))
+        print(f"[{name}] {tps:,.0f} tokens/s at {report['flops_per_second'] / 1e9:.0f} GFLOP/s: "
+              f"{steps} updates of {tokens_per_step:,} tokens", flush=True)
+        cmd = [sys.executable, "-m", "codegpt", "train", config, *overrides,
+               f"run.max_steps={steps}", f"data.val_every={steps}", "checkpoint.every=0",
+               "checkpoint.keep_last=1"]
+        subprocess.run(cmd, check=True)
+        row = {"name": name, "note": trial.get("note", ""), "set": trial.get("set", {}),
+               "flops_per_token": fpt, "tokens_per_s": round(tps), "steps": steps, "tokens": steps * tokens_per_step,
+               "params": sum(p.numel() for p in GPT(cfg.model).parameters()),
+               **score(run_dir, cfg.tokenizer)}
+        report["trials"].append(row)
+        write_report(report, args.out)
+        print(json.dumps(row), flush=True)
+    print(f"\n{'trial':14s} {'tok/s':>7s} {'steps':>6s} {'tokens':>10s} {'val':>6s} {'bits/B':>7s}")
+    for r in report["trials"]:
+        val = f"{r['val_loss']:.3f}" if r["val_loss"] is not None else "-"
+        print(f"{r['name']:14s} {r['tokens_per_s']:7,d} {r['steps']:6d} {r['tokens']:10,d} "
+              f"{val:>6s} {r['canonical_bits_per_byte']:7.3f}")
+    print(f"wrote {write_report(report, args.out)}")
+
+
+if __name__ == "__main__":
+    main()
