@@ -325,6 +325,18 @@ def humaneval_section(run: Run, figs: dict[str, bytes]) -> Html:
                    el("h3", "Samples"), gallery(run))
 
 
+def model_bits_per_byte(run: Run, e) -> float | None:
+    """The canonical solutions' bits/byte of ``e``'s model: its own, or that of another of the
+    model's evaluations (the likelihood does not depend on the sampling settings, and the
+    reference run measures it once per model)."""
+    own = e.results.get("canonical_bits_per_byte")
+    if own is not None:
+        return own
+    return next((o.results["canonical_bits_per_byte"] for o in run.evals
+                 if o.model == e.model and o.results.get("canonical_bits_per_byte") is not None),
+                None)
+
+
 def headline(run: Run) -> Html:
     rows = []
     for e in run.evals:
@@ -336,7 +348,7 @@ def headline(run: Run) -> Html:
         rows.append([e.model, fmt(e.temperature, "g") if e.temperature is not None else e.label,
                      Num(n) if "n_per_problem_min" in r else "—",
                      fmt(train.last_val, ".4f") if train else "—",
-                     fmt(r.get("canonical_bits_per_byte"), ".4f"), pct(r.get("syntax_rate"), 1),
+                     fmt(model_bits_per_byte(run, e), ".4f"), pct(r.get("syntax_rate"), 1),
                      *(pct(r.get(f"pass@{k}")) for k in (1, 10, 100)),
                      pct(r.get("reranked_pass@1")),
                      "yes" if r.get("complete", True) else
