@@ -440,7 +440,8 @@ class Trainer:
         self.stop.install()
         status, loss, reason = "finished", None, None
         tokens_per_step = self.global_batch * cfg.seq_len
-        progress = _progress(main, self.step, cfg.run.max_steps)
+        progress = _progress(main, self.step, cfg.run.max_steps, cfg.run.max_minutes * 60,
+                             self.elapsed_before)
         self._loop_start = time.perf_counter()
         try:
             while self.step < cfg.run.max_steps:
@@ -473,8 +474,12 @@ class Trainer:
                              "elapsed_s": round(self.elapsed(), 3),
                              "mfu": mfu(tps, self.flops_per_token, self.world, self.peak),
                              "epoch": self.batches.position.epoch})
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
+                if cfg.run.max_minutes > 0:  # the bar counts the budget's seconds
+                    progress.n = min(progress.total, int(self.elapsed()))
+                    progress.set_postfix(step=self.step, loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
+                else:
+                    progress.update(1)
+                    progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
                 if self.val_data is not None and self.step % cfg.data.val_every == 0:
                     metrics.log({"step": self.step, "val_loss": self.evaluate()})
                 every = cfg.checkpoint.every
@@ -507,9 +512,15 @@ class Trainer:
                            "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None})
 
 
-def _progress(enabled: bool, start: int, total: int):
+def _progress(enabled: bool, start: int, total: int, budget_s: float = 0.0,
+              spent_s: float = 0.0):
+    """Steps of max_steps; under a time budget, seconds of the budget (the clock ends the run)."""
     from tqdm import tqdm
 
+    if budget_s > 0:
+        return tqdm(total=int(budget_s), initial=min(int(budget_s), int(spent_s)),
+                    disable=not enabled, desc="train", unit="s", dynamic_ncols=True,
+                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s of the budget{postfix}")
     return tqdm(total=total, initial=start, disable=not enabled, desc="train", unit="step",
                 dynamic_ncols=True)
 
