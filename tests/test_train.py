@@ -171,9 +171,20 @@ def test_in_process_training_learns_and_writes_what_it_promises(token_dir, tmp_p
                                                                             "step_0000030"]
 
 
-def test_time_budget_stops_saves_and_finishes_with_the_lr_at_its_floor(token_dir, tmp_path):
+def test_time_budget_stops_saves_and_finishes_with_the_lr_at_its_floor(token_dir, tmp_path,
+                                                                       monkeypatch):
+    from codegpt.train import checkpoint as ckpt
+
+    write = ckpt.save_checkpoint
+
+    def slow_write(*args, **kwargs):  # the budget runs out while a checkpoint is written
+        time.sleep(0.25)
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", slow_write)
     overrides = [f"data_dir={token_dir}", f"out_dir={tmp_path}", "run.max_steps=100000",
-                 "run.max_minutes=0.15", "optim.warmup_steps=2", "data.val_every=0"]
+                 "run.max_minutes=0.15", "optim.warmup_steps=2", "data.val_every=0",
+                 "checkpoint.every=1", "checkpoint.keep_last=2"]  # a save after every update
     result = Trainer(load_config(TrainConfig, SMOKE, overrides)).fit()
     assert result.status == "finished" and 2 < result.step < 100000
     status = json.loads((tmp_path / "status.json").read_text())

@@ -443,17 +443,21 @@ class Trainer:
         progress = _progress(main, self.step, cfg.run.max_steps, cfg.run.max_minutes * 60,
                              self.elapsed_before)
         self._loop_start = time.perf_counter()
+        timed = cfg.run.max_minutes > 0
+        spent = f"run.max_minutes={cfg.run.max_minutes:g} spent"
+        # The budget is checked after each update and before its checkpoint, so the checkpoint
+        # of the last update records a spent budget and a restart does no more updates; here it
+        # is checked once for a resumed run whose checkpoint says so already.
+        out_of_time = timed and self._time_fraction() >= 1.0
+        if out_of_time:
+            reason = spent
         try:
-            while self.step < cfg.run.max_steps:
+            while self.step < cfg.run.max_steps and not out_of_time:
                 if self._stop_requested():
                     status = "preempted"
                     break
-                if cfg.run.max_minutes > 0:
-                    fraction = self._time_fraction()
-                    if fraction >= 1.0:
-                        reason = f"run.max_minutes={cfg.run.max_minutes:g} spent"
-                        break
-                    self._set_time_lr(fraction)
+                if timed:
+                    self._set_time_lr(self._time_fraction())
                 t0 = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
                 try:
@@ -482,8 +486,12 @@ class Trainer:
                     progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
                 if self.val_data is not None and self.step % cfg.data.val_every == 0:
                     metrics.log({"step": self.step, "val_loss": self.evaluate()})
+                out_of_time = timed and self._time_fraction() >= 1.0
+                if out_of_time:
+                    reason = spent
                 every = cfg.checkpoint.every
-                if (every and self.step % every == 0) or self.step == cfg.run.max_steps:
+                if ((every and self.step % every == 0) or self.step == cfg.run.max_steps
+                        or out_of_time):
                     self.save()
             if status == "preempted":
                 if self.last_checkpoint is None or ckpt.step_dir_name(self.step) != self.last_checkpoint.name:
