@@ -241,7 +241,12 @@ def load_config(cls: type[T], path: str | Path | None, overrides: Iterable[str] 
     ``cls.RENAMED`` maps old keys to new ones; ``cls.resolve_raw(raw)``, if defined, expands
     the raw mapping first (e.g. ``model.size`` into a named model's fields)."""
     raw = read_yaml(find_named_config(cls.STAGE, str(path))) if path else {}
-    raw = deep_merge(raw, parse_overrides(overrides))
+    return config_from_raw(cls, deep_merge(raw, parse_overrides(overrides)))
+
+
+def config_from_raw(cls: type[T], raw: dict) -> T:
+    """A stage's config from a mapping as its YAML file would hold it (old keys renamed,
+    ``cls.resolve_raw`` applied), checked field by field."""
     raw = apply_renames(raw, getattr(cls, "RENAMED", {}))
     resolve = getattr(cls, "resolve_raw", None)
     return from_dict(cls, resolve(raw) if resolve else raw)

@@ -42,6 +42,14 @@ class ExportError(CodegptError, RuntimeError):
     """A checkpoint that cannot be exported as GPT-2."""
 
 
+class ReportError(CodegptError, ValueError):
+    """A folder that is not a pipeline run folder (missing, or holding none of the stages)."""
+
+
+class StageFailed(CodegptError, RuntimeError):
+    """A stage of the reference run exited with an error (its own message comes first)."""
+
+
 class NonFiniteLossError(CodegptError, RuntimeError):
     """The loss or gradient norm became NaN or inf: the run stops before the update."""
 

@@ -39,8 +39,8 @@ from pathlib import Path
 
 import yaml
 
-from codegpt.config import deep_merge, find_named_config, from_dict, read_yaml
-from codegpt.errors import CodegptError, ConfigError
+from codegpt.config import config_from_raw, deep_merge, find_named_config, read_yaml
+from codegpt.errors import ConfigError, StageFailed
 from codegpt.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -160,17 +160,13 @@ def stage_raw(cfg: ReferenceConfig, name: str, run: Path) -> dict:
 def validate(cfg: ReferenceConfig) -> None:
     """Load every stage's config now, so a bad key stops the run before hours are spent (the
     fine-tuning's init_from is checked when pretraining has written it)."""
-    from codegpt.config import apply_renames
-
     run = Path(cfg.out_dir)
     for name, cls in stage_config_classes().items():
         raw = stage_raw(cfg, name, run)
         if name == "sft":
             raw.pop("init_from")
-        raw = apply_renames(raw, getattr(cls, "RENAMED", {}))
-        resolve = getattr(cls, "resolve_raw", None)
         try:
-            from_dict(cls, resolve(raw) if resolve else raw)
+            config_from_raw(cls, raw)
         except ConfigError as e:
             raise ConfigError(f"reference config, section {name}: {e}") from e
 
@@ -236,10 +232,6 @@ def machine() -> str:
 
 
 # --- running stages ---------------------------------------------------------------------------
-
-class StageFailed(CodegptError):
-    """A stage's command exited with an error; its own message is above."""
-
 
 def run_command(argv: list[str]) -> None:
     shown = " ".join(argv[2:]) if argv[:2] == [sys.executable, "-m"] else " ".join(argv)

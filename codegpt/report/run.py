@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codegpt.errors import CodegptError, EvalError
+from codegpt.errors import CodegptError, EvalError, ReportError
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,6 @@ PREP_STAGES = ("read", "filter", "decontam", "dedup")  # data prep's stages, in 
 MODEL_ORDER = ("base", "sft")          # models of RUN/humaneval/ shown first, in this order
 RUN_OF_MODEL = {"base": "train", "sft": "sft"}  # the training run whose val loss a model has
 MEASURE_TOKENS = 20_000_000            # at most this many tokens per split measured for bytes
-
-
-class ReportError(CodegptError, ValueError):
-    """A folder that is not a pipeline run folder (missing, or holding none of the stages)."""
 
 
 # what a stage's file that is there but not as expected raises: its section says so
