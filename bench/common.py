@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 from pathlib import Path
 
+from codegpt.train.flops import cpu_name  # noqa: F401 (the benchmarks import it from here)
+
 OUT_DIR = Path("runs") / "bench"
 """Where the benchmarks write their reports by default (relative to the repository root)."""
-
-
-def cpu_name() -> str:
-    """The CPU model as /proc/cpuinfo names it (the platform's word for it elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bench_parser(name: str, doc: str | None) -> argparse.ArgumentParser:

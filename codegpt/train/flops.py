@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 from codegpt.model import ModelConfig
 
 # Peak dense bf16 FLOP/s per device (no sparsity), matched on the CUDA device name.
@@ -18,6 +21,17 @@ PEAK_BF16_FLOPS = (
     ("4090", 165e12),
     ("V100", 125e12),  # fp16 tensor cores; V100 has no bf16
 )
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (the platform's word for it elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def n_params(cfg: ModelConfig, include_position: bool = False) -> int:
