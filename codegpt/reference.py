@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -42,8 +40,6 @@ import yaml
 from codegpt.config import config_from_raw, deep_merge, find_named_config, read_yaml
 from codegpt.errors import ConfigError, StageFailed
 from codegpt.io import atomic_write_json, atomic_write_text
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,6 +105,12 @@ class ReferenceConfig:
 
 
 MODELS = {"base": "train", "sft": "sft"}           # model name -> the run folder it is
+
+
+def eval_name(model: str, temperature: float) -> str:
+    """An evaluation's stage name, and its folder under RUN."""
+    return f"humaneval/{model}/t{temperature:g}"
+
 PATH_KEYS = ("data_dir", "tokenizer", "out_dir", "init_from")
 # (section, codegpt command, the output folder under RUN)
 PIPELINE = (("data", "prep", "data"), ("tokenizer", "tokenizer", "tokenizer"),
@@ -147,12 +149,12 @@ def stage_raw(cfg: ReferenceConfig, name: str, run: Path) -> dict:
     """A stage's whole config: base config, then the section's keys, then the run's paths."""
     section = dict(getattr(cfg, name))
     base = section.pop("config", None)
-    stage = stage_config_classes()[name].STAGE
-    raw = read_yaml(find_named_config(stage, str(base))) if base else {}
+    cls = stage_config_classes()[name]
+    raw = read_yaml(find_named_config(cls.STAGE, str(base))) if base else {}
     raw = deep_merge(raw, section)
-    for old in ("run.dir", "data.dir", "data.tokenizer", "output.dir"):  # renamed path keys
-        top, key = old.split(".")
-        if isinstance(raw.get(top), dict):
+    for old, new in getattr(cls, "RENAMED", {}).items():  # a base config's old path keys
+        top, _, key = old.partition(".")
+        if new in PATH_KEYS and isinstance(raw.get(top), dict):
             raw[top] = {k: v for k, v in raw[top].items() if k != key}
     return {**raw, **{k: str(v) for k, v in stage_paths(run)[name].items()}}
 
@@ -217,15 +219,9 @@ def git_commit() -> str:
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    where = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    from codegpt.train.flops import cpu_name
+
+    where = f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
     if torch.cuda.is_available():
         where += f", {torch.cuda.get_device_name()}"
     return where
@@ -273,13 +269,13 @@ class Reference:
         if config_file is not None:
             atomic_write_text(config_file, text)
         print(f"== {key}{' (continuing)' if resume else ''}", flush=True)
-        self.timings.set(key, status="started", config=digest,
-                         seconds=entry.get("seconds", 0.0) if resume else 0.0)
+        before = entry.get("seconds", 0.0) if resume else 0.0  # a killed run's time counts
+        self.timings.set(key, status="started", config=digest, seconds=before)
         start = time.perf_counter()
         try:
             run_command(argv)
         finally:
-            spent = (entry.get("seconds", 0.0) if resume else 0.0) + time.perf_counter() - start
+            spent = before + time.perf_counter() - start
             self.timings.set(key, status="started", config=digest, seconds=round(spent, 1))
         self.timings.set(key, status="done", config=digest, seconds=round(spent, 1),
                          finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -301,7 +297,8 @@ class Reference:
         he = cfg.humaneval
         for model in he.models:
             for i, sr in enumerate(he.runs):
-                out = self.run / "humaneval" / model / f"t{sr.temperature:g}"
+                name = eval_name(model, sr.temperature)
+                out = self.run / name
                 argv = self.codegpt(
                     "eval", "humaneval", "--checkpoint", str(self.run / MODELS[model]),
                     "--tokenizer", str(self.run / "tokenizer"), "--out", str(out),
@@ -310,10 +307,7 @@ class Reference:
                     str(he.batch_size), "--timeout", str(he.timeout), "--limit", str(he.limit),
                     "--device", he.device,
                     *(["--no-likelihood"] if i else []))  # the first run measures it
-                self.stage(f"humaneval/{model}/t{sr.temperature:g}", " ".join(argv[3:]), out,
-                           True, argv)
-        results = collect_results(self.run, cfg)
-        atomic_write_json(self.run / "results.json", results)
+                self.stage(name, " ".join(argv[3:]), out, True, argv)
         print("== report", flush=True)
         t0 = time.perf_counter()
         from codegpt.report import write_report
@@ -348,7 +342,7 @@ def collect_results(run: Path, cfg: ReferenceConfig) -> dict:
     for model in cfg.humaneval.models:
         entry: dict = {"val_loss": last_val_loss(run / MODELS[model]), "temperatures": {}}
         for sr in cfg.humaneval.runs:
-            path = run / "humaneval" / model / f"t{sr.temperature:g}" / "results.json"
+            path = run / eval_name(model, sr.temperature) / "results.json"
             if not path.is_file():
                 continue
             res = json.loads(path.read_text())
@@ -358,10 +352,9 @@ def collect_results(run: Path, cfg: ReferenceConfig) -> dict:
                 **{k: v for k, v in res.items() if k.startswith("pass@")}}
         models[model] = entry
     total = sum(v for v in stages.values() if v)
-    train = [stages.get(k) or 0.0 for k in ("train",)]
     return {"commit": timings.get("commit"), "machine": timings.get("machine"),
             "config": timings.get("config"), "budget_minutes": cfg.budget_minutes,
-            "total_seconds": round(total, 1), "pretrain_seconds": round(sum(train), 1),
+            "total_seconds": round(total, 1), "pretrain_seconds": stages.get("train") or 0.0,
             "within_budget": total <= cfg.budget_minutes * 60, "stages": stages,
             "models": models}
 
