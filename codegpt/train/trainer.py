@@ -235,6 +235,7 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.elapsed_before = 0.0  # wall seconds of the loop in earlier processes (resumes)
+        self._loop_start: float | None = None  # when this process's loop began
         self.last_checkpoint: Path | None = None
         self.flops_per_token = flops_per_token(cfg.model, cfg.seq_len)
         device_name = torch.cuda.get_device_name() if acc.device.type == "cuda" else None
@@ -391,7 +392,7 @@ class Trainer:
 
     def elapsed(self) -> float:
         """Wall seconds the loop has run, this process and the ones it resumes."""
-        start = getattr(self, "_loop_start", None)
+        start = self._loop_start
         return self.elapsed_before + (time.perf_counter() - start if start is not None else 0.0)
 
     def _time_fraction(self) -> float:
@@ -445,10 +446,12 @@ class Trainer:
         self._loop_start = time.perf_counter()
         timed = cfg.run.max_minutes > 0
         spent = f"run.max_minutes={cfg.run.max_minutes:g} spent"
-        # The budget is checked after each update and before its checkpoint, so the checkpoint
-        # of the last update records a spent budget and a restart does no more updates; here it
-        # is checked once for a resumed run whose checkpoint says so already.
-        out_of_time = timed and self._time_fraction() >= 1.0
+        # The clock is read once before the loop (a resumed run whose checkpoint has spent the
+        # budget does nothing) and once after each update, before its checkpoint, so the
+        # checkpoint of the last update records a spent budget; the lr of the next update
+        # follows that same reading.
+        fraction = self._time_fraction() if timed else 0.0
+        out_of_time = fraction >= 1.0
         if out_of_time:
             reason = spent
         try:
@@ -457,7 +460,7 @@ class Trainer:
                     status = "preempted"
                     break
                 if timed:
-                    self._set_time_lr(self._time_fraction())
+                    self._set_time_lr(fraction)
                 t0 = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
                 try:
@@ -478,7 +481,7 @@ class Trainer:
                              "elapsed_s": round(self.elapsed(), 3),
                              "mfu": mfu(tps, self.flops_per_token, self.world, self.peak),
                              "epoch": self.batches.position.epoch})
-                if cfg.run.max_minutes > 0:  # the bar counts the budget's seconds
+                if timed:  # the bar counts the budget's seconds
                     progress.n = min(progress.total, int(self.elapsed()))
                     progress.set_postfix(step=self.step, loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
                 else:
@@ -486,7 +489,8 @@ class Trainer:
                     progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
                 if self.val_data is not None and self.step % cfg.data.val_every == 0:
                     metrics.log({"step": self.step, "val_loss": self.evaluate()})
-                out_of_time = timed and self._time_fraction() >= 1.0
+                fraction = self._time_fraction() if timed else 0.0
+                out_of_time = fraction >= 1.0
                 if out_of_time:
                     reason = spent
                 every = cfg.checkpoint.every
@@ -500,12 +504,8 @@ class Trainer:
                     log.warning("received signal %s: saved step %d, exiting with code %d so the "
                                 "job can be requeued", self.stop.signum, self.step,
                                 PREEMPTED_EXIT_CODE)
-            if reason is not None:  # the time budget ended the run before max_steps
-                if self.last_checkpoint is None or ckpt.step_dir_name(self.step) != self.last_checkpoint.name:
-                    self.save()
-                if main:
-                    log.info("%s: finished at step %d of %d", reason, self.step,
-                             cfg.run.max_steps)
+            if reason is not None and main:  # its last update's checkpoint is saved above
+                log.info("%s: finished at step %d of %d", reason, self.step, cfg.run.max_steps)
             if main:
                 self._write_status(status, **({"reason": reason} if reason else {}))
         finally:
