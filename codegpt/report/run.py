@@ -326,7 +326,7 @@ def read_evals(run: Run) -> list[Eval]:
 
 
 def read_eval(model: str, label: str, folder: Path) -> Eval:
-    from codegpt.eval.humaneval import pass_at_k
+    from codegpt.eval.humaneval import summarize
     from codegpt.eval.samples import read_samples
 
     results = read_json(folder / "results.json")
@@ -341,8 +341,8 @@ def read_eval(model: str, label: str, folder: Path) -> Eval:
     if per_problem:
         n_min = min(n for n, _ in per_problem.values())
         ks = sorted({k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500) if k <= n_min} | {n_min})
-        curve = [(k, float(np.mean([pass_at_k(n, c, k) for n, c in per_problem.values()])))
-                 for k in ks]
+        summary = summarize(samples, ks)
+        curve = [(k, summary[f"pass@{k}"]) for k in ks]
     else:  # no samples: the pass@k that results.json holds
         curve = sorted((int(k[5:]), v) for k, v in results.items()
                        if re.fullmatch(r"pass@\d+", k) and number(v) is not None)
