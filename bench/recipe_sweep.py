@@ -36,7 +36,7 @@ from bench.common import bench_parser, command_line, cpu_name, write_report
 from codegpt.config import load_config
 from codegpt.model import GPT
 from codegpt.train.config import TrainConfig
-from codegpt.train.flops import flops_per_token
+from codegpt.train.flops import flops_per_token, n_params
 from codegpt.train.metrics import read_metrics
 from codegpt.train.optim import build_optimizer
 
@@ -81,8 +81,9 @@ def score(run_dir: Path, tokenizer: str) -> dict:
     from codegpt.eval.likelihood import checkpoint_likelihood
 
     lik = checkpoint_likelihood(run_dir, tokenizer, first_problems(0))
-    val = [r["val_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "val_loss" in r]
-    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+    records = read_metrics(run_dir / "metrics.jsonl")
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    rows = [r for r in records if "loss" in r]
     return {"canonical_bits_per_byte": lik["canonical_bits_per_byte"],
             "val_loss": val[-1] if val else None, "train_loss": rows[-1]["loss"],
             "wall_s": rows[-1].get("elapsed_s")}
@@ -130,7 +131,7 @@ def main() -> None:
         subprocess.run(cmd, check=True)
         row = {"name": name, "note": trial.get("note", ""), "set": trial.get("set", {}),
                "flops_per_token": fpt, "tokens_per_s": round(tps), "steps": steps, "tokens": steps * tokens_per_step,
-               "params": sum(p.numel() for p in GPT(cfg.model).parameters()),
+               "params": n_params(cfg.model, include_position=True),
                **score(run_dir, cfg.tokenizer)}
         report["trials"].append(row)
         write_report(report, args.out)
