@@ -127,7 +127,7 @@ def run_train(args) -> int:
 def run_reference(args) -> int:
     from codegpt.reference import run_reference as reference
 
-    results = reference(args.config, args.overrides)
+    reference(args.config, args.overrides)  # a run over its budget says so; it is not an error
     return 0
 
 
