@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from codegpt.config import setting
+
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (k, v), each [B, H, max_len, C/H]
 
 
@@ -26,28 +28,26 @@ KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (k, v), each [B, 
 class ModelConfig:
     """Architecture of the decoder. Named sizes live in ``configs/model/*.yaml``."""
 
-    n_layer: int = 2
-    n_head: int = 4
-    d_model: int = 64
-    block_size: int = 128
+    n_layer: int = setting(2, ge=1)
+    n_head: int = setting(4, ge=1)
+    d_model: int = setting(64, ge=1)
+    block_size: int = setting(128, ge=1)
     # 0 means "take it from the token shards' meta.json" when training.
-    vocab_size: int = 0
+    vocab_size: int = setting(0, ge=0)
     # The embedding matrix is padded to a multiple of this for faster matmuls; padded ids
-    # are sliced off the logits, so neither the loss nor sampling ever sees them.
-    pad_vocab_multiple: int = 64
-    dropout: float = 0.0
+    # are sliced off the logits, so neither the loss nor sampling ever sees them (1: no padding).
+    pad_vocab_multiple: int = setting(64, ge=1)
+    dropout: float = setting(0.0, ge=0, lt=1)
     bias: bool = True
     # GPT-3: even layers dense, odd layers attend only to the previous ``local_window`` tokens.
     sparse_attention: bool = False
-    local_window: int = 128
+    local_window: int = setting(128, ge=1)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head != 0:
             raise ValueError(
                 f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}"
             )
-        if self.sparse_attention and self.local_window < 1:
-            raise ValueError(f"model.local_window must be >= 1, got {self.local_window}")
 
     @property
     def padded_vocab_size(self) -> int:

@@ -1,13 +1,16 @@
 """The data-prep config: sources, filters, dedup, decontamination, executor and output.
 
 Loaded with ``codegpt.config.load_config(PrepConfig, CONFIG, overrides)`` from
-``configs/data/``; every section checks its own values when it is built.
+``configs/data/``; every field declares its range or choices with ``setting`` (the filters'
+and dedup's in their own modules), checked when the config is loaded; a source's options are
+checked when the sources are built (``data_prep.pipeline.build_sources``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from codegpt.config import setting
 from data_prep.dedup import DedupConfig
 from data_prep.filters import FilterConfig
 
@@ -15,29 +18,19 @@ from data_prep.filters import FilterConfig
 @dataclass
 class DecontamConfig:
     enabled: bool = True
-    ngram: int = 13
-
-    def __post_init__(self) -> None:
-        if self.ngram < 1:
-            raise ValueError(f"decontam.ngram must be >= 1, got {self.ngram}")
+    ngram: int = setting(13, ge=1)
 
 
 @dataclass
 class ExecutorConfig:
-    type: str = "local"          # local | slurm | ray
-    tasks: int = 2               # keep fixed across a resume
-    workers: int = -1            # local: parallel processes (-1: one per core, at most tasks)
-    start_method: str = "fork"   # local: fork starts workers in milliseconds; spawn/forkserver
+    type: str = setting("local", choices=("local", "slurm", "ray"))
+    tasks: int = setting(2, ge=1)        # keep fixed across a resume
+    # local: parallel processes (-1: one per core, at most tasks)
+    workers: int = setting(-1, ge=1, choices=(-1,), what="-1 (one per core) or >= 1")
+    # local: fork starts workers in milliseconds; spawn/forkserver
+    start_method: str = setting("fork", choices=("fork", "spawn", "forkserver"))
     slurm: dict = field(default_factory=dict)  # extra SlurmPipelineExecutor arguments
     ray: dict = field(default_factory=dict)    # extra RayPipelineExecutor arguments
-
-    def __post_init__(self) -> None:
-        if self.type not in ("local", "slurm", "ray"):
-            raise ValueError(f"executor.type must be local, slurm or ray, got {self.type!r}")
-        if self.tasks < 1:
-            raise ValueError(f"executor.tasks must be >= 1, got {self.tasks}")
-        if self.workers == 0 or self.workers < -1:
-            raise ValueError(f"executor.workers must be >= 1 (or -1: one per core), got {self.workers}")
 
 
 @dataclass
@@ -48,14 +41,13 @@ class PrepConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     decontam: DecontamConfig = field(default_factory=DecontamConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
-    reject_samples: int = 5      # rejected files kept per (stage, reason) for inspection
+    reject_samples: int = setting(5, ge=0)  # rejected files kept per (stage, reason)
 
     STAGE = "data"
     RENAMED = {"output.dir": "out_dir", "output.reject_samples": "reject_samples"}
 
     def __post_init__(self) -> None:
-        if not isinstance(self.sources, list) or not all(
-                isinstance(s, dict) and "type" in s for s in self.sources):
+        if not all(isinstance(s, dict) and "type" in s for s in self.sources):
             raise ValueError("sources must be a list of mappings, each with a 'type'")
         if not self.sources:
             raise ValueError("sources is empty: name at least one source")

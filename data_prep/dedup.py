@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import xxhash
 
+from codegpt.config import setting
+
 MAX_HASH = np.uint64((1 << 32) - 1)
 _TOKEN = re.compile(r"[A-Za-z_][A-Za-z_0-9]*|\d+|[^\sA-Za-z_0-9]")
 
@@ -27,16 +29,15 @@ _TOKEN = re.compile(r"[A-Za-z_][A-Za-z_0-9]*|\d+|[^\sA-Za-z_0-9]")
 class DedupConfig:
     exact: bool = True
     near: bool = True
-    threshold: float = 0.7      # estimated Jaccard at or above which two files are duplicates
-    num_perm: int = 256
-    bands: int = 32             # LSH bands (num_perm / bands rows each)
-    ngram: int = 5
-    seed: int = 1
+    # estimated Jaccard at or above which two files are duplicates
+    threshold: float = setting(0.7, gt=0, le=1)
+    num_perm: int = setting(256, ge=1)
+    bands: int = setting(32, ge=1)   # LSH bands (num_perm / bands rows each)
+    ngram: int = setting(5, ge=1)
+    seed: int = setting(1, ge=0, lt=2**32)  # numpy's RandomState takes [0, 2**32)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"dedup.threshold must be in (0, 1], got {self.threshold}")
-        if self.bands < 1 or self.num_perm % self.bands:
+        if self.num_perm % self.bands:
             raise ValueError(f"dedup.num_perm={self.num_perm} must be a multiple of "
                              f"dedup.bands={self.bands}")
 

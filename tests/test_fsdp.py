@@ -33,7 +33,7 @@ ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file
               "--main_process_port", "0"]
 # 33 val sequences in micro-batches of 2: rank 0 scores 17 (9 forwards), rank 1 16 (8), so the
 # ranks must pad to the same number of forwards or the FSDP all-gathers hang
-ARGS = ["run.max_steps=6", "checkpoint.every=3", "checkpoint.keep_last=0", "data.val_every=3",
+ARGS = ["run.max_steps=6", "checkpoint.every=3", "checkpoint.keep_last=2", "data.val_every=3",
         "data.val_sequences=33", "batch.micro_batch_size=2"]
 REL = 1e-5       # FSDP vs 1 process, per-step loss and val loss (measured: up to 1.2e-7)
 TIMEOUT = 180    # a hung collective fails the test instead of blocking CI

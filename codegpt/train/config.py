@@ -1,7 +1,7 @@
 """The training config: the paths it reads and writes at the top, then sections of typed fields.
 
-Loaded with ``codegpt.config.load_config(TrainConfig, CONFIG, overrides)``; each section checks
-its own values when it is built, so a bad value is refused before anything runs.
+Loaded with ``codegpt.config.load_config(TrainConfig, CONFIG, overrides)``; every field declares
+its range with ``setting``, so a bad value is refused, by its key, before anything runs.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codegpt.config import deep_merge, find_named_config, read_yaml
+from codegpt.config import deep_merge, find_named_config, read_yaml, setting
 from codegpt.errors import ConfigError
 from codegpt.model import ModelConfig
 
@@ -20,92 +20,61 @@ ARCHITECTURE_KEYS = ("n_layer", "n_head", "d_model", "block_size", "vocab_size",
                      "pad_vocab_multiple", "bias", "sparse_attention", "local_window")
 
 
-def _at_least(value: int | float, minimum: int | float, key: str) -> None:
-    if value < minimum:
-        raise ValueError(f"{key} must be >= {minimum}, got {value}")
-
-
 @dataclass
 class RunSection:
-    seed: int = 1337
-    max_steps: int = 100          # optimizer updates in the whole run (the lr schedule's length)
+    seed: int = setting(1337, ge=0, lt=2**32)
+    max_steps: int = setting(100, ge=1)  # optimizer updates in the whole run (the lr schedule's)
     resume: str = "auto"          # auto: newest complete checkpoint in dir; never; or a checkpoint path
-    precision: str = "auto"       # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    precision: str = setting("auto", choices=("auto", "fp32", "bf16"))
     compile: bool = False         # torch.compile the model
-    max_minutes: float = 0.0      # wall-time budget of the run (0: none): it stops, saves and
-                                  # finishes when the budget is spent, and the lr's cosine decays
-                                  # over time (the larger of the step and time fractions)
-
-    def __post_init__(self) -> None:
-        _at_least(self.max_steps, 1, "run.max_steps")
-        _at_least(self.max_minutes, 0.0, "run.max_minutes")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"run.precision must be auto, fp32 or bf16, got '{self.precision}'")
+    max_minutes: float = setting(0.0, ge=0)  # wall-time budget of the run (0: none): it stops,
+                                  # saves and finishes when the budget is spent, and the lr's
+                                  # cosine decays over time (the larger of the step and time
+                                  # fractions)
 
 
 @dataclass
 class DataSection:
-    format: str = "tokens"         # tokens (token shards) | sft (`codegpt sft-data`'s pairs)
-    val_every: int = 0             # validation every N steps (0: never)
-    val_sequences: int = 64        # sequences (sft: pairs) of the val split scored each time
-
-    def __post_init__(self) -> None:
-        if self.format not in DATA_FORMATS:
-            raise ValueError(f"data.format must be one of {', '.join(DATA_FORMATS)}, "
-                             f"got '{self.format}'")
-        _at_least(self.val_every, 0, "data.val_every")
-        _at_least(self.val_sequences, 1, "data.val_sequences")
+    # tokens (token shards) | sft (`codegpt sft-data`'s pairs)
+    format: str = setting("tokens", choices=DATA_FORMATS)
+    val_every: int = setting(0, ge=0)      # validation every N steps (0: never)
+    val_sequences: int = setting(64, ge=1)  # sequences (sft: pairs) of the val split scored
 
 
 @dataclass
 class BatchSection:
-    global_batch_tokens: int = 8192  # tokens per optimizer update, across all ranks
-    micro_batch_size: int = 4        # sequences per forward pass on one rank
-
-    def __post_init__(self) -> None:
-        _at_least(self.global_batch_tokens, 1, "batch.global_batch_tokens")
-        _at_least(self.micro_batch_size, 1, "batch.micro_batch_size")
+    global_batch_tokens: int = setting(8192, ge=1)  # tokens per optimizer update, all ranks
+    micro_batch_size: int = setting(4, ge=1)        # sequences per forward pass on one rank
 
 
 @dataclass
 class OptimSection:
-    lr: float = 6e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    warmup_steps: int = 10
-    min_lr_ratio: float = 0.1
+    lr: float = setting(6e-4, gt=0)             # the peak, after warmup
+    beta1: float = setting(0.9, ge=0, lt=1)     # AdamW's (torch refuses beta outside [0, 1))
+    beta2: float = setting(0.95, ge=0, lt=1)
+    eps: float = setting(1e-8, gt=0)
+    weight_decay: float = setting(0.1, ge=0)    # 0: none
+    # max gradient norm; 0 is not "off": clipping to norm 0 would zero every update
+    grad_clip: float = setting(1.0, gt=0)
+    warmup_steps: int = setting(10, ge=0)
+    min_lr_ratio: float = setting(0.1, ge=0, le=1)  # the cosine's floor, a share of lr
     fused: bool = True            # fused AdamW kernel (CPU and GPU)
-
-    def __post_init__(self) -> None:
-        _at_least(self.lr, 0.0, "optim.lr")
-        _at_least(self.warmup_steps, 0, "optim.warmup_steps")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
 
 @dataclass
 class CheckpointSection:
-    every: int = 0                # save every N steps (0: only at the end); always at the end
-    keep_last: int = 3
-
-    def __post_init__(self) -> None:
-        _at_least(self.every, 0, "checkpoint.every")
+    every: int = setting(0, ge=0)     # save every N steps (0: only at the end); always at the end
+    keep_last: int = setting(3, ge=1)  # complete checkpoints kept (older ones are deleted)
 
 
 @dataclass
 class LoggingSection:
     wandb: bool = False
-    wandb_mode: str = "offline"   # offline | online | disabled
+    wandb_mode: str = setting("offline", choices=("offline", "online", "disabled"))
     wandb_project: str = "codegpt"
-    peak_flops: float = 0.0       # per-device peak for MFU when the device is not in the table
-
-    def __post_init__(self) -> None:
-        if self.wandb_mode not in ("offline", "online", "disabled"):
-            raise ValueError("logging.wandb_mode must be offline, online or disabled, "
-                             f"got '{self.wandb_mode}'")
+    # per-device peak FLOP/s for MFU when the device is not in the table (0: from the table)
+    peak_flops: float = setting(0.0, ge=0)
 
 
 @dataclass
@@ -126,7 +95,8 @@ class TrainConfig:
 
     STAGE = "train"
     RENAMED = {"run.dir": "out_dir", "data.dir": "data_dir", "data.tokenizer": "tokenizer"}
-    EXTRA_KEYS = ("model.size", "model.init_from")  # resolved before the dataclass is built
+    # resolved before the dataclass is built; both are strings (overrides keep their text)
+    EXTRA_KEYS = ("model.size", "model.init_from")
 
     def __post_init__(self) -> None:
         if self.data.format == "sft" and not self.tokenizer:

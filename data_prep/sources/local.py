@@ -53,7 +53,13 @@ class LocalSource(Source):
                  max_read_bytes: int = 1_000_000, exclude_dirs: list[str] | None = None):
         """roots: folders to walk (default: stdlib + site-packages); files ending in one of
         ``extensions`` (default .py) are read; at most ``max_read_bytes`` + 1 bytes are read of
-        a file, so a huge file costs nothing and is still rejected by size with its real size."""
+        a file, so a huge file costs nothing and is still rejected by size with its real size.
+        An empty ``roots`` list is refused (it would read the interpreter's own files)."""
+        if roots is not None and not isinstance(roots, (list, tuple)):
+            raise ValueError(f"roots must be a list of folders, got {roots!r}")
+        if roots is not None and not roots:
+            raise ValueError("roots is empty: name at least one folder, or leave roots out to "
+                             "read the interpreter's own files (stdlib and site-packages)")
         if roots:
             self.roots = [(Path(r).name or str(r), Path(r)) for r in roots]
             for _, r in self.roots:
