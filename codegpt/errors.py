@@ -46,6 +46,26 @@ class ReportError(CodegptError, ValueError):
     """A folder that is not a pipeline run folder (missing, or holding none of the stages)."""
 
 
+class OutputError(CodegptError, ValueError):
+    """An output path that a command may not write: empty or root-like, a file where a folder
+    belongs, another stage's output, or a folder holding files codegpt did not write."""
+
+
+class IncompleteError(CodegptError, ValueError):
+    """A stage's output that is not complete (killed, failed, or altered since): the stage that
+    wrote it must run again before the next one may read it."""
+
+
+class LockError(CodegptError, RuntimeError):
+    """An output folder another run is writing to right now (its lock is held by a live
+    process)."""
+
+
+class DiskFullError(CodegptError, OSError):
+    """No space left on the device while a command wrote its output; the last complete output
+    is unchanged and the command's temporary files are removed."""
+
+
 class StageFailed(CodegptError, RuntimeError):
     """A stage of the reference run exited with an error (its own message comes first)."""
 

@@ -31,6 +31,27 @@ def test_save_verify_load_and_keep_last(tmp_path):
     assert ckpt.load_trainer_state(latest).step == 4
 
 
+def test_the_tokenizer_hash_is_recorded_under_the_manifest(tmp_path):
+    """save_checkpoint records the hash of the tokenizer the ids come from in trainer_state.json
+    (so the manifest covers it); checkpoint_tokenizer_hash reads it; none recorded is None."""
+    import json
+
+    model = {"wte.weight": torch.ones(4)}
+    kw = dict(model_state=model, optim_state={}, sched_state={}, config_yaml=None, rank=0,
+              barrier=lambda: None, keep_last=3)
+    state = {"step": 1, "data": {}, "tokens_seen": 0, "world_size": 1}
+    folder = ckpt.save_checkpoint(tmp_path, 1, trainer_state=state, tokenizer_hash="ab" * 32, **kw)
+    assert ckpt.checkpoint_tokenizer_hash(folder) == "ab" * 32
+    assert ckpt.load_trainer_state(folder).tokenizer_hash == "ab" * 32
+    path = folder / "trainer_state.json"
+    path.write_text(path.read_text().replace("ab" * 32, "cd" * 32))  # same size, other hash
+    with pytest.raises(ckpt.CheckpointError, match="trainer_state.json does not match its sha256"):
+        ckpt.verify(folder)
+    older = ckpt.save_checkpoint(tmp_path, 2, trainer_state={**state, "step": 2}, **kw)
+    assert ckpt.checkpoint_tokenizer_hash(older) is None
+    assert "tokenizer_hash" not in json.loads((older / "trainer_state.json").read_text())
+
+
 def test_truncated_file_is_a_clear_error_and_auto_resume_skips_it(tmp_path, caplog):
     save(tmp_path, 1, value=1.0)
     bad = save(tmp_path, 2, value=2.0)

@@ -32,23 +32,32 @@ PROMPTS = ["def add(a, b):\n    return", "import os\n", "class Point:\n    def _
 generate = functools.partial(generate_healed, heal=False)
 
 
-def make_tokenizer(root: Path, vocab_size: int = 400) -> Path:
-    """A small BPE tokenizer trained in-test on a few standard-library modules."""
+def make_tokenizer(root: Path, vocab_size: int = 400, other: bool = False) -> Path:
+    """A small BPE tokenizer trained in-test on a few standard-library modules; ``other``: on
+    other modules, so another tokenizer of the same size (another hash, other merges)."""
+    import calendar
     import colorsys
+    import fnmatch
+    import shlex
     import string
     import textwrap
 
     data = root / "data"
     data.mkdir(parents=True)
+    modules = [calendar, fnmatch, shlex] if other else [colorsys, string, textwrap]
     docs = [{"id": str(i), "repo_name": f"repo{i}/x", "text": inspect.getsource(m)}
-            for i, m in enumerate([colorsys, string, textwrap])]
+            for i, m in enumerate(modules)]
     pq.write_table(pa.Table.from_pylist(docs), data / "00000.parquet")
     return train_tokenizer(TokenizerConfig(data_dir=str(data), out_dir=str(root / "tok"),
                                            vocab_size=vocab_size, sample_mb=1)).parent
 
 
-def make_checkpoint(root: Path, vocab_size: int, seed: int = 0, **model_kw) -> tuple[Path, GPT]:
-    """A random (untrained) model saved as a training checkpoint would be."""
+def make_checkpoint(root: Path, vocab_size: int, seed: int = 0, tokenizer: Path | None = None,
+                    step: int = 1, **model_kw) -> tuple[Path, GPT]:
+    """A random (untrained) model saved as a training checkpoint would be; with ``tokenizer``,
+    recording that tokenizer's hash as the trainer does (without, as an older checkpoint)."""
+    from codegpt.tokenizer.bpe import tokenizer_hash
+
     torch.manual_seed(seed)
     kw = dict(n_layer=2, n_head=4, d_model=32, block_size=64, vocab_size=vocab_size)
     cfg = TrainConfig(model=ModelConfig(**{**kw, **model_kw}))
@@ -58,10 +67,11 @@ def make_checkpoint(root: Path, vocab_size: int, seed: int = 0, **model_kw) -> t
             if "ln" in name:
                 p.add_(0.1 * torch.randn_like(p))
     folder = ckpt.save_checkpoint(
-        root, 1, model_state=model.state_dict(), optim_state={"state": {}, "param_groups": []},
-        sched_state={}, trainer_state={"step": 1, "data": {}, "tokens_seen": 0, "world_size": 1},
+        root, step, model_state=model.state_dict(), optim_state={"state": {}, "param_groups": []},
+        sched_state={}, trainer_state={"step": step, "data": {}, "tokens_seen": 0, "world_size": 1},
         config_yaml=yaml.safe_dump(to_dict(cfg), sort_keys=False), rank=0,
-        barrier=lambda: None, keep_last=3)
+        barrier=lambda: None, keep_last=3,
+        tokenizer_hash=tokenizer_hash(tokenizer) if tokenizer else None)
     return folder, model.eval()
 
 
@@ -433,3 +443,44 @@ def test_generation_matches_the_recorded_tokens():
         assert [[c.token_ids for c in cs] for cs in res] == run["token_ids"], run["settings"]
         for cs, want in zip(res, run["mean_logp"]):
             assert [c.mean_logp for c in cs] == pytest.approx(want, abs=1e-6), run["settings"]
+
+
+# --- text that poses as special tokens ----------------------------------------------------------
+
+SPECIAL_TEXTS = ['x = "<|endoftext|>"\n', "<|fim_prefix|>def f():\n    <|fim_suffix|>",
+                 "<|endoftext|>", "a<|fim_middle|>b<|fim_pad|>\n<|endoftext|>def g():\n"]
+
+
+def shard_ids(tok_dir: Path, text: str) -> list[int]:
+    """The ids the token shards hold for ``text`` (``codegpt tokenize``'s engine)."""
+    from codegpt.tokenizer.bpe import fast_encoder
+
+    return fast_encoder(tok_dir).encode_ordinary(text)
+
+
+def test_special_token_text_in_a_prompt_is_text(setup, monkeypatch):
+    """A literal <|endoftext|> or <|fim_prefix|> in a prompt is encoded as the token shards
+    encode it, never as a special id; generation still stops at <|endoftext|>."""
+    from codegpt.eval.generate import encode_prompts
+    from codegpt.tokenizer.bpe import SPECIAL_TOKENS
+
+    tok_dir, tok, _, _ = setup
+    specials = {tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    for text, ids in zip(SPECIAL_TEXTS, encode_prompts(tok, SPECIAL_TEXTS, 64, 0)):
+        assert ids == shard_ids(tok_dir, text) and not specials & set(ids), text
+        assert tok.decode(ids) == text
+    eot = tok.token_to_id(EOT)
+    x = tok.encode("x = 1").ids
+    cfg = ModelConfig(n_layer=1, n_head=1, d_model=8, block_size=64,
+                      vocab_size=tok.get_vocab_size())
+    model = scripted(monkeypatch, cfg, [x + [eot] + x * 5])
+    seen, scripted_prefill = [], generate_module.prefill
+
+    def prefill(model, idx, lengths, cache):  # what the model is given
+        seen.append(idx[0, : int(lengths[0])].tolist())
+        return scripted_prefill(model, idx, lengths, cache)
+
+    monkeypatch.setattr(generate_module, "prefill", prefill)
+    [[c]] = generate(model, tok, SPECIAL_TEXTS[3:], max_new_tokens=20, temperature=0, stop=())
+    assert seen == [shard_ids(tok_dir, SPECIAL_TEXTS[3])]
+    assert (c.finish_reason, c.text, c.token_ids) == ("eot", "x = 1", x)

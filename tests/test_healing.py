@@ -14,10 +14,15 @@ PROMPT = 'def half(x):\n    """Return half of x."""\n'
 
 
 @pytest.fixture(scope="module")
-def stdlib_tok(tmp_path_factory):
+def stdlib_tok_dir(tmp_path_factory):
     from test_generate import make_tokenizer
 
-    return load_tokenizer(make_tokenizer(tmp_path_factory.mktemp("heal"), vocab_size=800))
+    return make_tokenizer(tmp_path_factory.mktemp("heal"), vocab_size=800)
+
+
+@pytest.fixture(scope="module")
+def stdlib_tok(stdlib_tok_dir):
+    return load_tokenizer(stdlib_tok_dir)
 
 
 def test_the_prompt_without_its_last_piece_is_a_prefix_of_what_training_sees(stdlib_tok):
@@ -108,3 +113,37 @@ def test_healing_is_on_by_default_and_keeps_sampling_reproducible(overfit):
     assert [c.text for c in a[0]] == [c.text for c in b[0]]
     for c in a[0]:
         assert not c.text.startswith('"""')  # the healed text is the prompt's, never repeated
+
+
+def test_special_token_text_in_a_healed_prompt_is_text(stdlib_tok_dir, stdlib_tok, monkeypatch):
+    """Healing splits and encodes a prompt holding <|endoftext|> / <|fim_prefix|> as text: the
+    head's ids are the token shards' ids of it (a prefix of the whole prompt's), with no special
+    id, and the model is given exactly those."""
+    from codegpt.eval import generate as generate_module
+    from codegpt.tokenizer.bpe import SPECIAL_TOKENS
+    from test_generate import SPECIAL_TEXTS, shard_ids
+
+    tok = stdlib_tok
+    specials = {tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    prompts = [*SPECIAL_TEXTS, '<|fim_prefix|>def f():\n    """<|endoftext|>"""\n']
+    heads = []
+    for prompt in prompts:
+        head, tail = split_last_piece(tok, prompt)
+        assert head + tail == prompt and tail
+        ids, whole = tok.encode(head).ids, shard_ids(stdlib_tok_dir, prompt)
+        assert ids == shard_ids(stdlib_tok_dir, head) == whole[: len(ids)], prompt
+        assert not specials & set(ids) and tok.decode(whole[len(ids):]).startswith(tail)
+        heads.append(ids)
+    seen, prefill = [], generate_module.prefill
+
+    def watched(model, idx, lengths, cache):
+        seen.extend(idx[i, : int(n)].tolist() for i, n in enumerate(lengths))
+        return prefill(model, idx, lengths, cache)
+
+    monkeypatch.setattr(generate_module, "prefill", watched)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=1, n_head=2, d_model=16, block_size=64,
+                            vocab_size=tok.get_vocab_size())).eval()
+    out = generate(model, tok, prompts, n=1, max_new_tokens=4, temperature=0, stop=())
+    assert sorted(seen) == sorted(ids or [tok.token_to_id("<|endoftext|>")] for ids in heads)
+    assert all(len(c) == 1 for c in out)

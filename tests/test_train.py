@@ -216,3 +216,70 @@ def test_compiled_model_trains_like_the_eager_one(token_dir, tmp_path):
 
     with safe_open(str(compiled / "checkpoints" / "step_0000006" / "model.safetensors"), "pt") as f:
         assert "wte.weight" in f.keys() and not any("_orig_mod" in k for k in f.keys())
+
+
+def test_resuming_with_changed_settings_says_so_and_a_changed_architecture_is_refused(
+        token_dir, tmp_path):
+    """A requeue (the same config) resumes silently; a resume with another optim.lr logs one
+    warning naming every changed key with its old and new value; another model.n_layer is a
+    one-line error naming the key, not a traceback."""
+    quick = ["run.max_steps=2", "checkpoint.every=0", "data.val_every=0"]
+    check_ok(run_cli(smoke_args(token_dir, tmp_path, *quick)))
+    requeue = run_cli(smoke_args(token_dir, tmp_path, *quick))
+    check_ok(requeue)
+    assert "resumed from" in requeue.stderr and "changed settings" not in requeue.stderr
+    changed = run_cli(smoke_args(token_dir, tmp_path, "run.max_steps=3", "optim.lr=0.001",
+                                 "checkpoint.every=0", "data.val_every=0"))
+    check_ok(changed)
+    said = [line for line in changed.stderr.splitlines() if "changed settings" in line]
+    assert len(said) == 1 and "WARNING" in said[0], changed.stderr[-3000:]
+    assert "optim.lr: 0.003 -> 0.001" in said[0] and "run.max_steps: 2 -> 3" in said[0]
+    assert "run.resume" not in said[0]
+    refused = run_cli(smoke_args(token_dir, tmp_path, "run.max_steps=4", "model.n_layer=3"))
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    error = refused.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: model.n_layer=3 but the checkpoint") and "n_layer=2" in error
+    assert "Traceback" not in refused.stderr
+
+
+def test_config_changes_and_the_resume_check(tmp_path, caplog):
+    """config_changes: every dotted key whose value differs, with (old, new), keys either side
+    lacks included. check_resume_config: silent for the same config, one warning otherwise, an
+    error for a changed architecture key; one an older checkpoint's config lacks is listed."""
+    import logging
+
+    import yaml
+
+    from codegpt.config import to_dict
+    from codegpt.errors import ConfigError
+    from codegpt.train.trainer import ABSENT, check_resume_config, config_changes
+
+    assert config_changes({"a": {"b": 1, "c": 2}, "x": 0}, {"a": {"b": 1, "c": 3, "d": 4}}) == {
+        "a.c": (2, 3), "a.d": (ABSENT, 4), "x": (0, ABSENT)}
+    assert config_changes({"a": {"b": [1, 2]}}, {"a": {"b": [1, 2]}}) == {}
+
+    def saved_as(cfg, drop=None):
+        raw = to_dict(cfg)
+        if drop:
+            del raw["model"][drop]
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    cfg = load_config(TrainConfig, SMOKE, [f"out_dir={tmp_path}"])
+    saved_as(cfg)
+    with caplog.at_level(logging.WARNING):
+        check_resume_config(tmp_path, load_config(TrainConfig, SMOKE, [f"out_dir={tmp_path}",
+                                                                       "run.resume=never"]))
+        assert not caplog.records  # run.resume is how a run finds its checkpoint
+        check_resume_config(tmp_path, load_config(TrainConfig, SMOKE, [
+            f"out_dir={tmp_path}", "optim.lr=0.01", "data.val_every=0"]))
+    [said] = [r.getMessage() for r in caplog.records]
+    assert said.endswith("with changed settings: data.val_every: 10 -> 0, optim.lr: 0.003 -> 0.01")
+    with pytest.raises(ConfigError, match=r"^model.n_head=2 but the checkpoint .* n_head=4"):
+        check_resume_config(tmp_path, load_config(TrainConfig, SMOKE, [f"out_dir={tmp_path}",
+                                                                       "model.n_head=2"]))
+    saved_as(cfg, drop="local_window")  # an older codegpt's config: listed, not refused
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        check_resume_config(tmp_path, cfg)
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+        f"model.local_window: '{ABSENT}' -> {cfg.model.local_window!r}"]

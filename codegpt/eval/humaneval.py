@@ -201,6 +201,20 @@ def generate_samples(checkpoint: str | Path, tokenizer: str | Path, out_path: st
                      max_new_tokens: int = 384, batch_size: int = 50, seed: int = 0,
                      device: str | None = None, dtype: str | None = None,
                      heal: bool = True) -> list[dict]:
+    """``sample_problems`` with the model of ``checkpoint`` (or a run folder's newest) and its
+    tokenizer (``codegpt.train.checkpoint.load_checkpoint_and_tokenizer``)."""
+    from codegpt.train.checkpoint import load_checkpoint_and_tokenizer
+
+    loaded = load_checkpoint_and_tokenizer(checkpoint, tokenizer, device=device or "cpu",
+                                           dtype=dtype)
+    return sample_problems(loaded.model, loaded.tokenizer, out_path, problems, n, temperature,
+                           top_p, max_new_tokens, batch_size, seed, device=device, heal=heal)
+
+
+def sample_problems(model, tok, out_path: str | Path, problems: dict[str, dict], n: int,
+                    temperature: float, top_p: float, max_new_tokens: int = 384,
+                    batch_size: int = 50, seed: int = 0, device: str | None = None,
+                    heal: bool = True) -> list[dict]:
     """n completions per problem appended to ``out_path`` after each problem (or group of
     problems, batched together when n < batch_size); problems already complete in the file are
     skipped, so an interrupted run resumes. Sample i of a problem is a function of (seed,
@@ -208,8 +222,6 @@ def generate_samples(checkpoint: str | Path, tokenizer: str | Path, out_path: st
     from tqdm import tqdm
 
     from codegpt.eval.generate import encode_prompts, generate
-    from codegpt.train.checkpoint import load_checkpoint_model
-    from codegpt.tokenizer.bpe import load_tokenizer
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -219,15 +231,14 @@ def generate_samples(checkpoint: str | Path, tokenizer: str | Path, out_path: st
         for s in read_samples(out_path):
             have[s["task_id"]] += 1
     _check_counts(out_path, {t: have[t] for t in problems if have[t] > n}, n)
-    model, _ = load_checkpoint_model(checkpoint, device=device or "cpu", dtype=dtype)
-    tok = load_tokenizer(tokenizer, vocab_size=model.config.vocab_size)
     encode_prompts(tok, [problems[t]["prompt"] for t in problems], model.config.block_size,
                    max_new_tokens)
     todo = [t for t in sorted(problems, key=_task_number) if have[t] < n]
     # problems are batched together when n is smaller than the batch (e.g. n=1 greedy runs)
     per_call = max(1, batch_size // n)
     with open(out_path, "a") as f, tqdm(total=len(problems), initial=len(problems) - len(todo),
-                                        desc="humaneval", unit="problem") as bar:
+                                        desc="humaneval", unit="problem",
+                                        disable=None) as bar:
         for start in range(0, len(todo), per_call):
             chunk = todo[start: start + per_call]
             completions = generate(model, tok, [problems[t]["prompt"] for t in chunk], n=n,
@@ -273,20 +284,26 @@ def evaluate_checkpoint(checkpoint: str | Path, tokenizer: str | Path, out_dir: 
     """Sample ``n`` completions per problem (the first ``limit`` problems, 0: all) into
     ``out_dir/samples.jsonl`` (resuming), score them, and write ``out_dir/results.json``, with
     the likelihood of the canonical solutions (``codegpt.eval.likelihood``) beside pass@k
-    unless ``likelihood`` is off (it does not depend on the sampling settings)."""
+    unless ``likelihood`` is off (it does not depend on the sampling settings).
+
+    ``checkpoint`` is resolved once (a run folder: its newest checkpoint that verifies) and its
+    model loaded once, for both; results.json records the checkpoint folder used and its step
+    beside what was asked for, and whether newer ones of the run failed to verify."""
     from codegpt.eval.generate import inference_dtype
-    from codegpt.eval.likelihood import checkpoint_likelihood
+    from codegpt.eval.likelihood import canonical_likelihood
+    from codegpt.train.checkpoint import load_checkpoint_and_tokenizer
 
     problems = first_problems(limit)
-    settings = {"checkpoint": str(checkpoint), "n": n, "temperature": temperature,
+    loaded = load_checkpoint_and_tokenizer(checkpoint, tokenizer, device=device, dtype=dtype)
+    settings = {**loaded.record(checkpoint), "n": n, "temperature": temperature,
                 "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed,
                 "dtype": str(inference_dtype(dtype, device)).removeprefix("torch."),
                 "token_healing": heal,
-                **(checkpoint_likelihood(checkpoint, tokenizer, problems, device, dtype,
-                                         joint=heal) if likelihood else {})}
+                **(canonical_likelihood(loaded.model, loaded.tokenizer, problems, joint=heal)
+                   if likelihood else {})}
     samples_path = Path(out_dir) / "samples.jsonl"
-    generate_samples(checkpoint, tokenizer, samples_path, problems, n, temperature, top_p,
-                     max_new_tokens, batch_size, seed, device=device, dtype=dtype, heal=heal)
+    sample_problems(loaded.model, loaded.tokenizer, samples_path, problems, n, temperature,
+                    top_p, max_new_tokens, batch_size, seed, device=device, heal=heal)
     return evaluate_samples_file(samples_path, None, timeout, workers, settings,
                                  allow_missing=bool(limit))
 
@@ -302,13 +319,16 @@ def evaluate_likelihood(checkpoint: str | Path, tokenizer: str | Path, out_dir: 
                         limit: int = 0, device: str = "cpu", dtype: str | None = None,
                         heal: bool = True) -> dict:
     """Only the likelihood of the canonical solutions (no sampling), into
-    ``out_dir/results.json``: the cheap quality signal for models whose pass@k is 0."""
-    from codegpt.eval.likelihood import checkpoint_likelihood
+    ``out_dir/results.json``: the cheap quality signal for models whose pass@k is 0. The
+    checkpoint used is recorded as ``evaluate_checkpoint`` records it."""
+    from codegpt.eval.likelihood import canonical_likelihood
+    from codegpt.train.checkpoint import load_checkpoint_and_tokenizer
 
     problems = first_problems(limit)
-    results = {"checkpoint": str(checkpoint), "problems": len(problems),
+    loaded = load_checkpoint_and_tokenizer(checkpoint, tokenizer, device=device, dtype=dtype)
+    results = {**loaded.record(checkpoint), "problems": len(problems),
                "problems_total": len(load_problems()), "likelihood_only": True,
                "token_healing": heal,
-               **checkpoint_likelihood(checkpoint, tokenizer, problems, device, dtype, joint=heal)}
+               **canonical_likelihood(loaded.model, loaded.tokenizer, problems, joint=heal)}
     atomic_write_json(Path(out_dir) / "results.json", results)
     return results

@@ -6,7 +6,9 @@ tokenized together, as training would see them, and every token that holds a byt
 solution is scored given all the tokens before it, including the one that straddles the
 prompt's end. Bits per byte divides by the UTF-8 bytes those scored tokens cover (the solution
 plus the straddled tail of the prompt), so the figure is comparable across tokenizers; nats per
-token is the mean over the same tokens. No sampling: one forward pass per window.
+token is the mean over the same tokens. No sampling: one forward pass per window. The texts are
+encoded as the token shards were (``load_tokenizer``'s tokenizer): a special token's string in a
+prompt or solution is text, never a special id.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def canonical_likelihood(model: GPT, tokenizer, problems: dict[str, dict],
     was_training = model.training
     model.eval()
     per: dict[str, Likelihood] = {}
-    for task_id in tqdm(problems, desc="likelihood", unit="problem", disable=not progress):
+    for task_id in tqdm(problems, desc="likelihood", unit="problem", disable=None if progress else True):
         p = problems[task_id]
         per[task_id] = solution_likelihood(model, tokenizer, p["prompt"], p["canonical_solution"],
                                            joint)
@@ -115,10 +117,9 @@ def canonical_likelihood(model: GPT, tokenizer, problems: dict[str, dict],
 
 def checkpoint_likelihood(checkpoint, tokenizer, problems: dict[str, dict], device: str = "cpu",
                           dtype: str | None = None, joint: bool = True) -> dict:
-    """``canonical_likelihood`` of a checkpoint (or run folder) with its tokenizer."""
-    from codegpt.tokenizer.bpe import load_tokenizer
-    from codegpt.train.checkpoint import load_checkpoint_model
+    """``canonical_likelihood`` of a checkpoint (or run folder) with its tokenizer (refused
+    unless it is the one the checkpoint records: ``checkpoint_tokenizer``)."""
+    from codegpt.train.checkpoint import load_checkpoint_and_tokenizer
 
-    model, cfg = load_checkpoint_model(checkpoint, device=device, dtype=dtype)
-    tok = load_tokenizer(tokenizer, vocab_size=cfg.vocab_size)
-    return canonical_likelihood(model, tok, problems, joint=joint)
+    loaded = load_checkpoint_and_tokenizer(checkpoint, tokenizer, device=device, dtype=dtype)
+    return canonical_likelihood(loaded.model, loaded.tokenizer, problems, joint=joint)

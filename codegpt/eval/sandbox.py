@@ -690,7 +690,7 @@ def run_programs(programs: list[str], timeout: float = 5.0, workers: int | None 
     from tqdm import tqdm
 
     results: list[Result | None] = [None] * len(programs)
-    bar = tqdm(total=len(programs), desc="sandbox", unit="program", disable=not progress)
+    bar = tqdm(total=len(programs), desc="sandbox", unit="program", disable=None if progress else True)
     lock = threading.Lock()
 
     def one(i: int) -> None:

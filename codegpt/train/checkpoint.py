@@ -5,7 +5,8 @@ A checkpoint is a folder ``checkpoints/step_NNNNNNN/`` holding::
     model.safetensors     full model weights (fp32; the tied head is stored once)
     optimizer.pt          full AdamW state
     scheduler.pt          LambdaLR state
-    trainer_state.json    step, data position, tokens seen, world size
+    trainer_state.json    step, data position, tokens seen, world size, and the hash of the
+                          tokenizer the model's ids come from (``checkpoint_tokenizer_hash``)
     rng/rank_NNNNN.pt     every rank's python / numpy / torch (/ cuda) RNG state
     config.yaml           the resolved run config
     manifest.json         size and sha256 of every file above, written last
@@ -13,10 +14,15 @@ A checkpoint is a folder ``checkpoints/step_NNNNNNN/`` holding::
 Everything is written into ``.tmp_step_NNNNNNN/`` and renamed into place only when complete,
 so a kill at any moment leaves either the old set of checkpoints or the old set plus one whole
 new one. Loading checks the manifest; a truncated or altered file is an error that names it.
+
+A checkpoint meets a tokenizer in one place, ``checkpoint_tokenizer``: a tokenizer whose hash
+differs from the one the checkpoint records is refused (sampling, evaluation, export), so a
+model is never run on the ids of another tokenizer of the same size.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -30,8 +36,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from codegpt.errors import CheckpointError
+from codegpt.errors import CheckpointError, TokenizerError
 from codegpt.io import atomic_write_json, fsync_dir, sha256_file
+from codegpt.outputs import is_disk_full, swap_in
 from codegpt.model import GPT, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -56,6 +63,8 @@ class CheckpointState:
     tokens_seen: int
     world_size: int
     extra: dict
+    tokenizer_hash: str | None = None  # None: saved before checkpoints recorded it, or from
+                                       # token shards without one
 
 
 # --- RNG ---------------------------------------------------------------------------------
@@ -106,11 +115,13 @@ def write_manifest(folder: Path) -> dict:
 
 def save_checkpoint(root: Path, step: int, *, model_state: dict | None, optim_state: dict | None,
                     sched_state: dict | None, trainer_state: dict | None, config_yaml: str | None,
-                    rank: int, barrier, keep_last: int) -> Path:
+                    rank: int, barrier, keep_last: int, tokenizer_hash: str | None = None) -> Path:
     """Collective save: every rank calls it; rank 0 writes the shared files.
 
     ``model_state`` etc. are the full (gathered) states, needed on rank 0 only.
-    ``barrier`` synchronises ranks (a no-op for one process).
+    ``barrier`` synchronises ranks (a no-op for one process). ``tokenizer_hash`` (the hash of
+    the tokenizer the training ids come from, when known) goes into trainer_state.json, which
+    the manifest covers; ``checkpoint_tokenizer_hash`` reads it back.
     """
     root = Path(root)
     tmp = root / f"{TMP_PREFIX}{step_dir_name(step)}"
@@ -120,24 +131,34 @@ def save_checkpoint(root: Path, step: int, *, model_state: dict | None, optim_st
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     barrier()
-    _write(tmp / "rng" / f"rank_{rank:05d}.pt", lambda p: torch.save(rng_state(), p))
+    try:
+        _write(tmp / "rng" / f"rank_{rank:05d}.pt", lambda p: torch.save(rng_state(), p))
+        if rank == 0:
+            tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()
+                       if k not in TIED_KEYS}
+            _write(tmp / "model.safetensors", lambda p: save_file(tensors, str(p)))
+            _write(tmp / "optimizer.pt", lambda p: torch.save(optim_state, p))
+            _write(tmp / "scheduler.pt", lambda p: torch.save(sched_state, p))
+            state = {**trainer_state,
+                     **({"tokenizer_hash": tokenizer_hash} if tokenizer_hash else {})}
+            _write(tmp / "trainer_state.json",
+                   lambda p: p.write_text(json.dumps(state, indent=2, sort_keys=True)))
+            if config_yaml is not None:
+                _write(tmp / "config.yaml", lambda p: p.write_text(config_yaml))
+        barrier()
+        if rank == 0:
+            write_manifest(tmp)
+            fsync_dir(tmp)
+    except Exception as e:
+        # torch and safetensors report a full disk in their own words: tell it while the
+        # partial files still fill it, then remove them
+        full = is_disk_full(e, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from e
+        raise
     if rank == 0:
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()
-                   if k not in TIED_KEYS}
-        _write(tmp / "model.safetensors", lambda p: save_file(tensors, str(p)))
-        _write(tmp / "optimizer.pt", lambda p: torch.save(optim_state, p))
-        _write(tmp / "scheduler.pt", lambda p: torch.save(sched_state, p))
-        _write(tmp / "trainer_state.json",
-               lambda p: p.write_text(json.dumps(trainer_state, indent=2, sort_keys=True)))
-        if config_yaml is not None:
-            _write(tmp / "config.yaml", lambda p: p.write_text(config_yaml))
-    barrier()
-    if rank == 0:
-        write_manifest(tmp)
-        fsync_dir(tmp)
-        if final.exists():  # an earlier run reached the same step: replace it whole
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        swap_in(tmp, final)  # an earlier run reached the same step: replaced once this is whole
         fsync_dir(root)
         prune(root, keep_last)
     barrier()
@@ -207,14 +228,17 @@ def verify(folder: Path, check_hashes: bool = True) -> dict:
     return manifest
 
 
-def find_latest(root: Path) -> Path | None:
-    """The newest checkpoint that verifies; broken newer ones are skipped with a warning."""
+def find_latest(root: Path, skipped: list[Path] | None = None) -> Path | None:
+    """The newest checkpoint that verifies; broken newer ones are skipped with a warning (and
+    appended to ``skipped``, newest first, when given)."""
     for folder in reversed(list_checkpoints(root)):
         try:
             verify(folder)
             return folder
         except CheckpointError as e:
             log.warning("skipping checkpoint: %s", e)
+            if skipped is not None:
+                skipped.append(folder)
     return None
 
 
@@ -232,7 +256,14 @@ def load_model_state(folder: Path) -> dict[str, torch.Tensor]:
 def load_trainer_state(folder: Path) -> CheckpointState:
     raw = json.loads((Path(folder) / "trainer_state.json").read_text())
     return CheckpointState(step=raw["step"], data=raw["data"], tokens_seen=raw["tokens_seen"],
-                           world_size=raw["world_size"], extra=raw.get("extra", {}))
+                           world_size=raw["world_size"], extra=raw.get("extra", {}),
+                           tokenizer_hash=raw.get("tokenizer_hash"))
+
+
+def checkpoint_tokenizer_hash(folder: str | Path) -> str | None:
+    """The hash (``codegpt.tokenizer.bpe.tokenizer_hash``) of the tokenizer whose ids a
+    checkpoint's model was trained on; None where the checkpoint records none."""
+    return load_trainer_state(Path(folder)).tokenizer_hash
 
 
 def load_torch(folder: Path, name: str) -> Any:
@@ -248,13 +279,14 @@ def load_rng(folder: Path, rank: int) -> dict | None:
     return load_torch(folder, name) if (Path(folder) / name).is_file() else None
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
+def resolve_checkpoint(path: str | Path, skipped: list[Path] | None = None) -> Path:
     """A checkpoint folder that verifies: ``path`` itself, or the newest complete checkpoint of
-    a run folder (``path/checkpoints/step_*``) or of a checkpoints folder (``path/step_*``)."""
+    a run folder (``path/checkpoints/step_*``) or of a checkpoints folder (``path/step_*``);
+    the newer ones that failed to verify are appended to ``skipped`` when given."""
     path = Path(path)
     for root in (path / "checkpoints", path):
         if list_checkpoints(root):
-            latest = find_latest(root)
+            latest = find_latest(root, skipped)
             if latest is None:
                 raise CheckpointError(f"no complete checkpoint in {root}: every one failed to "
                                       "verify (see the warnings above)")
@@ -287,10 +319,15 @@ def load_checkpoint_model(folder: str | Path, device: str | torch.device = "cpu"
     ``inference_dtype``; float32 on CPU by default). ``folder`` may also be a run folder or its
     ``checkpoints/``: its newest complete checkpoint is used. Raises CheckpointError for a
     missing or corrupt checkpoint."""
+    return _load_model(resolve_checkpoint(folder), device, dtype)
+
+
+def _load_model(folder: Path, device: str | torch.device = "cpu",
+                dtype: str | torch.dtype | None = None) -> tuple[GPT, ModelConfig]:
+    """``load_checkpoint_model`` of a folder that ``resolve_checkpoint`` already verified."""
     from codegpt.config import ConfigError, from_dict
     from codegpt.eval.generate import inference_dtype  # lazily: training never needs it
 
-    folder = resolve_checkpoint(folder)
     try:
         cfg = from_dict(ModelConfig, checkpoint_config(folder)["model"], prefix="model.")
     except ConfigError as e:
@@ -306,3 +343,65 @@ def load_checkpoint_model(folder: str | Path, device: str | torch.device = "cpu"
     if not isinstance(dtype, torch.dtype):
         dtype = inference_dtype(dtype, device)
     return model.to(device=device, dtype=dtype).eval(), cfg
+
+
+def checkpoint_tokenizer(folder: str | Path, tokenizer: str | Path, vocab_size: int):
+    """The tokenizer ``tokenizer`` (a folder or tokenizer.json) for the checkpoint ``folder`` (a
+    checkpoint folder, as ``resolve_checkpoint`` returns), as ``load_tokenizer`` gives it: every
+    path that runs a checkpoint's model gets its tokenizer here. A tokenizer of another size, or
+    whose hash differs from the one the checkpoint records, is a TokenizerError; a checkpoint
+    that records no hash is checked by the vocabulary size alone, with a warning."""
+    from codegpt.tokenizer.bpe import load_tokenizer, tokenizer_hash
+
+    tok = load_tokenizer(tokenizer, vocab_size=vocab_size)
+    recorded = checkpoint_tokenizer_hash(folder)
+    if recorded is None:
+        log.warning("checkpoint %s records no tokenizer hash (saved before checkpoints recorded "
+                    "it, or trained on token shards without one): only the vocabulary size of "
+                    "the tokenizer %s is checked", folder, tokenizer)
+        return tok
+    actual = tokenizer_hash(tokenizer)
+    if actual != recorded:
+        raise TokenizerError(
+            f"checkpoint {folder} was trained on the ids of the tokenizer with hash "
+            f"{recorded[:12]}, but the tokenizer {tokenizer} has hash {actual[:12]} (another "
+            "tokenizer of the same size): use the tokenizer the model was trained with")
+    return tok
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint's model with its tokenizer, and which checkpoint was used."""
+
+    model: GPT
+    config: ModelConfig
+    tokenizer: Any                 # a tokenizers.Tokenizer (``load_tokenizer``)
+    folder: Path                   # the checkpoint folder resolved from what was asked
+    step: int                      # its training step
+    newest: bool                   # the newest checkpoint of its folder
+    skipped: list[Path]            # newer checkpoints of the run that failed to verify
+
+    def record(self, asked: str | Path) -> dict:
+        """What results.json records: what was asked for and the checkpoint used."""
+        return {"checkpoint": str(asked), "checkpoint_folder": str(self.folder),
+                "checkpoint_step": self.step, "checkpoint_newest": self.newest,
+                "checkpoints_skipped": [str(p) for p in self.skipped]}
+
+
+def load_checkpoint_and_tokenizer(path: str | Path, tokenizer: str | Path,
+                                  device: str | torch.device = "cpu",
+                                  dtype: str | torch.dtype | None = None) -> LoadedCheckpoint:
+    """``path`` (a checkpoint, or a run folder: its newest checkpoint that verifies) resolved
+    once, its model (``load_checkpoint_model``) and its tokenizer (``checkpoint_tokenizer``).
+    A checkpoint older than the newest of its run folder is used with a warning."""
+    skipped: list[Path] = []
+    folder = resolve_checkpoint(path, skipped)
+    skipped.reverse()  # oldest first
+    if skipped:
+        log.warning("%s: using %s, not the newest checkpoint there: %s failed to verify (see "
+                    "above)", path, folder.name, ", ".join(p.name for p in skipped))
+    model, cfg = _load_model(folder, device, dtype)
+    tok = checkpoint_tokenizer(folder, tokenizer, cfg.vocab_size)
+    newest = [p.name for p in list_checkpoints(folder.parent)[-1:]] == [folder.name]
+    return LoadedCheckpoint(model, cfg, tok, folder, load_trainer_state(folder).step, newest,
+                            skipped)

@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from codegpt.errors import DataError
+from codegpt.outputs import require_complete
 from codegpt.train.batches import IGNORE_INDEX, TrainData
 
 SPLIT_FILES = {"train": "train.jsonl", "val": "val.jsonl"}
@@ -48,7 +49,8 @@ class SftExamples:
     def from_pairs(cls, pairs: Sequence[tuple[str, str]], tokenizer, seq_len: int,
                    eot_id: int) -> "SftExamples":
         """Encode (prompt, completion) pairs with ``tokenizer`` (a ``tokenizers.Tokenizer``
-        without special added tokens: ``codegpt.tokenizer.encode.plain_tokenizer``)."""
+        that encodes special tokens' strings as text, as the token shards do:
+        ``codegpt.tokenizer.encode.plain_tokenizer``)."""
         from codegpt.eval.likelihood import first_scored_token
 
         encodings = tokenizer.encode_batch([p + c for p, c in pairs], add_special_tokens=False)
@@ -103,6 +105,7 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
 
 def open_sft_data(data_dir: str, tokenizer: str, seq_len: int, with_val: bool) -> TrainData:
     """The pairs of ``codegpt sft-data``'s out_dir, tokenized with ``tokenizer``."""
+    require_complete(data_dir, "sft-data")
     from codegpt.tokenizer.bpe import EOT, load_tokenizer, tokenizer_hash
     from codegpt.tokenizer.encode import plain_tokenizer
 
