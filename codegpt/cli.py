@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,17 +30,31 @@ class Parser(argparse.ArgumentParser):
 
 
 def _number(kind: type, low: float, high: float | None = None, low_open: bool = False):
-    """An argparse type: a number of ``kind`` in [low, high] ((low, high] with ``low_open``)."""
+    """An argparse type: a finite number of ``kind`` in [low, high] ((low, high] with
+    ``low_open``)."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if value < low or (low_open and value == low) or (high is not None and value > high):
             bounds = f"{'(' if low_open else '['}{low}, {'inf)' if high is None else f'{high}]'}"
             raise argparse.ArgumentTypeError(f"{value} is outside {bounds}")
         return value
     return parse
+
+
+def _device(text: str) -> str:
+    """An argparse type: cpu, cuda, cuda:N or mps, and one this machine has."""
+    from codegpt.config import check_device
+
+    try:
+        check_device(text)
+    except CodegptError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 # --- the commands --------------------------------------------------------------------------
@@ -176,7 +191,7 @@ def model_arguments(p: argparse.ArgumentParser, out: bool = False) -> None:
 
 
 def device_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--dtype", default="auto", choices=DTYPE_NAMES,
                    help="weights and activations: auto = bfloat16 on a GPU that has it, else "
                         "float32 (bfloat16 is also about 2x faster on CPUs with AVX512-BF16)")
@@ -206,11 +221,11 @@ def sample_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_sample(args) -> int:
     from codegpt.eval.generate import DEFAULT_STOP, generate
-    from codegpt.tokenizer.bpe import load_tokenizer
-    from codegpt.train.checkpoint import load_checkpoint_model
+    from codegpt.train.checkpoint import load_checkpoint_and_tokenizer
 
-    model, _ = load_checkpoint_model(args.checkpoint, args.device, args.dtype)
-    tokenizer = load_tokenizer(args.tokenizer, vocab_size=model.config.vocab_size)
+    loaded = load_checkpoint_and_tokenizer(args.checkpoint, args.tokenizer, args.device,
+                                           args.dtype)
+    model, tokenizer = loaded.model, loaded.tokenizer
     prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
     out = generate(model, tokenizer, [prompt], n=args.n, max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
@@ -255,31 +270,20 @@ def humaneval_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_humaneval(args) -> int:
     from codegpt.errors import EvalError
-    from codegpt.eval.humaneval import (PRESETS, evaluate_checkpoint, evaluate_likelihood,
-                                        evaluate_samples_file)
+    from codegpt.outputs import writing_in_place
 
+    if args.likelihood_only and not (args.checkpoint and args.tokenizer):
+        raise EvalError("--likelihood-only needs --checkpoint DIR and --tokenizer DIR")
+    if not (args.likelihood_only or args.samples or (args.checkpoint and args.tokenizer)):
+        raise EvalError("give --samples FILE, or --checkpoint DIR and --tokenizer DIR")
+    with writing_in_place(args.out, "eval humaneval") as place:  # resumable: samples.jsonl
+        results = humaneval(args)
+        place.complete([place.folder / "results.json",
+                        *([Path(results["samples_file"]).resolve()] if "samples_file" in results
+                          else [])])
     if args.likelihood_only:
-        if not (args.checkpoint and args.tokenizer):
-            raise EvalError("--likelihood-only needs --checkpoint DIR and --tokenizer DIR")
-        results = evaluate_likelihood(args.checkpoint, args.tokenizer, args.out, limit=args.limit,
-                                      device=args.device, dtype=args.dtype,
-                                      heal=not args.no_heal)
         print_likelihood(results)
         return 0
-    if args.samples:
-        results = evaluate_samples_file(args.samples, args.out, args.timeout, args.workers,
-                                        allow_missing=args.allow_missing)
-    elif args.checkpoint and args.tokenizer:
-        preset = PRESETS[args.preset]
-        results = evaluate_checkpoint(
-            args.checkpoint, args.tokenizer, args.out, n=args.n,
-            temperature=preset["temperature"] if args.temperature is None else args.temperature,
-            top_p=preset["top_p"] if args.top_p is None else args.top_p,
-            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
-            limit=args.limit, timeout=args.timeout, workers=args.workers, device=args.device,
-            dtype=args.dtype, heal=not args.no_heal, likelihood=not args.no_likelihood)
-    else:
-        raise EvalError("give --samples FILE, or --checkpoint DIR and --tokenizer DIR")
     for key, value in results.items():
         if key.startswith(("pass@", "reranked", "syntax_rate")):
             print(f"{key:16s} {value:.4f}")
@@ -293,6 +297,28 @@ def run_humaneval(args) -> int:
               f"{results['problems_total']} HumanEval problems "
               f"({len(results['problems_missing'])} have no samples)")
     return 0
+
+
+def humaneval(args) -> dict:
+    """The evaluation ``args`` ask for: the likelihood only, a samples file, or a checkpoint's
+    samples (generated, resuming, then scored)."""
+    from codegpt.eval.humaneval import (PRESETS, evaluate_checkpoint, evaluate_likelihood,
+                                        evaluate_samples_file)
+
+    if args.likelihood_only:
+        return evaluate_likelihood(args.checkpoint, args.tokenizer, args.out, limit=args.limit,
+                                   device=args.device, dtype=args.dtype, heal=not args.no_heal)
+    if args.samples:
+        return evaluate_samples_file(args.samples, args.out, args.timeout, args.workers,
+                                     allow_missing=args.allow_missing)
+    preset = PRESETS[args.preset]
+    return evaluate_checkpoint(
+        args.checkpoint, args.tokenizer, args.out, n=args.n,
+        temperature=preset["temperature"] if args.temperature is None else args.temperature,
+        top_p=preset["top_p"] if args.top_p is None else args.top_p,
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
+        limit=args.limit, timeout=args.timeout, workers=args.workers, device=args.device,
+        dtype=args.dtype, heal=not args.no_heal, likelihood=not args.no_likelihood)
 
 
 def print_likelihood(results: dict) -> None:
@@ -391,6 +417,15 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
         where = f": {e.filename}" if e.filename else ""
         print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:
+        from codegpt.outputs import is_disk_full
+
+        if not is_disk_full(e):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"error: no space left on device{where} (codegpt {args.command}); free some "
+              "space and run it again", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

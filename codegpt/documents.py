@@ -20,6 +20,7 @@ from typing import Iterable, Iterator, Mapping
 import pyarrow as pa
 
 from codegpt.errors import DataError
+from codegpt.outputs import STAGES, read_marker, require_complete
 
 SCHEMA = pa.schema([
     ("text", pa.string()), ("id", pa.string()), ("source", pa.string()),
@@ -28,6 +29,7 @@ SCHEMA = pa.schema([
     ("commit", pa.string()),
 ])
 META_FIELDS = [f.name for f in SCHEMA if f.name not in ("text", "id")]
+NOT_NULL = ("text", "id", "repo_name")  # every document has them (the others may be null)
 
 
 def parquet_files(data_dir: str | Path) -> list[Path]:
@@ -39,6 +41,7 @@ def parquet_files(data_dir: str | Path) -> list[Path]:
                         "first, or point data_dir at its output")
     if not any(folder.glob("*.parquet")) and (folder / "data").is_dir():
         folder = folder / "data"
+    check_prep_complete(folder)
     files = sorted(folder.glob("*.parquet"))
     if not files:
         raise DataError(f"no parquet shards in {folder}: run `codegpt prep` (`make data`) first, "
@@ -46,8 +49,19 @@ def parquet_files(data_dir: str | Path) -> list[Path]:
     return files
 
 
+def check_prep_complete(shards: Path) -> None:
+    """Refuse the shards of a data prep that did not finish (killed, failed, or altered since):
+    a partial dataset must never reach the tokenizer or the token shards. The output folder is
+    the shards' parent when that is where ``codegpt prep`` wrote them; a folder of parquet
+    shards made some other way (no marker, no prep files beside it) is read as it is."""
+    root = shards.parent if shards.name == "data" else shards
+    if read_marker(root) is not None or STAGES["prep"].legacy(root):
+        require_complete(root, "prep", legacy_file="stats.json")
+
+
 def read_table(path: Path, columns: Iterable[str]) -> pa.Table:
-    """One shard's ``columns``; a shard that lacks one, or is not parquet, is a DataError."""
+    """One shard's ``columns``; a shard that lacks one, is not parquet, or holds a null in one
+    of the ``NOT_NULL`` columns is a DataError."""
     import pyarrow.parquet as pq
 
     columns = list(columns)
@@ -57,9 +71,15 @@ def read_table(path: Path, columns: Iterable[str]) -> pa.Table:
         if missing:
             raise DataError(f"{path} lacks the column(s) {missing}: not a data-prep shard "
                             f"(expected {SCHEMA.names})")
-        return pq.read_table(path, columns=columns)
+        table = pq.read_table(path, columns=columns)
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{path} cannot be read as parquet ({e})") from e
+    for c in columns:
+        nulls = table.column(c).null_count
+        if c in NOT_NULL and nulls:
+            raise DataError(f"{path}: {nulls} row(s) have no '{c}' (null): not a data-prep "
+                            "shard; rewrite it with `codegpt prep`")
+    return table
 
 
 def iter_tables(data_dir: str | Path, columns: Iterable[str]) -> Iterator[pa.Table]:

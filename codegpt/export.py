@@ -10,7 +10,6 @@ The folder loads offline with ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pr
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 from codegpt.errors import ExportError
 from codegpt.model import GPT, ModelConfig
+from codegpt.outputs import check_output, writing_aside
 
 LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 LAYERNORMS = ("ln_1", "ln_2")
@@ -67,41 +67,39 @@ def export_hf(checkpoint_dir: str | Path, tokenizer_dir: str | Path, out_dir: st
     tokenizer.json, tokenizer_config.json, special_tokens_map.json) to ``out_dir``, atomically."""
     from safetensors.torch import save_file
 
-    from codegpt.train.checkpoint import load_checkpoint_model
-    from codegpt.tokenizer.bpe import EOT, SPECIAL_TOKENS, _tokenizer_file, load_tokenizer
+    from codegpt.train.checkpoint import load_checkpoint_and_tokenizer
+    from codegpt.tokenizer.bpe import EOT, SPECIAL_TOKENS, _tokenizer_file
 
-    model, cfg = load_checkpoint_model(checkpoint_dir)
+    check_output(out_dir, "export")  # refused before the model is loaded
+    # the tokenizer bundled is the checkpoint's own (by its recorded hash) or an error
+    loaded = load_checkpoint_and_tokenizer(checkpoint_dir, tokenizer_dir)
+    model, cfg, tok = loaded.model, loaded.config, loaded.tokenizer
     if cfg.sparse_attention:
         raise ExportError(
             f"checkpoint {checkpoint_dir} uses banded sparse attention (model.sparse_attention: "
             "true), which GPT-2 cannot express: the exported model would compute something "
             "else. Only dense models can be exported.")
     tok_file = _tokenizer_file(tokenizer_dir)
-    tok = load_tokenizer(tok_file, vocab_size=cfg.vocab_size)
     eot_id = tok.token_to_id(EOT)
 
+    with writing_aside(out_dir, "export") as tmp:  # swapped in whole when complete
+        config = hf_config(cfg, eot_id)
+        config.save_pretrained(tmp)
+        save_file(hf_state_dict(model), str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
+        (tmp / "generation_config.json").write_text(json.dumps(
+            {"bos_token_id": eot_id, "eos_token_id": eot_id, "pad_token_id": eot_id},
+            indent=2) + "\n")
+        shutil.copyfile(tok_file, tmp / "tokenizer.json")
+        (tmp / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "eos_token": EOT, "bos_token": EOT, "unk_token": EOT, "pad_token": EOT,
+            "additional_special_tokens": list(SPECIAL_TOKENS[1:]),
+            "clean_up_tokenization_spaces": False, "add_prefix_space": False,
+            "model_max_length": cfg.block_size,
+        }, indent=2) + "\n")
+        (tmp / "special_tokens_map.json").write_text(json.dumps({
+            "eos_token": EOT, "bos_token": EOT, "unk_token": EOT, "pad_token": EOT,
+            "additional_special_tokens": list(SPECIAL_TOKENS[1:])}, indent=2) + "\n")
     out = Path(out_dir)
-    tmp = out.parent / f".tmp_{out.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    config = hf_config(cfg, eot_id)
-    config.save_pretrained(tmp)
-    save_file(hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    (tmp / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": eot_id, "eos_token_id": eot_id, "pad_token_id": eot_id}, indent=2) + "\n")
-    shutil.copyfile(tok_file, tmp / "tokenizer.json")
-    (tmp / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "eos_token": EOT, "bos_token": EOT, "unk_token": EOT, "pad_token": EOT,
-        "additional_special_tokens": list(SPECIAL_TOKENS[1:]),
-        "clean_up_tokenization_spaces": False, "add_prefix_space": False,
-        "model_max_length": cfg.block_size,
-    }, indent=2) + "\n")
-    (tmp / "special_tokens_map.json").write_text(json.dumps({
-        "eos_token": EOT, "bos_token": EOT, "unk_token": EOT, "pad_token": EOT,
-        "additional_special_tokens": list(SPECIAL_TOKENS[1:])}, indent=2) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
     return out

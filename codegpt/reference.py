@@ -16,14 +16,18 @@ pipeline into one folder, each as the ``codegpt`` command a user would type::
     RUN/timings.json         each stage's state, wall time and config hash
     RUN/results.json         the headline figures, the commit and the machine
 
-A stage whose output is complete is skipped, so a killed run continues where it stopped:
-training and evaluation resume from their own checkpoints and samples files, the other stages
-start again. A stage that ran with other settings than the config now asks for is refused by
-name, never overwritten; once a stage runs again, every stage after it runs again too.
+A stage whose output is complete (its ``codegpt-output.json`` marker says so, the marker the
+next stage and ``codegpt report`` check too) is skipped, so a killed run continues where it
+stopped: data prep, training and evaluation resume from their own checkpoints and samples
+files, the other stages start again. A stage that ran with other settings than the config now
+asks for is refused by name, never overwritten; once a stage runs again, every stage after it
+runs again too, and an outdated output is kept under ``RUN/.replaced/`` until its replacement is
+complete. The run folder is locked while a run writes to it (``codegpt.outputs``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -37,40 +41,34 @@ from pathlib import Path
 
 import yaml
 
-from codegpt.config import config_from_raw, deep_merge, find_named_config, read_yaml
+from codegpt.config import (DEVICE, check_device, config_from_raw, deep_merge,
+                            find_named_config, read_yaml, section_class, setting)
 from codegpt.errors import ConfigError, StageFailed
 from codegpt.io import atomic_write_json, atomic_write_text
+from codegpt.outputs import IN_PLACE, output_state, writing_in_place
+
+MODELS = {"base": "train", "sft": "sft"}           # model name -> the run folder it is
 
 
 @dataclass
 class SamplingRun:
-    temperature: float = 0.2
-    n: int = 10                    # samples per problem: pass@k is reported for k <= n
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"humaneval.runs: temperature must be >= 0, got {self.temperature}")
-        if self.n < 1:
-            raise ValueError(f"humaneval.runs: n must be >= 1, got {self.n}")
+    temperature: float = setting(0.2, ge=0)  # 0 is greedy
+    n: int = setting(10, ge=1)     # samples per problem: pass@k is reported for k <= n
 
 
 @dataclass
 class HumanEvalSection:
-    models: list[str] = field(default_factory=lambda: ["base", "sft"])
+    models: list[str] = setting(default_factory=lambda: ["base", "sft"], choices=tuple(MODELS))
     runs: list[SamplingRun] = field(default_factory=lambda: [SamplingRun(0.2, 10),
                                                              SamplingRun(0.8, 10)])
-    max_new_tokens: int = 128
-    top_p: float = 0.95
-    batch_size: int = 50
-    timeout: float = 5.0
-    limit: int = 0                 # only the first N problems (0: all 164; for smoke runs)
-    device: str = "cpu"            # cpu, cuda, ...
+    max_new_tokens: int = setting(128, ge=1)
+    top_p: float = setting(0.95, gt=0, le=1)
+    batch_size: int = setting(50, ge=1)   # sequences decoded together
+    timeout: float = setting(5.0, gt=0)   # seconds per program
+    limit: int = setting(0, ge=0)  # only the first N problems (0: all 164; for smoke runs)
+    device: str = setting("cpu", **DEVICE)  # cpu, cuda, cuda:N, mps (checked before the run)
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.models if m not in MODELS]
-        if unknown:
-            raise ValueError(f"humaneval.models: unknown model {unknown[0]!r} "
-                             f"(choose from {', '.join(MODELS)})")
         if not self.runs:
             raise ValueError("humaneval.runs: give at least one {temperature, n}")
 
@@ -78,16 +76,20 @@ class HumanEvalSection:
 @dataclass
 class ReferenceConfig:
     out_dir: str = "runs/reference"
-    budget_minutes: float = 30.0   # the whole run's wall time; a run over it is reported
+    # the whole run's wall time; a run over it is reported
+    budget_minutes: float = setting(30.0, gt=0)
     # Each stage: its own config keys, over the base config named by `config` (a name under
     # configs/STAGE/ or a path; none: the stage's defaults). The paths between stages
     # (data_dir, tokenizer, out_dir, init_from) are the run's and may not be set here.
-    data: dict = field(default_factory=dict)
-    tokenizer: dict = field(default_factory=dict)
-    tokens: dict = field(default_factory=dict)
-    train: dict = field(default_factory=dict)
-    sft_data: dict = field(default_factory=dict)
-    sft: dict = field(default_factory=dict)
+    # ``keys_of`` names the stage's config class (``stage_config_classes``): overrides into a
+    # section are typed by it, and ``validate`` checks the section with it.
+    data: dict = setting(default_factory=dict, keys_of="data_prep.config:PrepConfig")
+    tokenizer: dict = setting(default_factory=dict,
+                              keys_of="codegpt.tokenizer.bpe:TokenizerConfig")
+    tokens: dict = setting(default_factory=dict, keys_of="codegpt.tokenizer.encode:TokenizeConfig")
+    train: dict = setting(default_factory=dict, keys_of="codegpt.train.config:TrainConfig")
+    sft_data: dict = setting(default_factory=dict, keys_of="codegpt.sft.data:SftDataConfig")
+    sft: dict = setting(default_factory=dict, keys_of="codegpt.train.config:TrainConfig")
     humaneval: HumanEvalSection = field(default_factory=HumanEvalSection)
 
     STAGE = "reference"
@@ -95,16 +97,10 @@ class ReferenceConfig:
     def __post_init__(self) -> None:
         for name, _, _ in PIPELINE:
             section = getattr(self, name)
-            if not isinstance(section, dict):
-                raise ValueError(f"{name} must be a mapping of the {name} stage's config keys, "
-                                 f"got {section!r}")
             for key in PATH_KEYS:
                 if key in section:
                     raise ValueError(f"{name}.{key} is set by the reference run (the stages' "
                                      "folders are under out_dir): remove it")
-
-
-MODELS = {"base": "train", "sft": "sft"}           # model name -> the run folder it is
 
 
 def eval_name(model: str, temperature: float) -> str:
@@ -116,18 +112,12 @@ PATH_KEYS = ("data_dir", "tokenizer", "out_dir", "init_from")
 PIPELINE = (("data", "prep", "data"), ("tokenizer", "tokenizer", "tokenizer"),
             ("tokens", "tokenize", "tokens"), ("train", "train", "train"),
             ("sft_data", "sft-data", "sft-data"), ("sft", "train", "sft"))
-RESUMABLE = {"train", "sft"}                       # continue from their own checkpoints
 
 
 def stage_config_classes() -> dict[str, type]:
-    from codegpt.sft.data import SftDataConfig
-    from codegpt.tokenizer.bpe import TokenizerConfig
-    from codegpt.tokenizer.encode import TokenizeConfig
-    from codegpt.train.config import TrainConfig
-    from data_prep.config import PrepConfig
-
-    return {"data": PrepConfig, "tokenizer": TokenizerConfig, "tokens": TokenizeConfig,
-            "train": TrainConfig, "sft_data": SftDataConfig, "sft": TrainConfig}
+    """Each stage section's config class, as ReferenceConfig's fields declare it."""
+    fields = {f.name: f for f in dataclasses.fields(ReferenceConfig)}
+    return {name: section_class(fields[name]) for name, _, _ in PIPELINE}
 
 
 def stage_paths(run: Path) -> dict[str, dict]:
@@ -160,17 +150,28 @@ def stage_raw(cfg: ReferenceConfig, name: str, run: Path) -> dict:
 
 
 def validate(cfg: ReferenceConfig) -> None:
-    """Load every stage's config now, so a bad key stops the run before hours are spent (the
-    fine-tuning's init_from is checked when pretraining has written it)."""
+    """Load every stage's config now, so a bad key or value stops the run before hours are
+    spent (the fine-tuning's init_from is checked when pretraining has written it; data prep's
+    sources are built, which checks their options and local folders). The humaneval section
+    was checked when ``cfg`` was loaded; ``check_machine`` checks its device."""
+    from data_prep.pipeline import build_sources
+
     run = Path(cfg.out_dir)
     for name, cls in stage_config_classes().items():
         raw = stage_raw(cfg, name, run)
         if name == "sft":
             raw.pop("init_from")
         try:
-            config_from_raw(cls, raw)
+            stage_cfg = config_from_raw(cls, raw)
+            if name == "data":
+                build_sources(stage_cfg.sources)
         except ConfigError as e:
             raise ConfigError(f"reference config, section {name}: {e}") from e
+
+
+def check_machine(cfg: ReferenceConfig) -> None:
+    """Refuse a humaneval.device this machine does not have, before any stage runs."""
+    check_device(cfg.humaneval.device, "humaneval.device")
 
 
 # --- the run's state -------------------------------------------------------------------------
@@ -243,28 +244,31 @@ class Reference:
         self.cfg = cfg
         self.config_path = config_path
         self.run = Path(cfg.out_dir)
-        self.run.mkdir(parents=True, exist_ok=True)
-        self.timings = Timings(self.run)
+        self.timings: Timings | None = None  # read once the run folder is ours
         self.rerun_rest = False     # once a stage runs, every later stage runs again
 
-    def stage(self, key: str, text: str, output: Path, resumable: bool, argv: list[str],
+    def stage(self, key: str, command: str, text: str, output: Path, argv: list[str],
               config_file: Path | None = None) -> None:
-        """Run one stage unless its output is complete with the same settings."""
+        """Run one stage unless its output is complete (its marker says so) with the same
+        settings; continue an incomplete one of the same settings; replace an outdated one
+        only once the new one is complete."""
         entry = self.timings.get(key)
         digest = config_hash(text)
-        if entry and entry.get("config") != digest and output.exists():
+        state = output_state(output, command)
+        if entry and entry.get("config") != digest and state != "absent":
             raise ConfigError(
                 f"stage {key} already {'ran' if entry['status'] == 'done' else 'started'} with "
                 f"other settings (see {config_file or output}); delete {output} to run it again "
                 "with the new ones, or set out_dir to a new folder")
-        if (entry and entry["status"] == "done" and output.exists() and not self.rerun_rest):
+        same = entry is not None and not self.rerun_rest
+        if same and state == "complete" or (same and state == "unmarked"
+                                            and entry["status"] == "done"):
             print(f"== {key}: done in an earlier run ({entry['seconds']:.0f} s), skipped",
                   flush=True)
             return
-        resume = (entry is not None and entry["status"] == "started" and resumable
-                  and not self.rerun_rest and output.exists())
-        if output.exists() and not resume:
-            shutil.rmtree(output)
+        resume = same and command in IN_PLACE and state in ("incomplete", "unmarked")
+        if state != "absent" and not resume and command in IN_PLACE:
+            self.move_aside(key, output)  # deleted once the new output is complete
         self.rerun_rest = True
         if config_file is not None:
             atomic_write_text(config_file, text)
@@ -279,12 +283,37 @@ class Reference:
             self.timings.set(key, status="started", config=digest, seconds=round(spent, 1))
         self.timings.set(key, status="done", config=digest, seconds=round(spent, 1),
                          finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        for outdated in self.replaced(key):  # the new output is complete
+            shutil.rmtree(outdated, ignore_errors=True)
         print(f"== {key}: {spent:.0f} s", flush=True)
+
+    def replaced(self, key: str) -> list[Path]:
+        return sorted((self.run / ".replaced").glob(f"{key.replace('/', '__')}-*"))
+
+    def move_aside(self, key: str, output: Path) -> Path:
+        """An outdated output of a stage that writes in place, kept under RUN/.replaced/ until
+        its replacement is complete (a run killed or failed meanwhile keeps it there)."""
+        aside = self.run / ".replaced" / f"{key.replace('/', '__')}-{time.time_ns()}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(output, aside)
+        print(f"== {key}: the earlier output is outdated; kept in {aside} until the new one is "
+              "complete", flush=True)
+        return aside
 
     def codegpt(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "codegpt", *args]
 
     def run_pipeline(self) -> dict:
+        """Every stage, in a run folder that this run alone writes to (its lock); the folder's
+        marker says complete once the report and results.json are written."""
+        with writing_in_place(self.run, "reference") as place:
+            self.timings = Timings(self.run)
+            results, page = self.stages()
+            place.complete([self.run / "results.json", self.run / "timings.json", page])
+        print_summary(results, page)
+        return results
+
+    def stages(self) -> tuple[dict, Path]:
         cfg = self.cfg
         started = time.perf_counter()
         self.timings.update(config=self.config_path, commit=git_commit(), machine=machine())
@@ -292,7 +321,7 @@ class Reference:
             raw = stage_raw(cfg, name, self.run)
             text = yaml.safe_dump(raw, sort_keys=False)
             config_file = self.run / "configs" / f"{name}.yaml"
-            self.stage(name, text, self.run / folder, name in RESUMABLE,
+            self.stage(name, command, text, self.run / folder,
                        self.codegpt(command, str(config_file)), config_file)
         he = cfg.humaneval
         for model in he.models:
@@ -307,7 +336,7 @@ class Reference:
                     str(he.batch_size), "--timeout", str(he.timeout), "--limit", str(he.limit),
                     "--device", he.device,
                     *(["--no-likelihood"] if i else []))  # the first run measures it
-                self.stage(name, " ".join(argv[3:]), out, True, argv)
+                self.stage(name, "eval humaneval", " ".join(argv[3:]), out, argv)
         print("== report", flush=True)
         t0 = time.perf_counter()
         from codegpt.report import write_report
@@ -318,8 +347,7 @@ class Reference:
         self.timings.update(last_invocation_s=round(time.perf_counter() - started, 1))
         results = collect_results(self.run, cfg)
         atomic_write_json(self.run / "results.json", results)
-        print_summary(results, page)
-        return results
+        return results, page
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -397,4 +425,5 @@ def run_reference(config: str, overrides: list[str]) -> dict:
 
     cfg = load_config(ReferenceConfig, config, overrides)
     validate(cfg)
+    check_machine(cfg)
     return Reference(cfg, config).run_pipeline()

@@ -37,6 +37,7 @@ from datatrove.pipeline.base import PipelineStep
 from codegpt.documents import META_FIELDS, SCHEMA
 from codegpt.errors import ConfigError
 from codegpt.io import atomic_write_json
+from codegpt.outputs import remove_temporary_files, writing_in_place
 from data_prep.config import DecontamConfig, ExecutorConfig, PrepConfig
 from data_prep.dedup import DedupConfig, MinHasher, exact_hash, plan_removals, shingles
 from data_prep.filters import FilterConfig, decode, first_failure
@@ -351,9 +352,13 @@ def datatrove_console_to(path: Path) -> Iterator[None]:
     ``datatrove.utils.logging`` when called, so that module is shown ``path`` as its stderr.
     Workers forked from here (start_method fork, the default) inherit this, and one worker runs
     in this process; spawn/forkserver workers start a fresh datatrove that still prints its
-    tasks' logs. Our own tqdm bars and messages keep the real stderr.
+    tasks' logs. Our own tqdm bars and messages keep the real stderr. loguru's report of a
+    sink that failed (a task's log file on a full disk) goes to ``path`` too, so a full disk is
+    one line on the console, the CLI's, not a traceback per task.
     """
     import sys
+
+    import loguru._error_interceptor as loguru_errors
 
     import datatrove.utils.logging as dt_logging
 
@@ -367,12 +372,12 @@ def datatrove_console_to(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     saved = dt_logging.sys
     with open(path, "a", buffering=1) as f:  # append: workers write through one shared offset
-        dt_logging.sys = _Sys(f)
+        dt_logging.sys = loguru_errors.sys = _Sys(f)
         dt_logging.setup_default_logger()
         try:
             yield
         finally:
-            dt_logging.sys = saved
+            dt_logging.sys, loguru_errors.sys = saved, sys
             dt_logging.setup_default_logger()
 
 
@@ -382,17 +387,20 @@ def run_prep(cfg: PrepConfig) -> dict | None:
     datatrove's own logs go to ``logs/`` in the output folder, not to the console: one file
     per task under each job's folder, and what it would have printed in ``logs/prep.log``."""
     build_sources(cfg.sources)  # a bad source is refused here, before any worker starts
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_resume(out, cfg)
-    executors = make_executors(cfg)
-    console_log = out / "logs" / "prep.log"
-    log.info("datatrove's logs: %s and %s", console_log, out / "logs" / "*" / "logs")
-    with datatrove_console_to(console_log):
-        executors[-1].run()  # runs its dependencies first
-    if cfg.executor.type == "slurm":
-        return None
-    return summarize(out, cfg)
+    with writing_in_place(cfg.out_dir, "prep", cleanup=remove_temporary_files) as place:
+        out = place.folder
+        _check_resume(out, cfg)
+        remove_temporary_files(out)  # of a killed run: its tasks run again
+        executors = make_executors(cfg)
+        console_log = out / "logs" / "prep.log"
+        log.info("datatrove's logs: %s and %s", console_log, out / "logs" / "*" / "logs")
+        with datatrove_console_to(console_log):
+            executors[-1].run()  # runs its dependencies first
+        if cfg.executor.type == "slurm":
+            return None  # the marker says running until a later `codegpt prep` summarises
+        stats = summarize(out, cfg)
+        place.complete([out / "stats.json", *sorted((out / "data").glob("*.parquet"))])
+        return stats
 
 
 def _resume_key(cfg: PrepConfig) -> dict:

@@ -127,3 +127,69 @@ def test_the_installed_command_shows_no_traceback():
     assert proc.stderr.strip().splitlines() == [
         f"error: no meta.json in {MISSING}: not a token-shard folder "
         "(make one with `codegpt tokenize` / `make tokens`)"]
+
+
+# --- a checkpoint meets a tokenizer -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tokenizers(files):
+    """A run whose checkpoint records the hash of its tokenizer, an older run whose checkpoint
+    records none, and another tokenizer of the same size trained on other data."""
+    from types import SimpleNamespace
+
+    from test_generate import make_checkpoint, make_tokenizer
+
+    from codegpt.tokenizer.bpe import load_tokenizer, tokenizer_hash
+
+    root = files["root"]
+    other = make_tokenizer(root / "other", other=True)
+    vocab = load_tokenizer(files["tok"]).get_vocab_size()
+    assert load_tokenizer(other).get_vocab_size() == vocab
+    good, _ = make_checkpoint(root / "good" / "checkpoints", vocab, tokenizer=Path(files["tok"]))
+    older, _ = make_checkpoint(root / "older" / "checkpoints", vocab)
+    return SimpleNamespace(tok=files["tok"], other=str(other), run=str(root / "good"),
+                           good=str(good), older=str(older), tok_hash=tokenizer_hash(files["tok"]),
+                           other_hash=tokenizer_hash(other))
+
+
+def test_a_checkpoint_refuses_a_same_size_tokenizer_of_other_data(files, tokenizers, capfd,
+                                                                  caplog, monkeypatch):
+    """eval humaneval (sampling and likelihood), sample and export: one line naming the
+    checkpoint, the tokenizer and both hashes, exit 2; the right tokenizer works; a checkpoint
+    that records no hash is checked by the vocabulary size with a warning."""
+    from codegpt.tokenizer.bpe import tokenizer_hash
+
+    t = tokenizers
+    monkeypatch.chdir(files["root"])
+    out = files["root"] / "tok_out"
+    model = ["--checkpoint", t.run]  # a run folder: its newest checkpoint, t.good
+    for argv in (["sample", *model, "--tokenizer", t.other, "--prompt", "x"],
+                 ["eval", "humaneval", *model, "--tokenizer", t.other, "--limit", "1", "--n", "1",
+                  "--out", str(out / "eval")],
+                 ["eval", "humaneval", "--likelihood-only", *model, "--tokenizer", t.other,
+                  "--limit", "1", "--out", str(out / "eval")],
+                 ["export", *model, "--tokenizer", t.other, "--out", str(out / "hf")]):
+        capfd.readouterr()
+        code = main(argv)
+        lines = capfd.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, (argv, lines)
+        for part in ("error: checkpoint " + t.good, t.other, t.tok_hash[:12], t.other_hash[:12]):
+            assert part in lines[0], (argv, lines[0])
+    # nothing sampled, scored or exported
+    assert not (out / "hf").exists() and not (out / "eval" / "samples.jsonl").exists()
+    assert not (out / "eval" / "results.json").exists()
+
+    argv = ["sample", *model, "--tokenizer", t.tok, "--prompt", "def f(", "--max-new-tokens", "3"]
+    assert main(argv) == 0 and "--- sample 0" in capfd.readouterr().out
+    assert main(["eval", "humaneval", "--likelihood-only", *model, "--tokenizer", t.tok,
+                 "--limit", "1", "--out", str(out / "eval")]) == 0
+    assert main(["export", *model, "--tokenizer", t.tok, "--out", str(out / "hf")]) == 0
+    assert tokenizer_hash(out / "hf" / "tokenizer.json") == t.tok_hash  # the bundled one
+    assert not [r for r in caplog.records if "no tokenizer hash" in r.getMessage()]
+
+    caplog.clear()
+    argv = ["sample", "--checkpoint", t.older, "--tokenizer", t.other, "--prompt", "x",
+            "--max-new-tokens", "2"]
+    assert main(argv) == 0  # an older checkpoint: the vocabulary size alone, said out loud
+    assert [r.levelname for r in caplog.records if "records no tokenizer hash" in r.getMessage()
+            and t.older in r.getMessage()] == ["WARNING"]

@@ -16,6 +16,7 @@ import yaml
 
 from codegpt.config import load_config
 from codegpt.errors import ConfigError
+from codegpt.outputs import output_state
 from codegpt.reference import ReferenceConfig, results_table, validate
 
 from conftest import REPO
@@ -112,6 +113,15 @@ def test_reference_runs_every_stage_once_and_reports(corpus, tmp_path):
     assert again.stdout.count("skipped") == len(STAGES) - 1  # the report is always redrawn
     assert "$ codegpt" not in again.stdout
     assert time.time() - started < 60
+    assert output_state(run, "reference") == "complete"
+
+    # an output that is no longer complete (its marker lists a file that is gone) runs again
+    (run / "humaneval" / "sft" / "t0.8" / "samples.jsonl").unlink()
+    third = reference(config)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert third.stdout.count("skipped") == len(STAGES) - 2
+    assert "== humaneval/sft/t0.8 (continuing)" in third.stdout
+    assert output_state(run / "humaneval" / "sft" / "t0.8", "eval humaneval") == "complete"
 
     # changed settings of a finished stage are refused by name, and nothing is lost
     changed = tiny_config(corpus, run, **{"train.optim": {"lr": 1e-3}})
@@ -155,7 +165,8 @@ def test_a_killed_reference_run_continues_where_it_stopped(corpus, tmp_path):
 def test_bad_reference_configs_are_refused_by_name(tmp_path):
     with pytest.raises(ConfigError, match="train.out_dir is set by the reference run"):
         load_config(ReferenceConfig, None, ["train.out_dir=elsewhere"])
-    with pytest.raises(ConfigError, match="humaneval.models: unknown model 'large'"):
+    with pytest.raises(ConfigError, match=r"humaneval.models\[1\] must be one of base, sft, "
+                                          "got 'large'"):
         load_config(ReferenceConfig, None, ["humaneval.models=[base, large]"])
     with pytest.raises(ConfigError, match="unknown config key 'trian.run.max_steps'"):
         load_config(ReferenceConfig, None, ["trian.run.max_steps=3"])
@@ -171,3 +182,42 @@ def test_the_shipped_reference_configs_load_and_validate():
         assert cfg.train["run"]["max_minutes"] > 0
     cpu = load_config(ReferenceConfig, "cpu", [])
     assert cpu.budget_minutes == 30 and cpu.train["run"]["max_minutes"] <= 15
+
+
+def test_an_outdated_stage_output_is_kept_until_its_replacement_is_complete(tmp_path,
+                                                                             monkeypatch):
+    """Once an earlier stage ran again, a later stage that writes in place (training) starts
+    over; its outdated output is moved aside and deleted only when the new one is complete."""
+    from codegpt import reference as ref_module
+    from codegpt.errors import StageFailed
+    from codegpt.outputs import write_marker
+
+    run = tmp_path / "ref"
+    ref = ref_module.Reference(ReferenceConfig(out_dir=str(run)), "test")
+    ref.timings = ref_module.Timings(run)
+    old = run / "train"
+    old.mkdir(parents=True)
+    (old / "status.json").write_text('{"status": "finished"}')
+    write_marker(old, "train", "complete", ["status.json"])
+    ref.timings.set("train", status="done", config=ref_module.config_hash("cfg"), seconds=1.0)
+
+    def failing(argv):
+        assert not old.exists() and len(list((run / ".replaced").iterdir())) == 1
+        raise StageFailed("the new training failed")
+
+    ref.rerun_rest = True
+    monkeypatch.setattr(ref_module, "run_command", failing)
+    with pytest.raises(StageFailed):
+        ref.stage("train", "train", "cfg", old, ["codegpt", "train"])
+    (kept,) = (run / ".replaced").iterdir()
+    assert (kept / "status.json").read_text() == '{"status": "finished"}'
+
+    def succeeding(argv):
+        old.mkdir()
+        (old / "status.json").write_text('{"status": "finished", "new": true}')
+        write_marker(old, "train", "complete", ["status.json"])
+
+    monkeypatch.setattr(ref_module, "run_command", succeeding)
+    ref.stage("train", "train", "cfg", old, ["codegpt", "train"])
+    assert output_state(old, "train") == "complete" and "new" in (old / "status.json").read_text()
+    assert not (run / ".replaced").exists() or not list((run / ".replaced").iterdir())

@@ -129,6 +129,9 @@ def stage_value(run: Run, folder: str) -> object:
 
 def stage_state(run: Run, folder: str) -> tuple[str, str]:
     """("ran" | "not run" | "incomplete" | "unreadable", why)."""
+    unfinished = {k: v for k, v in run.incomplete.items() if k.split("/")[0] == folder}
+    if unfinished:
+        return "incomplete", "; ".join(f"{k}/: {v}" for k, v in unfinished.items())
     bad = {k: v for k, v in run.unreadable.items() if k.split("/")[0] == folder}
     if bad and stage_value(run, folder) is None:
         return "unreadable", "; ".join(f"{k}: {v}" for k, v in bad.items())
@@ -272,6 +275,9 @@ def training_section(run: Run, figs: dict[str, bytes]) -> Html:
     rows = [run_row(f"{title} ({folder}/)", r) for title, folder, r in runs if r is not None]
     body: list[object] = [not_run(run, folder, f"{title} ({folder}/): ")
                           for title, folder, r in runs if r is None]
+    body += [el("p", f"{title} ({folder}/) did not finish: {run.incomplete[folder]}",
+                class_="warn") for title, folder, r in runs
+             if r is not None and folder in run.incomplete]
     if rows:
         body.insert(0, table(["run", "status", "steps", "tokens", "last loss", "last val loss",
                               "best val loss", "median tokens/s", "median step s",
@@ -317,6 +323,8 @@ def sft_data_section(run: Run, figs: dict[str, bytes]) -> Html:
 def humaneval_section(run: Run, figs: dict[str, bytes]) -> Html:
     bad = [el("p", f"{k}: {v}", class_="warn") for k, v in run.unreadable.items()
            if k.startswith("humaneval/")]
+    bad += [el("p", f"{k}/ is incomplete: {v}", class_="warn")
+            for k, v in run.incomplete.items() if k.startswith("humaneval/")]
     if not run.evals:
         return section("humaneval", not_run(run, "humaneval"), *bad)
     return section("humaneval", *bad, headline(run),

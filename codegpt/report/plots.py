@@ -178,6 +178,3 @@ def figures(run: Run) -> dict[str, bytes]:
             log.warning("report: %s cannot be drawn: %r", name, e)
             pyplot().close("all")
     return {name: data for name, data in made.items() if data is not None}
-
-
-PNG_NAMES = ("funnel.png", "sft_funnel.png", "training.png", "throughput.png", "pass_at_k.png")

@@ -2,7 +2,9 @@
 
 Each stage's reader returns None when the stage did not run (its folder or its output file is
 absent); a file that is there but cannot be read is recorded in ``Run.unreadable`` and
-its section says why, so a partial or killed run still gets a report. Nothing here formats
+its section says why, so a partial or killed run still gets a report. A stage whose marker
+(``codegpt-output.json``, the one the next stage checks) says it did not finish is recorded in
+``Run.incomplete`` and shown as incomplete, whatever of it can be read. Nothing here formats
 or escapes: every string stays as the run wrote it (untrusted) until ``page`` escapes it.
 
 The layout (what ``make reference`` writes; any part may be missing)::
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from codegpt.errors import CodegptError, EvalError, ReportError
+from codegpt.outputs import completion_problem
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,10 @@ MODEL_ORDER = ("base", "sft")          # models of RUN/humaneval/ shown first, i
 RUN_OF_MODEL = {"base": "train", "sft": "sft"}  # the training run whose val loss a model has
 MEASURE_TOKENS = 20_000_000            # at most this many tokens per split measured for bytes
 
+
+# the command that writes each stage's folder (its marker names it; codegpt.outputs)
+COMMANDS = {"data": "prep", "tokenizer": "tokenizer", "tokens": "tokenize", "train": "train",
+            "sft-data": "sft-data", "sft": "train"}
 
 # what a stage's file that is there but not as expected raises: its section says so
 UNREADABLE = (ReportError, EvalError, OSError, KeyError, TypeError, ValueError)
@@ -105,6 +112,7 @@ class Run:
     evals: list[Eval] = field(default_factory=list)
     problems: dict[str, dict] = field(default_factory=dict)  # HumanEval prompts, {} if unknown
     unreadable: dict[str, str] = field(default_factory=dict)  # folder -> why unreadable
+    incomplete: dict[str, str] = field(default_factory=dict)  # folder -> why not finished
 
     def present(self, folder: str) -> bool:
         return (self.dir / folder).is_dir()
@@ -152,6 +160,12 @@ def read_run(run_dir: str | Path) -> Run:
                                            ("candidates", "kept", "rejected")),
                "sft": lambda: read_train_run(run.dir / "sft")}
     attrs = {"timings.json": "timings", "sft-data": "sft_data"}
+    for folder, command in COMMANDS.items():  # the marker each stage's output carries
+        problem = completion_problem(run.dir / folder, command) if run.present(folder) else None
+        if problem not in (None, "unmarked"):
+            run.incomplete[folder] = problem
+    if "data" in run.incomplete:  # a stats.json there is an earlier run's, not this one's
+        readers.pop("data")
     for name, read in readers.items():
         try:
             setattr(run, attrs.get(name, name), read())
@@ -314,6 +328,9 @@ def read_evals(run: Run) -> list[Eval]:
     evals = []
     for model, label, folder in found:
         where = str(folder.relative_to(run.dir))
+        problem = completion_problem(folder, "eval humaneval")
+        if problem not in (None, "unmarked"):
+            run.incomplete[where] = problem
         try:
             evals.append(read_eval(model, label, folder))
             evals[-1].folder = f"{where}/"

@@ -41,7 +41,6 @@ import io
 import json
 import logging
 import random
-import shutil
 import symtable
 import time
 import warnings
@@ -50,9 +49,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
+from codegpt.config import setting
 from codegpt.documents import read_documents, repository_bytes, split_repositories, utf8_size
 from codegpt.errors import DataError
 from codegpt.io import atomic_write_json, atomic_write_text
+from codegpt.outputs import writing_aside
 from data_prep.config import DecontamConfig
 from data_prep.decontam import Decontaminator
 from data_prep.dedup import exact_hash
@@ -88,31 +89,25 @@ class SftDataConfig:
     data_dir: str = "runs/data/default"  # data prep's output; "" for extra_jsonl alone
     out_dir: str = "runs/sft/default"    # train.jsonl, val.jsonl, stats.json, rejected/
     extra_jsonl: list[str] = field(default_factory=list)  # the user's human-eval/MBPP-style rows
-    val_fraction: float = 0.05           # share of the pairs' bytes held out, whole repositories
-    seed: int = 0                        # the split and the order of the pairs in each file
+    # share of the pairs' bytes held out, whole repositories
+    val_fraction: float = setting(0.05, ge=0, lt=1)
+    seed: int = setting(0, ge=0, lt=2**32)  # the split and the order of the pairs in each file
     methods: bool = False                # also methods (dedented, self dropped) where well-defined
-    min_body_lines: int = 2              # non-blank lines of the completion
-    max_body_lines: int = 60
-    max_chars: int = 4000                # characters of prompt + completion
-    doctest_timeout: float = 5.0         # seconds per function's doctests in the sandbox
-    workers: int = 0                     # programs run in parallel (0: the sandbox's default)
+    min_body_lines: int = setting(2, ge=1)  # non-blank lines of the completion
+    max_body_lines: int = setting(60, ge=1)
+    max_chars: int = setting(4000, ge=1)    # characters of prompt + completion
+    doctest_timeout: float = setting(5.0, gt=0)  # seconds per function's doctests in the sandbox
+    workers: int = setting(0, ge=0)      # programs run in parallel (0: the sandbox's default)
     decontam: DecontamConfig = field(default_factory=DecontamConfig)
-    reject_samples: int = 5              # rejected candidates kept per reason in rejected/
+    reject_samples: int = setting(5, ge=0)  # rejected candidates kept per reason in rejected/
 
     STAGE = "sft"
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if not 1 <= self.min_body_lines <= self.max_body_lines:
-            raise ValueError(f"need 1 <= min_body_lines <= max_body_lines, got "
+        if self.min_body_lines > self.max_body_lines:
+            raise ValueError(f"need min_body_lines <= max_body_lines, got "
                              f"min_body_lines={self.min_body_lines}, "
                              f"max_body_lines={self.max_body_lines}")
-        if self.max_chars < 1 or self.doctest_timeout <= 0:
-            raise ValueError("max_chars must be >= 1 and doctest_timeout > 0, got "
-                             f"{self.max_chars} and {self.doctest_timeout}")
-        if self.workers < 0 or self.reject_samples < 0:
-            raise ValueError("workers and reject_samples must be >= 0")
         if not self.data_dir and not self.extra_jsonl:
             raise ValueError("nothing to read: set data_dir (data prep's output) or extra_jsonl")
         if not self.out_dir:
@@ -505,7 +500,13 @@ class Screen:
 
 
 def build_sft_data(cfg: SftDataConfig) -> dict:
-    """Build the pairs, write them with the funnel, and return the funnel (stats.json)."""
+    """Build the pairs, write them with the funnel, and return the funnel (stats.json). The
+    folder is written aside and swapped in whole (``codegpt.outputs.writing_aside``)."""
+    with writing_aside(cfg.out_dir, "sft-data") as out:
+        return _build(cfg, out)
+
+
+def _build(cfg: SftDataConfig, out: Path) -> dict:
     from tqdm import tqdm
 
     start = time.time()
@@ -523,7 +524,7 @@ def build_sft_data(cfg: SftDataConfig) -> dict:
                 pairs.append(item)
 
     take(rows, "jsonl")
-    for doc in tqdm(docs, desc="sft-data", unit="doc"):
+    for doc in tqdm(docs, desc="sft-data", unit="doc", disable=None):
         funnel.documents["read"] += 1
         found = document_candidates(doc, cfg)
         if found is None:
@@ -531,9 +532,9 @@ def build_sft_data(cfg: SftDataConfig) -> dict:
         take(found or (), "corpus")
     kept, sandbox = run_tests(pairs, cfg, funnel)
     stats = summarize(funnel, kept, cfg, sandbox)
-    write_outputs(cfg, kept, funnel, stats)
+    write_outputs(cfg, out, kept, funnel, stats)
     stats["seconds"] = round(time.time() - start, 1)
-    atomic_write_json(Path(cfg.out_dir) / "stats.json", stats)
+    atomic_write_json(out / "stats.json", stats)
     log.info("sft-data: %d candidates, %d kept (%d tested) in %.0f s", stats["candidates"],
              stats["kept"], stats["tested"], stats["seconds"])
     return stats
@@ -583,12 +584,12 @@ def summarize(funnel: Funnel, kept: list[Pair], cfg: SftDataConfig, sandbox: str
     return stats
 
 
-def write_outputs(cfg: SftDataConfig, kept: list[Pair], funnel: Funnel, stats: dict) -> None:
+def write_outputs(cfg: SftDataConfig, out: Path, kept: list[Pair], funnel: Funnel,
+                  stats: dict) -> None:
     """train.jsonl / val.jsonl (split by repository on the pairs' bytes, each in a seeded
-    order), rejected/REASON.jsonl, config.yaml; stats gains the splits' sizes."""
+    order), rejected/REASON.jsonl, config.yaml, in ``out``; stats gains the splits' sizes."""
     from codegpt.config import dump_yaml
 
-    out = Path(cfg.out_dir)
     sizes = repository_bytes((p.repo_name, utf8_size(p.prompt + p.completion)) for p in kept)
     val_repos = split_repositories(sizes, cfg.val_fraction, cfg.seed)
     rng = random.Random(cfg.seed)
@@ -601,7 +602,6 @@ def write_outputs(cfg: SftDataConfig, kept: list[Pair], funnel: Funnel, stats: d
             "pairs": len(part), "tested": sum(1 for p in part if p.test),
             "repositories": len({p.repo_name for p in part}),
             "bytes": sum(utf8_size(p.prompt + p.completion) for p in part)}
-    shutil.rmtree(out / "rejected", ignore_errors=True)
     for reason, recs in sorted(funnel.samples.items()):
         atomic_write_text(out / "rejected" / f"{reason}.jsonl", jsonl(
             {**asdict(r), "text": r.text[:SNIPPET_CHARS]} for r in recs))

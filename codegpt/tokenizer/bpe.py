@@ -15,9 +15,12 @@ Why each piece is there:
 
 Token ids: the special tokens come first, ``<|endoftext|>`` = 0 then the four reserved FIM
 tokens 1..4; then the 256 byte symbols and the learned merges; the whitespace tokens last. The
-total is exactly ``vocab_size``. A text that *contains* the string ``<|endoftext|>`` encodes it
-as the special id with this tokenizer; the token-shard stage encodes documents as plain text
-(``codegpt.tokenizer.encode.plain_tokenizer`` / tiktoken's ``encode_ordinary``), so it cannot.
+total is exactly ``vocab_size``. Special ids are only ever inserted by code (the
+``<|endoftext|>`` after each document, the end of an SFT completion), never parsed from text: the
+tokenizer ``load_tokenizer`` gives encodes a literal ``<|endoftext|>`` or ``<|fim_prefix|>`` in
+any text (a document, a prompt, a canonical solution) as that text, with the same ids as the
+token shards' encoding (tiktoken's ``encode_ordinary``). tokenizer.json itself, loaded some other
+way, still parses them as special tokens.
 
 Outputs in ``out_dir``: ``tokenizer.json`` (loadable by ``tokenizers.Tokenizer.from_file`` and
 ``transformers.PreTrainedTokenizerFast``), ``tokenizer_config.json`` (so
@@ -38,10 +41,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import yaml
 
-from codegpt.config import to_dict
+from codegpt.config import setting, to_dict
 from codegpt.documents import iter_tables, parquet_files, read_table
 from codegpt.errors import TokenizerError
 from codegpt.io import atomic_write_json, atomic_write_text, sha256_file
+from codegpt.outputs import require_complete, writing_aside
 
 log = logging.getLogger(__name__)
 
@@ -84,37 +88,32 @@ class TokenizerConfig:
 
     data_dir: str = "runs/data/default"        # data prep's output (its data/*.parquet)
     out_dir: str = "runs/tokenizer/default"
-    vocab_size: int = 49152                     # total, specials and whitespace tokens included
-    min_frequency: int = 2
-    sample_mb: float = 48.0                     # training sample (UTF-8 MB), drawn at random
-    max_documents: int = 0                      # 0: no limit besides sample_mb
-    seed: int = 0
+    # total, specials and whitespace tokens included (ids fit token shards' uint32)
+    vocab_size: int = setting(49152, ge=1, le=2**32)
+    min_frequency: int = setting(2, ge=0)       # pairs seen fewer times are not merged
+    sample_mb: float = setting(48.0, gt=0)      # training sample (UTF-8 MB), drawn at random
+    max_documents: int = setting(0, ge=0)       # 0: no limit besides sample_mb
+    seed: int = setting(0, ge=0, lt=2**32)
     holdout_repos: list[str] = field(default_factory=list)  # never trained on (for measuring)
-    pre_tokenizer: str = "code"                 # code | gpt2
+    pre_tokenizer: str = setting("code", choices=tuple(PATTERNS))  # code | gpt2
     # Codex-style explicit whitespace tokens, off by default: as added tokens they are cut out
     # before the split, which undoes its newline + indentation pieces (measured: 4.03 instead
     # of 4.40 bytes/token with space_runs [2, 32] and tab_runs [1, 8]).
-    space_runs: list[int] = field(default_factory=list)  # [min, max], e.g. [2, 32]; [] for none
-    tab_runs: list[int] = field(default_factory=list)    # e.g. [1, 8]
-    newline_indent: int = 0                     # N>0: add "\n" + k*indent_width spaces, k=1..N
-    indent_width: int = 4
-    model_max_length: int = 2048                # written to tokenizer_config.json for transformers
+    # (the upper bounds keep the whitespace tokens a list that fits in memory)
+    space_runs: list[int] = setting(default_factory=list, ge=1, le=1024)  # [min, max]: [2, 32]
+    tab_runs: list[int] = setting(default_factory=list, ge=1, le=1024)    # [1, 8]; [] for none
+    newline_indent: int = setting(0, ge=0, le=1024)  # N>0: "\n" + k*indent_width spaces, k=1..N
+    indent_width: int = setting(4, ge=1, le=32)
+    model_max_length: int = setting(2048, ge=1)  # written to tokenizer_config.json (transformers)
 
     STAGE = "tokenizer"
 
     def __post_init__(self) -> None:
-        if self.pre_tokenizer not in PATTERNS:
-            raise ValueError(f"pre_tokenizer must be one of {sorted(PATTERNS)}, "
-                             f"got '{self.pre_tokenizer}'")
         for name in ("space_runs", "tab_runs"):
             runs = getattr(self, name)
-            if runs and (len(runs) != 2 or not 1 <= runs[0] <= runs[1]):
+            if runs and (len(runs) != 2 or not runs[0] <= runs[1]):
                 raise ValueError(f"{name} must be [min, max] with 1 <= min <= max, or [], "
                                  f"got {runs}")
-        if self.newline_indent < 0 or self.indent_width < 1:
-            raise ValueError("newline_indent must be >= 0 and indent_width >= 1")
-        if self.sample_mb <= 0:
-            raise ValueError(f"sample_mb must be > 0, got {self.sample_mb}")
         floor = len(SPECIAL_TOKENS) + 256 + len(whitespace_tokens(self))
         if self.vocab_size <= floor:
             raise ValueError(f"vocab_size={self.vocab_size} leaves no room for merges: specials, "
@@ -197,7 +196,7 @@ def _training_pieces(texts: Sequence[str], splitter: re.Pattern | None) -> Itera
     """
     from tqdm import tqdm
 
-    for text in tqdm(texts, desc="bpe", unit="doc", mininterval=2.0):
+    for text in tqdm(texts, desc="bpe", unit="doc", mininterval=2.0, disable=None):
         yield [p for p in splitter.split(text) if p] if splitter else [text]
 
 
@@ -272,24 +271,29 @@ def save_tokenizer(tok, out_dir: str | Path, cfg: TokenizerConfig, extra: dict |
 
 
 def train_tokenizer(cfg: TokenizerConfig) -> Path:
-    """Sample the parquet documents, train, save; returns the path of tokenizer.json."""
-    texts = sample_documents(cfg.data_dir, cfg.sample_mb, cfg.seed, cfg.max_documents,
-                             cfg.holdout_repos)
-    t0 = time.perf_counter()
-    tok = train_bpe(texts, cfg)
-    seconds = time.perf_counter() - t0
-    log.info("trained %d-token vocabulary in %.1f s", tok.get_vocab_size(), seconds)
-    sample = {"documents": len(texts), "mb": round(sum(len(t.encode("utf-8", "surrogatepass"))
-                                                       for t in texts) / 1e6, 3),
-              "train_seconds": round(seconds, 1)}
-    return save_tokenizer(tok, cfg.out_dir, cfg, {"sample": sample})
+    """Sample the parquet documents, train, save; returns the path of tokenizer.json. The
+    folder is written aside and swapped in whole (``codegpt.outputs.writing_aside``)."""
+    with writing_aside(cfg.out_dir, "tokenizer") as staging:
+        texts = sample_documents(cfg.data_dir, cfg.sample_mb, cfg.seed, cfg.max_documents,
+                                 cfg.holdout_repos)
+        t0 = time.perf_counter()
+        tok = train_bpe(texts, cfg)
+        seconds = time.perf_counter() - t0
+        log.info("trained %d-token vocabulary in %.1f s", tok.get_vocab_size(), seconds)
+        sample = {"documents": len(texts), "mb": round(sum(len(t.encode("utf-8", "surrogatepass"))
+                                                           for t in texts) / 1e6, 3),
+                  "train_seconds": round(seconds, 1)}
+        save_tokenizer(tok, staging, cfg, {"sample": sample})
+    return Path(cfg.out_dir) / TOKENIZER_FILE
 
 
 # --- loading and using -----------------------------------------------------------------------
 
 def _tokenizer_file(path: str | Path) -> Path:
     p = Path(path)
-    p = p / TOKENIZER_FILE if p.is_dir() else p
+    if p.is_dir():
+        require_complete(p, "tokenizer", legacy_file=TOKENIZER_FILE)
+        p = p / TOKENIZER_FILE
     if not p.is_file():
         raise TokenizerError(f"no tokenizer at {path} (train one with `codegpt tokenizer`)")
     return p
@@ -297,7 +301,9 @@ def _tokenizer_file(path: str | Path) -> Path:
 
 def load_tokenizer(path: str | Path, vocab_size: int | None = None):
     """A ``tokenizers.Tokenizer`` from tokenizer.json or the folder holding it; with
-    ``vocab_size`` (a model's), a tokenizer of another size is refused."""
+    ``vocab_size`` (a model's), a tokenizer of another size is refused. It encodes the special
+    tokens' strings as plain text (``encode_special_tokens``): every text is user text, and a
+    special id comes only from code (``token_to_id``). Decoding is unchanged."""
     from tokenizers import Tokenizer
 
     file = _tokenizer_file(path)
@@ -305,6 +311,7 @@ def load_tokenizer(path: str | Path, vocab_size: int | None = None):
         tok = Tokenizer.from_file(str(file))
     except Exception as e:  # tokenizers raises a bare Exception for a malformed file
         raise TokenizerError(f"{file} is not a tokenizer file ({e})") from e
+    tok.encode_special_tokens = True
     if vocab_size is not None and tok.get_vocab_size() != vocab_size:
         raise TokenizerError(f"the tokenizer {path} has {tok.get_vocab_size()} tokens but the model "
                              f"has vocab_size={vocab_size}: use the tokenizer it was trained with")
@@ -313,13 +320,15 @@ def load_tokenizer(path: str | Path, vocab_size: int | None = None):
 
 def load_hf_tokenizer(path: str | Path):
     """The same tokenizer as ``transformers.PreTrainedTokenizerFast`` (eos = bos = unk = pad =
-    <|endoftext|>, no clean-up of spaces on decode, which would break losslessness)."""
+    <|endoftext|>, no clean-up of spaces on decode, which would break losslessness; special
+    tokens' strings in a text are text, as with ``load_tokenizer``)."""
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(tokenizer_file=str(_tokenizer_file(path)), eos_token=EOT,
                                    bos_token=EOT, unk_token=EOT, pad_token=EOT,
                                    additional_special_tokens=list(SPECIAL_TOKENS[1:]),
-                                   clean_up_tokenization_spaces=False)
+                                   clean_up_tokenization_spaces=False,
+                                   split_special_tokens=True)
 
 
 def byte_decoder() -> dict[str, int]:

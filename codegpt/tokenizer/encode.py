@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from codegpt.config import setting
 from codegpt.documents import read_documents, repository_bytes, split_repositories, utf8_size
+from codegpt.outputs import writing_aside
 from codegpt.tokenizer.shards import SPLITS, ShardError, ShardWriter, read_meta, write_meta
 from codegpt.tokenizer.bpe import EOT, fast_encoder, load_tokenizer, tokenizer_hash
 
@@ -28,37 +29,21 @@ class TokenizeConfig:
     data_dir: str = "runs/data/default"              # data prep's output (its data/*.parquet)
     tokenizer: str = "runs/tokenizer/default"        # folder or tokenizer.json
     out_dir: str = "runs/tokens/default"
-    val_fraction: float = 0.01                       # share of the bytes held out, by repository
-    seed: int = 0
-    max_mb: float = 0.0                              # stop after this many MB of text (0: all)
-    tokens_per_shard: int = 100_000_000
-    batch_docs: int = 256                            # documents per encode_batch call
-    engine: str = "auto"                             # auto (tiktoken when it can) | hf
+    val_fraction: float = setting(0.01, ge=0, lt=1)  # share of the bytes held out, by repository
+    seed: int = setting(0, ge=0, lt=2**32)
+    max_mb: float = setting(0.0, ge=0)               # stop after this many MB of text (0: all)
+    tokens_per_shard: int = setting(100_000_000, ge=1)
+    batch_docs: int = setting(256, ge=1)             # documents per encode_batch call
+    engine: str = setting("auto", choices=("auto", "hf"))  # auto: tiktoken when it can
 
     STAGE = "tokens"
 
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.engine not in ("auto", "hf"):
-            raise ValueError(f"engine must be auto or hf, got {self.engine!r}")
-        if self.max_mb < 0 or self.tokens_per_shard < 1 or self.batch_docs < 1:
-            raise ValueError("max_mb must be >= 0, tokens_per_shard and batch_docs >= 1")
-
 
 def plain_tokenizer(path: str | Path):
-    """The tokenizer without its special tokens as added tokens: a document that contains the
-    string ``<|endoftext|>`` is encoded as that text, so it can never pose as a document
-    boundary (the same as tiktoken's ``encode_ordinary``). Whitespace tokens stay."""
-    import json
-
-    from tokenizers import Tokenizer
-
-    from codegpt.tokenizer.bpe import _tokenizer_file
-
-    spec = json.loads(_tokenizer_file(path).read_text())
-    spec["added_tokens"] = [t for t in spec.get("added_tokens", []) if not t.get("special")]
-    return Tokenizer.from_str(json.dumps(spec))
+    """The tokenizer that encodes documents: ``load_tokenizer``'s, which encodes a special
+    token's string as text, so a document that contains ``<|endoftext|>`` can never pose as a
+    document boundary (the same ids as tiktoken's ``encode_ordinary``)."""
+    return load_tokenizer(path)
 
 
 def make_encoder(cfg: TokenizeConfig):
@@ -76,6 +61,14 @@ def make_encoder(cfg: TokenizeConfig):
 
 
 def tokenize(cfg: TokenizeConfig) -> dict:
+    """Encode the documents into shards written aside and swapped in at ``out_dir`` when
+    complete (``codegpt.outputs.writing_aside``): a rerun that is killed or fails leaves the
+    previous shards and their meta.json as they were."""
+    with writing_aside(cfg.out_dir, "tokenize") as out:
+        return _write_shards(cfg, out)
+
+
+def _write_shards(cfg: TokenizeConfig, out: Path) -> dict:
     from tqdm import tqdm
 
     tok, encode = make_encoder(cfg)
@@ -94,11 +87,9 @@ def tokenize(cfg: TokenizeConfig) -> dict:
         docs = docs[:keep]
     val_repos = split_repositories(repository_bytes((repo, utf8_size(text)) for _, repo, text in docs),
                                    cfg.val_fraction, cfg.seed)
-    out = Path(cfg.out_dir)
-    for split in SPLITS:  # a rerun replaces the shards whole
-        shutil.rmtree(out / split, ignore_errors=True)
     writers = {s: ShardWriter(out, s, vocab, eot, cfg.tokens_per_shard) for s in SPLITS}
-    bar = tqdm(total=sum(len(d[2]) for d in docs), unit="B", unit_scale=True, desc="tokenize")
+    bar = tqdm(total=sum(len(d[2]) for d in docs), unit="B", unit_scale=True, desc="tokenize",
+               disable=None)  # None: only on a terminal, never in logs or captured output
     for i in range(0, len(docs), cfg.batch_docs):
         batch = docs[i: i + cfg.batch_docs]
         for (_, repo, text), ids in zip(batch, encode([d[2] for d in batch])):

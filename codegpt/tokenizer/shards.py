@@ -21,6 +21,7 @@ import numpy as np
 
 from codegpt.errors import ShardError
 from codegpt.io import atomic_write_json, fsync_dir
+from codegpt.outputs import require_complete
 
 FORMAT = "codegpt-tokens-v1"
 SPLITS = ("train", "val")
@@ -105,6 +106,7 @@ def read_meta(token_dir: str | Path) -> dict:
     if not path.is_file():
         raise ShardError(f"no meta.json in {token_dir}: not a token-shard folder "
                          "(make one with `codegpt tokenize` / `make tokens`)")
+    require_complete(token_dir, "tokenize", legacy_file="meta.json")
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -112,7 +114,30 @@ def read_meta(token_dir: str | Path) -> dict:
     for key in ("dtype", "vocab_size", "eot_id", "splits"):
         if key not in meta:
             raise ShardError(f"{path} lacks the field '{key}'")
+    check_meta(meta, path)
     return meta
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def check_meta(meta: dict, path: Path) -> None:
+    """Refuse a meta.json whose vocab_size, eot_id or dtype cannot describe its shards: an
+    eot_id outside [0, vocab_size), or a dtype that is not an unsigned integer type able to
+    hold every id below vocab_size."""
+    vocab, eot = meta["vocab_size"], meta["eot_id"]
+    if not _is_int(vocab) or vocab < 1:
+        raise ShardError(f"{path}: vocab_size must be a positive integer, got {vocab!r}")
+    if not _is_int(eot) or not 0 <= eot < vocab:
+        raise ShardError(f"{path}: eot_id must be in [0, vocab_size={vocab}), got {eot!r}")
+    try:
+        dtype = np.dtype(meta["dtype"])
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype is None or dtype.kind != "u" or np.iinfo(dtype).max < vocab - 1:
+        raise ShardError(f"{path}: dtype {meta['dtype']!r} cannot hold the token ids of "
+                         f"vocab_size={vocab} (expected {dtype_for_vocab(vocab).name})")
 
 
 @dataclass
@@ -126,6 +151,7 @@ class SequenceIndex:
     arrays: list[np.memmap]
     starts: np.ndarray  # cumulative window counts per shard
     seq_len: int
+    vocab_size: int | None = None  # ids at or above it are refused as each window is read
 
     @classmethod
     def open(cls, token_dir: str | Path, split: str, seq_len: int) -> "SequenceIndex":
@@ -148,7 +174,7 @@ class SequenceIndex:
         if sum(counts) == 0:
             raise ShardError(f"split '{split}' of {token_dir} has fewer than {seq_len + 1} tokens: "
                              "nothing to train on")
-        return cls(arrays, np.cumsum([0] + counts), seq_len)
+        return cls(arrays, np.cumsum([0] + counts), seq_len, int(meta["vocab_size"]))
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -156,7 +182,14 @@ class SequenceIndex:
     def get(self, i: int) -> np.ndarray:
         shard = int(np.searchsorted(self.starts, i, side="right") - 1)
         off = (i - int(self.starts[shard])) * self.seq_len
-        return np.asarray(self.arrays[shard][off: off + self.seq_len + 1], dtype=np.int64)
+        window = np.asarray(self.arrays[shard][off: off + self.seq_len + 1], dtype=np.int64)
+        if self.vocab_size is not None and window.size and window.max() >= self.vocab_size:
+            bad = int(window.max())
+            raise ShardError(f"token shard {getattr(self.arrays[shard], 'filename', shard)} holds "
+                             f"the id {bad} (at token {off + int(window.argmax())}), outside "
+                             f"meta.json's vocab_size={self.vocab_size}: the shards do not match "
+                             "their meta.json; make them again with `codegpt tokenize`")
+        return window
 
     def batch(self, indices: Iterable[int]) -> np.ndarray:
         return np.stack([self.get(int(i)) for i in indices])

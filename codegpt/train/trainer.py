@@ -5,6 +5,7 @@ metrics, run through accelerate so the same code serves one CPU, one GPU, DDP an
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import signal
@@ -20,9 +21,10 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 
 from codegpt.config import from_dict, to_dict
-from codegpt.errors import ConfigError, NonFiniteLossError
-from codegpt.io import atomic_write_json, atomic_write_text
+from codegpt.errors import CodegptError, ConfigError, NonFiniteLossError
+from codegpt.io import atomic_write_json, atomic_write_text, overwrite_in_place
 from codegpt.model import GPT, ModelConfig
+from codegpt.outputs import check_output, is_disk_full, writing_in_place
 from codegpt.train import checkpoint as ckpt
 from codegpt.train.batches import (DistributedBatches, TrainData, as_tensors, loss_tokens,
                                    open_token_data, plan_batch, val_batches)
@@ -127,30 +129,70 @@ def resolve_vocab(cfg: TrainConfig, data: TrainData) -> None:
 def check_start_tokenizer(folder: Path, start_cfg: dict, data: TrainData,
                           cfg: TrainConfig) -> None:
     """Refuse to start from a checkpoint trained on another tokenizer's ids than the data's: by
-    the tokenizer hash where the checkpoint's run recorded its tokenizer, else (tokenizer=
-    required) by the vocabulary size."""
-    from codegpt.tokenizer.bpe import tokenizer_hash
-
-    theirs = str(start_cfg.get("tokenizer") or "")
-    if theirs and not Path(theirs).exists():
-        log.warning("init_from=%s was trained with the tokenizer %s, which is not here: only the "
-                    "vocabulary size is checked", folder, theirs)
-        theirs = ""
+    the tokenizer hash the checkpoint records (``checkpoint_tokenizer_hash``) against the data's,
+    so no path is resolved and the check is the same from any working directory; where either
+    records none, by the vocabulary size, with a warning."""
+    theirs = ckpt.checkpoint_tokenizer_hash(folder)
     if theirs and data.tokenizer_hash:
-        if tokenizer_hash(theirs) != data.tokenizer_hash:
-            raise ConfigError(f"init_from={folder} was trained with the tokenizer {theirs}, but "
-                              f"the data's ids come from another one ({data_source(cfg)}); "
-                              "fine-tune on data made with the tokenizer the model was trained "
-                              "with")
+        if theirs != data.tokenizer_hash:
+            raise ConfigError(f"init_from={folder} was trained with the tokenizer {theirs[:12]}, "
+                              f"but the data's ids come from another one ({data_source(cfg)}: "
+                              f"{data.tokenizer_hash[:12]}); fine-tune on data made with the "
+                              "tokenizer the model was trained with")
         return
-    if not cfg.tokenizer:
-        raise ConfigError(f"init_from={folder} does not record the tokenizer it was trained with: "
-                          "set tokenizer= to that tokenizer's folder")
+    log.warning("init_from=%s: %s records no tokenizer hash, so only the vocabulary size is "
+                "checked", folder, "the checkpoint (an older one)" if not theirs
+                else f"the data ({data_source(cfg)})")
     vocab = start_cfg["model"].get("vocab_size")
     if vocab != data.vocab_size:
         raise ConfigError(f"init_from={folder} has a vocabulary of {vocab} ids but the data "
                           f"({data_source(cfg)}) has {data.vocab_size}: use the tokenizer the "
                           "model was trained with")
+
+
+ABSENT = "(absent)"  # the value of a key a config lacks, in ``config_changes``
+
+
+def flat_config(config: dict, prefix: str = "") -> dict:
+    """A nested config mapping (as config.yaml holds it) by dotted key: {"optim.lr": 6e-4}."""
+    out = {}
+    for k, v in config.items():
+        out.update(flat_config(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_changes(old: dict, new: dict) -> dict[str, tuple]:
+    """The dotted keys whose values differ between two configs (nested mappings, as config.yaml
+    holds them), each with (old, new); a key that one of them lacks has ``ABSENT`` there."""
+    a, b = flat_config(old), flat_config(new)
+    keys = list(b) + [k for k in a if k not in b]
+    return {k: (a.get(k, ABSENT), b.get(k, ABSENT)) for k in keys
+            if k not in a or k not in b or a[k] != b[k]}
+
+
+RESUME_IGNORED_KEYS = ("run.resume",)  # how a run finds its checkpoint, not what it trains
+
+
+def check_resume_config(folder: Path, cfg: TrainConfig, warn: bool = True) -> None:
+    """A run that resumes from ``folder`` with other settings than the checkpoint's run (its
+    config.yaml) says so: one warning listing every changed key with its old and new value
+    (``warn``: on the main process); a changed key that shapes the weights (``ARCHITECTURE_KEYS``)
+    is a ConfigError naming it (one the checkpoint's config lacks, from an older codegpt, is only
+    listed). The same config (a requeue) says nothing."""
+    saved = ckpt.checkpoint_config(folder)
+    now = yaml.safe_load(yaml.safe_dump(to_dict(cfg), sort_keys=False))  # as config.yaml holds it
+    changes = {k: v for k, v in config_changes(saved, now).items()
+               if k not in RESUME_IGNORED_KEYS}
+    for key in ARCHITECTURE_KEYS:
+        old, new = changes.get(f"model.{key}", (ABSENT, None))
+        if old != ABSENT:
+            raise ConfigError(f"model.{key}={new} but the checkpoint {folder} this run resumes "
+                              f"from holds a model with {key}={old}: a resumed run keeps its "
+                              f"weights' shape; resume with model.{key}={old}, or start a new "
+                              "run (another out_dir, or run.resume=never)")
+    if changes and warn:
+        log.warning("resuming from %s with changed settings: %s", folder,
+                    ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items()))
 
 
 def check_start_model(folder: Path, start_model: dict, model: ModelConfig) -> None:
@@ -196,6 +238,7 @@ class Trainer:
         from accelerate import Accelerator
 
         self.cfg = cfg
+        check_output(cfg.out_dir, "train")  # a path it may not write is refused before any work
         self.run_dir = Path(cfg.out_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         # cpu=True on a machine without CUDA lets torchrun / accelerate launch run gloo (MULTI_CPU)
@@ -206,6 +249,7 @@ class Trainer:
         self.rank, self.world = acc.process_index, acc.num_processes
 
         data = open_data(cfg)
+        self.tokenizer_hash = data.tokenizer_hash  # recorded in every checkpoint
         self.init_from = resolve_start(cfg, data)
         if acc.is_main_process:
             log_data(cfg, data)
@@ -236,6 +280,7 @@ class Trainer:
         self.tokens_seen = 0
         self.elapsed_before = 0.0  # wall seconds of the loop in earlier processes (resumes)
         self._loop_start: float | None = None  # when this process's loop began
+        self.started = False  # whether this run has written to its folder yet
         self.last_checkpoint: Path | None = None
         self.flops_per_token = flops_per_token(cfg.model, cfg.seq_len)
         device_name = torch.cuda.get_device_name() if acc.device.type == "cuda" else None
@@ -264,7 +309,8 @@ class Trainer:
             self.ckpt_dir, self.step, model_state=model_sd, optim_state=optim_sd,
             sched_state=self.scheduler.state_dict(), trainer_state=trainer_state,
             config_yaml=yaml.safe_dump(to_dict(self.cfg), sort_keys=False),
-            rank=self.rank, barrier=acc.wait_for_everyone, keep_last=self.cfg.checkpoint.keep_last)
+            rank=self.rank, barrier=acc.wait_for_everyone, keep_last=self.cfg.checkpoint.keep_last,
+            tokenizer_hash=self.tokenizer_hash)
         self.last_checkpoint = path
         if acc.is_main_process:
             log.info("saved checkpoint %s", path)
@@ -284,6 +330,7 @@ class Trainer:
         return path
 
     def load(self, folder: Path) -> None:
+        check_resume_config(folder, self.cfg, warn=self.accelerator.is_main_process)
         state = ckpt.load_trainer_state(folder)
         self.load_weights(folder)
         optim_sd = ckpt.load_torch(folder, "optimizer.pt")
@@ -415,10 +462,65 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
+    # --- the run folder ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _claim(self):
+        """The run folder for this run alone (``codegpt.outputs.writing_in_place``: its lock
+        and marker) on the main process; every process learns whether it could be had."""
+        main = self.accelerator.is_main_process
+        with contextlib.ExitStack() as stack:
+            place, error = None, None
+            if main:
+                try:
+                    place = stack.enter_context(writing_in_place(self.run_dir, "train"))
+                except CodegptError as e:
+                    error = e
+            if self.world > 1:
+                shared = [str(error) if error is not None else None]
+                torch.distributed.broadcast_object_list(shared, src=0)
+                if shared[0] is not None and error is None:
+                    raise CodegptError(shared[0])
+            if error is not None:
+                raise error
+            yield place
+
+    def _record_failure(self, e: BaseException) -> None:
+        """What the status file says after a run failed: the reason and the last checkpoint
+        that was saved whole (an interrupted save's temporary folder is removed first, which
+        also frees the space a full disk needs for the status file)."""
+        reason = ("non-finite loss" if isinstance(e, NonFiniteLossError)
+                  else "interrupted" if isinstance(e, KeyboardInterrupt)
+                  else "disk full" if is_disk_full(e, self.run_dir)
+                  else f"{type(e).__name__}: {e}"[:300])
+        ckpt.remove_stale_tmp(self.ckpt_dir)
+        with contextlib.suppress(Exception):
+            self._write_status("failed", reason=reason)
+
+    def _finished_files(self) -> list[Path]:
+        """What the marker of a finished run lists: the files the next stage reads."""
+        files = [self.run_dir / n for n in ("config.yaml", "status.json", "metrics.jsonl")]
+        if self.last_checkpoint is not None:
+            files.append(self.last_checkpoint / ckpt.MANIFEST)
+        return [f.resolve() for f in files if f.is_file()]
+
     def fit(self) -> TrainResult:
+        """Train to max_steps, the time budget or a stop signal, in a run folder that this run
+        alone writes to; its marker says complete once the run finished."""
+        with self._claim() as place:
+            try:
+                result = self._fit()
+            except BaseException as e:
+                if self.accelerator.is_main_process and self.started:
+                    self._record_failure(e)  # a run refused before it wrote changes nothing
+                raise
+            if place is not None and result.status == "finished":
+                place.complete(self._finished_files())
+        return result
+
+    def _fit(self) -> TrainResult:
         cfg, acc = self.cfg, self.accelerator
         main = acc.is_main_process
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         resume_from = self.find_resume_point()
         if resume_from is not None:  # a run's own checkpoint wins over init_from
             self.load(resume_from)
@@ -428,6 +530,7 @@ class Trainer:
             self.load_weights(self.init_from)
             if main:
                 log.info("starting from the weights of %s", self.init_from)
+        self.started = True  # from here on the run writes to its folder
         if main:
             atomic_write_text(self.run_dir / "config.yaml",
                               yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -463,12 +566,7 @@ class Trainer:
                     self._set_time_lr(fraction)
                 t0 = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
-                try:
-                    loss, grad_norm, n_loss = self.train_step()
-                except NonFiniteLossError:
-                    if main:
-                        self._write_status("failed", reason="non-finite loss")
-                    raise
+                loss, grad_norm, n_loss = self.train_step()
                 if acc.device.type == "cuda":
                     torch.cuda.synchronize()
                 dt = time.perf_counter() - t0
@@ -497,6 +595,8 @@ class Trainer:
                 if ((every and self.step % every == 0) or self.step == cfg.run.max_steps
                         or out_of_time):
                     self.save()
+                    if main:  # the status file names the newest whole checkpoint at all times
+                        self._write_status("running")
             if status == "preempted":
                 if self.last_checkpoint is None or ckpt.step_dir_name(self.step) != self.last_checkpoint.name:
                     self.save()
@@ -515,21 +615,29 @@ class Trainer:
         return TrainResult(self.step, status, self.last_checkpoint, loss)
 
     def _write_status(self, status: str, **extra) -> None:
-        atomic_write_json(self.run_dir / "status.json",
-                          {"status": status, "step": self.step, **extra,
-                           "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None})
+        record = {"status": status, "step": self.step, **extra,
+                  "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None}
+        try:
+            atomic_write_json(self.run_dir / "status.json", record)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            # no room for a second copy: write over the old one, whose blocks are there
+            overwrite_in_place(self.run_dir / "status.json", json.dumps(record) + "\n")
 
 
 def _progress(enabled: bool, start: int, total: int, budget_s: float = 0.0,
               spent_s: float = 0.0):
-    """Steps of max_steps; under a time budget, seconds of the budget (the clock ends the run)."""
+    """Steps of max_steps; under a time budget, seconds of the budget (the clock ends the run).
+    Shown on a terminal only: in a log file metrics.jsonl and the checkpoint lines tell it."""
     from tqdm import tqdm
 
     if budget_s > 0:
         return tqdm(total=int(budget_s), initial=min(int(budget_s), int(spent_s)),
-                    disable=not enabled, desc="train", unit="s", dynamic_ncols=True,
+                    disable=None if enabled else True, desc="train", unit="s", dynamic_ncols=True,
                     bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s of the budget{postfix}")
-    return tqdm(total=total, initial=start, disable=not enabled, desc="train", unit="step",
+    return tqdm(total=total, initial=start, disable=None if enabled else True, desc="train",
+                unit="step",
                 dynamic_ncols=True)
 
 
