@@ -414,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     except CodegptError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as e:
         where = f": {e.filename}" if e.filename else ""
         print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -250,6 +250,10 @@ def check_output(path: str | Path, stage: str) -> Path:
     if resolved.exists() and not resolved.is_dir():
         raise OutputError(f"{spec.key}={text} is a file, not a folder: `codegpt {stage}` writes "
                           "a folder; choose another path")
+    above = next(p for p in resolved.parents if p.exists())
+    if not above.is_dir():
+        raise OutputError(f"{spec.key}={text} lies under {above}, which is a file, not a "
+                          "folder; choose another path")
     if resolved.is_dir():
         _check_existing(resolved, spec, text)
     return resolved

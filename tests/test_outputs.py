@@ -186,6 +186,8 @@ def test_a_file_is_refused_as_a_folder(tmp_path):
     (tmp_path / "x").write_text("data")
     with pytest.raises(OutputError, match="is a file"):
         check_output(tmp_path / "x", "tokenizer")
+    with pytest.raises(OutputError, match="which is a file"):
+        check_output(tmp_path / "x" / "sub" / "deeper", "tokenizer")
 
 
 def test_new_and_empty_folders_and_the_stages_own_output_are_accepted(tmp_path):
@@ -583,3 +585,11 @@ def test_a_run_refused_before_it_writes_leaves_a_complete_output_as_it_was(pipel
     code, err = run(["eval", "humaneval", "--checkpoint", pipeline["pipe"] / "train",
                      "--tokenizer", tmp_path, "--out", tmp_path / "eval"], capsys)
     assert code == 2 and not (tmp_path / "eval").exists(), err
+
+
+def test_an_exported_folder_still_serves_as_a_tokenizer_folder(pipeline):
+    from codegpt.tokenizer.bpe import load_tokenizer, tokenizer_hash
+
+    pipe = pipeline["pipe"]
+    assert tokenizer_hash(pipe / "export") == tokenizer_hash(pipe / "tokenizer")
+    assert load_tokenizer(pipe / "export").get_vocab_size() == 400

@@ -45,7 +45,7 @@ from codegpt.config import setting, to_dict
 from codegpt.documents import iter_tables, parquet_files, read_table
 from codegpt.errors import TokenizerError
 from codegpt.io import atomic_write_json, atomic_write_text, sha256_file
-from codegpt.outputs import require_complete, writing_aside
+from codegpt.outputs import read_marker, require_complete, writing_aside
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,9 @@ def train_tokenizer(cfg: TokenizerConfig) -> Path:
 def _tokenizer_file(path: str | Path) -> Path:
     p = Path(path)
     if p.is_dir():
-        require_complete(p, "tokenizer", legacy_file=TOKENIZER_FILE)
+        stage = (read_marker(p) or {}).get("stage") or "tokenizer"
+        # a tokenizer folder, or another finished output that holds one (an export)
+        require_complete(p, stage, legacy_file=TOKENIZER_FILE)
         p = p / TOKENIZER_FILE
     if not p.is_file():
         raise TokenizerError(f"no tokenizer at {path} (train one with `codegpt tokenizer`)")
