@@ -64,6 +64,7 @@ class Stage:
     entries: tuple[str, ...]           # glob patterns of the top-level names it writes
     legacy: Callable[[Path], bool]     # an unmarked folder that is this stage's (older codegpt)
     key: str = "out_dir"               # how the user names the output (for messages)
+    folder: str = ""                   # its usual name in a pipeline folder (for messages)
 
     def owns(self, name: str) -> bool:
         return name == MARKER or any(fnmatch.fnmatchcase(name, p) for p in self.entries)
@@ -79,34 +80,38 @@ def _json_field(path: Path, key: str) -> object:
 
 STAGES: dict[str, Stage] = {
     "prep": Stage("prep", ("data", "stats.json", "rejected", "logs", "work"),
-                  lambda f: (f / "work" / "run.json").is_file()),
+                  lambda f: (f / "work" / "run.json").is_file(), folder="data"),
     "tokenizer": Stage("tokenizer", ("tokenizer.json", "tokenizer_config.json",
                                      "tokenizer_meta.json", "config.yaml"),
                        lambda f: _json_field(f / "tokenizer_meta.json", "format")
-                       == "codegpt-tokenizer-v1"),
+                       == "codegpt-tokenizer-v1", folder="tokenizer"),
     "tokenize": Stage("tokenize", ("meta.json", "train", "val"),
-                      lambda f: _json_field(f / "meta.json", "format") == "codegpt-tokens-v1"),
+                      lambda f: _json_field(f / "meta.json", "format") == "codegpt-tokens-v1",
+                      folder="tokens"),
     "sft-data": Stage("sft-data", ("train.jsonl", "val.jsonl", "stats.json", "rejected",
                                    "config.yaml"),
-                      lambda f: _json_field(f / "stats.json", "candidates") is not None),
+                      lambda f: _json_field(f / "stats.json", "candidates") is not None,
+                      folder="sft-data"),
     "train": Stage("train", ("config.yaml", "metrics.jsonl", "status.json", "checkpoints",
                              "wandb", "wandb_id.txt", "loss.png"),
-                   lambda f: (f / "status.json").is_file() or (f / "checkpoints").is_dir()),
+                   lambda f: (f / "status.json").is_file() or (f / "checkpoints").is_dir(),
+                   folder="train"),
     "eval humaneval": Stage("eval humaneval", ("*.jsonl", "results.json"),
                             lambda f: (f / "results.json").is_file()
-                            or (f / "samples.jsonl").is_file(), key="--out"),
+                            or (f / "samples.jsonl").is_file(), key="--out",
+                            folder="humaneval"),
     "export": Stage("export", ("config.json", "model.safetensors", "generation_config.json",
                                "tokenizer.json", "tokenizer_config.json",
                                "special_tokens_map.json"),
                     lambda f: (f / "config.json").is_file()
-                    and (f / "model.safetensors").is_file(), key="--out"),
+                    and (f / "model.safetensors").is_file(), key="--out", folder="hf"),
     "report": Stage("report", ("report.html", "*.png"),
-                    lambda f: (f / "report.html").is_file(), key="--out"),
+                    lambda f: (f / "report.html").is_file(), key="--out", folder="report"),
     "reference": Stage("reference", ("configs", "data", "tokenizer", "tokens", "train",
                                      "sft-data", "sft", "humaneval", "report", "timings.json",
                                      "results.json", ".*" + LOCK_SUFFIX, ".*" + STAGING + "*",
                                      ".*" + REPLACED + "*", ".replaced"),
-                       lambda f: (f / "timings.json").is_file()),
+                       lambda f: (f / "timings.json").is_file(), folder="reference"),
 }
 
 
@@ -289,7 +294,7 @@ def _strangers_message(folder: Path, names: list[str], spec: Stage, text: str,
     if stage_dirs:
         return (f"{spec.key}={text} is a pipeline folder (it holds {', '.join(stage_dirs[:4])}): "
                 f"give `codegpt {spec.command}` a folder of its own, e.g. "
-                f"{os.path.join(text, spec.command.split()[-1])}")
+                f"{os.path.join(text, spec.folder)}")
     if mine:
         return (f"{spec.key}={text} is an earlier output of `codegpt {spec.command}` but also "
                 f"holds {shown}, which it did not write; replacing the folder would delete "
