@@ -574,13 +574,11 @@ class InPlace:
 
     def __init__(self, folder: Path, stage: str):
         self.folder, self.stage = folder, stage
-        self.completed = False
 
     def complete(self, files: Iterable[str | Path] = (), **extra) -> None:
         rel = [str(Path(f).resolve().relative_to(self.folder)) if Path(f).is_absolute()
                else str(f) for f in files]  # relative names are the folder's
         write_marker(self.folder, self.stage, "complete", rel, **extra)
-        self.completed = True
 
 
 @contextlib.contextmanager

@@ -18,7 +18,6 @@ from codegpt.config import load_config, to_dict
 from codegpt.errors import ConfigError
 from codegpt.model import GPT, ModelConfig
 from codegpt.tokenizer.bpe import EOT, load_tokenizer
-from codegpt.tokenizer.encode import plain_tokenizer
 from codegpt.train import checkpoint as ckpt
 from codegpt.train.batches import IGNORE_INDEX, DistributedBatches
 from codegpt.train.checkpoint import list_checkpoints, load_checkpoint_model
@@ -120,7 +119,7 @@ def test_loss_tokens_are_the_completion_and_the_end_of_text(env):
     rows = read_pairs(env.pairs / "train.jsonl")
     assert data.train.dropped == 1 and len(data.train) == len(rows) - 1  # the long one
     assert len(data.val) == 6
-    tok, plain = load_tokenizer(env.tok), plain_tokenizer(env.tok)
+    tok = plain = load_tokenizer(env.tok)
     eot = tok.token_to_id(EOT)
     x, y = data.train.batch(range(len(data.train)))
     straddled = 0

@@ -128,12 +128,11 @@ def test_the_cli_reports_errors_with_exit_code_2(tmp_path, capsys):
 
 
 def test_tiktoken_engine_gives_the_same_ids_as_hf(setup):
-    from codegpt.tokenizer.encode import plain_tokenizer
-    from codegpt.tokenizer.bpe import fast_encoder
+    from codegpt.tokenizer.bpe import fast_encoder, load_tokenizer
     from test_tokenizer import AWKWARD
 
     docs, tok_dir, _, _ = setup
-    fast, plain = fast_encoder(tok_dir), plain_tokenizer(tok_dir)
+    fast, plain = fast_encoder(tok_dir), load_tokenizer(tok_dir)
     assert fast is not None
     texts = [d["text"] for d in docs] + AWKWARD
     for text in texts:

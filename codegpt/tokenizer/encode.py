@@ -39,16 +39,12 @@ class TokenizeConfig:
     STAGE = "tokens"
 
 
-def plain_tokenizer(path: str | Path):
-    """The tokenizer that encodes documents: ``load_tokenizer``'s, which encodes a special
-    token's string as text, so a document that contains ``<|endoftext|>`` can never pose as a
-    document boundary (the same ids as tiktoken's ``encode_ordinary``)."""
-    return load_tokenizer(path)
-
-
 def make_encoder(cfg: TokenizeConfig):
     """A function from a batch of texts to their ids: tiktoken's engine with our merges where
-    possible (same ids, several times faster), else HF tokenizers' encode_batch."""
+    possible (same ids, several times faster), else HF tokenizers' encode_batch. Either
+    encodes a special token's string as text (``load_tokenizer``, tiktoken's
+    ``encode_ordinary``), so a document that contains ``<|endoftext|>`` can never pose as a
+    document boundary."""
     import os
 
     tok = load_tokenizer(cfg.tokenizer)
@@ -56,8 +52,7 @@ def make_encoder(cfg: TokenizeConfig):
     if fast is not None:
         threads = os.cpu_count() or 1
         return tok, lambda texts: fast.encode_ordinary_batch(texts, num_threads=threads)
-    plain = plain_tokenizer(cfg.tokenizer)
-    return tok, lambda texts: [e.ids for e in plain.encode_batch(texts, add_special_tokens=False)]
+    return tok, lambda texts: [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
 
 
 def tokenize(cfg: TokenizeConfig) -> dict:

@@ -50,7 +50,7 @@ class SftExamples:
                    eot_id: int) -> "SftExamples":
         """Encode (prompt, completion) pairs with ``tokenizer`` (a ``tokenizers.Tokenizer``
         that encodes special tokens' strings as text, as the token shards do:
-        ``codegpt.tokenizer.encode.plain_tokenizer``)."""
+        ``codegpt.tokenizer.bpe.load_tokenizer``)."""
         from codegpt.eval.likelihood import first_scored_token
 
         encodings = tokenizer.encode_batch([p + c for p, c in pairs], add_special_tokens=False)
@@ -105,17 +105,16 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
 
 def open_sft_data(data_dir: str, tokenizer: str, seq_len: int, with_val: bool) -> TrainData:
     """The pairs of ``codegpt sft-data``'s out_dir, tokenized with ``tokenizer``."""
-    require_complete(data_dir, "sft-data")
     from codegpt.tokenizer.bpe import EOT, load_tokenizer, tokenizer_hash
-    from codegpt.tokenizer.encode import plain_tokenizer
 
-    tok = load_tokenizer(tokenizer)
-    eot, plain = tok.token_to_id(EOT), plain_tokenizer(tokenizer)
+    require_complete(data_dir, "sft-data")
+    tok = load_tokenizer(tokenizer)  # special tokens' strings are text, as in the token shards
+    eot = tok.token_to_id(EOT)
     if eot is None:
         raise DataError(f"the tokenizer {tokenizer} has no {EOT} token to end the completions with")
     splits = {}
     for split in ("train", "val") if with_val else ("train",):
-        examples = SftExamples.from_pairs(read_pairs(Path(data_dir) / SPLIT_FILES[split]), plain,
+        examples = SftExamples.from_pairs(read_pairs(Path(data_dir) / SPLIT_FILES[split]), tok,
                                           seq_len, eot)
         if not len(examples):
             raise DataError(f"no {split} pairs of at most {seq_len + 1} tokens in {data_dir} "
