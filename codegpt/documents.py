@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from codegpt.errors import DataError
 from codegpt.outputs import STAGES, read_marker, require_complete
@@ -62,8 +63,6 @@ def check_prep_complete(shards: Path) -> None:
 def read_table(path: Path, columns: Iterable[str]) -> pa.Table:
     """One shard's ``columns``; a shard that lacks one, is not parquet, or holds a null in one
     of the ``NOT_NULL`` columns is a DataError."""
-    import pyarrow.parquet as pq
-
     columns = list(columns)
     try:
         names = pq.read_schema(path).names

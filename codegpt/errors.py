@@ -43,7 +43,13 @@ class ExportError(CodegptError, RuntimeError):
 
 
 class ReportError(CodegptError, ValueError):
-    """A folder that is not a pipeline run folder (missing, or holding none of the stages)."""
+    """A folder that is not a pipeline run folder (missing, or holding none of the stages), or a
+    file of a run that cannot be read or holds values of unexpected types."""
+
+
+class SourceError(CodegptError, RuntimeError):
+    """A data prep source that cannot go on: git that fails or times out, a GitHub discovery
+    refused (bad credentials) or resumed from another query's state."""
 
 
 class OutputError(CodegptError, ValueError):

@@ -14,19 +14,20 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
+from codegpt.checkpoint import load_checkpoint_and_tokenizer
 from codegpt.errors import ExportError
 from codegpt.model import GPT, ModelConfig
 from codegpt.outputs import check_output, writing_aside
+from codegpt.tokenizer.bpe import EOT, SPECIAL_TOKENS, tokenizer_file
 
 LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 LAYERNORMS = ("ln_1", "ln_2")
 
 
-
-
 def hf_config(cfg: ModelConfig, eot_id: int = 0):
-    from transformers import GPT2Config
+    from transformers import GPT2Config  # heavy, and only needed to export: imported on use
 
     return GPT2Config(
         vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.d_model,
@@ -65,11 +66,6 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 def export_hf(checkpoint_dir: str | Path, tokenizer_dir: str | Path, out_dir: str | Path) -> Path:
     """Write a GPT-2 model folder (config.json, model.safetensors, generation_config.json,
     tokenizer.json, tokenizer_config.json, special_tokens_map.json) to ``out_dir``, atomically."""
-    from safetensors.torch import save_file
-
-    from codegpt.train.checkpoint import load_checkpoint_and_tokenizer
-    from codegpt.tokenizer.bpe import EOT, SPECIAL_TOKENS, _tokenizer_file
-
     check_output(out_dir, "export")  # refused before the model is loaded
     # the tokenizer bundled is the checkpoint's own (by its recorded hash) or an error
     loaded = load_checkpoint_and_tokenizer(checkpoint_dir, tokenizer_dir)
@@ -79,7 +75,7 @@ def export_hf(checkpoint_dir: str | Path, tokenizer_dir: str | Path, out_dir: st
             f"checkpoint {checkpoint_dir} uses banded sparse attention (model.sparse_attention: "
             "true), which GPT-2 cannot express: the exported model would compute something "
             "else. Only dense models can be exported.")
-    tok_file = _tokenizer_file(tokenizer_dir)
+    tok_file = tokenizer_file(tokenizer_dir)
     eot_id = tok.token_to_id(EOT)
 
     with writing_aside(out_dir, "export") as tmp:  # swapped in whole when complete

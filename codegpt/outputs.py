@@ -183,7 +183,11 @@ def completion_problem(folder: str | Path, stage: str) -> str | None:
         how = {"running": "did not finish there (it is running, or was killed)",
                "failed": f"failed there ({marker.get('error', 'see its log')})"}
         return f"`codegpt {stage}` {how.get(marker.get('status'), 'did not finish there')}"
-    for rel, size in (marker.get("files") or {}).items():
+    files = marker.get("files") or {}
+    if not (isinstance(files, dict) and all(isinstance(r, str) and type(s) is int
+                                            for r, s in files.items())):
+        return f"its {MARKER} lists its files in an unknown form"
+    for rel, size in files.items():
         path = folder / rel
         if not path.is_file():
             return f"{rel} is missing"

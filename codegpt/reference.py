@@ -4,7 +4,8 @@
 pipeline into one folder, each as the ``codegpt`` command a user would type::
 
     RUN/configs/STAGE.yaml   the config each stage ran with (its section of the reference config
-                             over its base config, with the run's paths filled in)
+                             over its base config, with the run's paths filled in; for each
+                             evaluation humaneval-MODEL-tT.yaml, the eval config)
     RUN/data/                codegpt prep
     RUN/tokenizer/           codegpt tokenizer
     RUN/tokens/              codegpt tokenize
@@ -22,12 +23,12 @@ stopped: data prep, training and evaluation resume from their own checkpoints an
 files, the other stages start again. A stage that ran with other settings than the config now
 asks for is refused by name, never overwritten; once a stage runs again, every stage after it
 runs again too, and an outdated output is kept under ``RUN/.replaced/`` until its replacement is
-complete. The run folder is locked while a run writes to it (``codegpt.outputs``).
+complete. The run folder is locked while a run writes to it (``codegpt.outputs``). The stages, their
+commands and folders are the table of ``codegpt.stages``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -39,15 +40,26 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
+import torch
 
-from codegpt.config import (DEVICE, check_device, config_from_raw, deep_merge,
-                            find_named_config, read_yaml, section_class, setting)
+from codegpt.config import (BASE_CONFIG_KEY, check_device, config_from_raw, deep_merge,
+                            find_named_config, from_dict, load_config, read_yaml, setting,
+                            yaml_text)
 from codegpt.errors import ConfigError, StageFailed
 from codegpt.io import atomic_write_json, atomic_write_text
 from codegpt.outputs import IN_PLACE, output_state, writing_in_place
+from codegpt.report import write_report
+from codegpt.stages import MODELS, STAGES, stage
+from codegpt.train.flops import cpu_name
+from codegpt.train.metrics import read_metrics
 
-MODELS = {"base": "train", "sft": "sft"}           # model name -> the run folder it is
+EVAL = stage("humaneval")
+PIPELINE = tuple(s for s in STAGES if s is not EVAL)  # the stages before evaluation, in order
+# the paths between stages, which the run sets (a section may not); evaluation's also
+PATH_KEYS = ("data_dir", "tokenizer", "out_dir", "init_from")
+EVAL_PATH_KEYS = (*PATH_KEYS, "checkpoint", "samples")
+RUN_KEYS = ("temperature", "n")  # the sampling keys each of humaneval.runs sets
+DEFAULT_EVAL = "humaneval"   # the eval config the humaneval section goes over by default
 
 
 @dataclass
@@ -57,20 +69,24 @@ class SamplingRun:
 
 
 @dataclass
-class HumanEvalSection:
+class EvalPlan:
+    """What the humaneval section evaluates (its other keys are the eval config's)."""
+
     models: list[str] = setting(default_factory=lambda: ["base", "sft"], choices=tuple(MODELS))
     runs: list[SamplingRun] = field(default_factory=lambda: [SamplingRun(0.2, 10),
                                                              SamplingRun(0.8, 10)])
-    max_new_tokens: int = setting(128, ge=1)
-    top_p: float = setting(0.95, gt=0, le=1)
-    batch_size: int = setting(50, ge=1)   # sequences decoded together
-    timeout: float = setting(5.0, gt=0)   # seconds per program
-    limit: int = setting(0, ge=0)  # only the first N problems (0: all 164; for smoke runs)
-    device: str = setting("cpu", **DEVICE)  # cpu, cuda, cuda:N, mps (checked before the run)
+
+    KEYS = ("models", "runs")
 
     def __post_init__(self) -> None:
         if not self.runs:
             raise ValueError("humaneval.runs: give at least one {temperature, n}")
+
+
+def _section(name: str, **kw):
+    """A stage's section: the keys of its config class, over the base config named by its
+    ``config`` key (``keys_of``: overrides into it are typed by that class)."""
+    return setting(default_factory=lambda: dict(kw), keys_of=stage(name).config)
 
 
 @dataclass
@@ -80,101 +96,128 @@ class ReferenceConfig:
     budget_minutes: float = setting(30.0, gt=0)
     # Each stage: its own config keys, over the base config named by `config` (a name under
     # configs/STAGE/ or a path; none: the stage's defaults). The paths between stages
-    # (data_dir, tokenizer, out_dir, init_from) are the run's and may not be set here.
-    # ``keys_of`` names the stage's config class (``stage_config_classes``): overrides into a
-    # section are typed by it, and ``validate`` checks the section with it.
-    data: dict = setting(default_factory=dict, keys_of="data_prep.config:PrepConfig")
-    tokenizer: dict = setting(default_factory=dict,
-                              keys_of="codegpt.tokenizer.bpe:TokenizerConfig")
-    tokens: dict = setting(default_factory=dict, keys_of="codegpt.tokenizer.encode:TokenizeConfig")
-    train: dict = setting(default_factory=dict, keys_of="codegpt.train.config:TrainConfig")
-    sft_data: dict = setting(default_factory=dict, keys_of="codegpt.sft.data:SftDataConfig")
-    sft: dict = setting(default_factory=dict, keys_of="codegpt.train.config:TrainConfig")
-    humaneval: HumanEvalSection = field(default_factory=HumanEvalSection)
+    # (data_dir, tokenizer, out_dir, init_from, checkpoint) are the run's and may not be set
+    # here. ``validate`` checks each section with its stage's config class.
+    data: dict = _section("data")
+    tokenizer: dict = _section("tokenizer")
+    tokens: dict = _section("tokens")
+    train: dict = _section("train")
+    sft_data: dict = _section("sft_data")
+    sft: dict = _section("sft")
+    # the eval config's keys (over configs/eval/humaneval.yaml), and which models (models) at
+    # which temperatures and sample counts (runs: [{temperature, n}]) it evaluates
+    humaneval: dict = _section("humaneval")
 
     STAGE = "reference"
 
     def __post_init__(self) -> None:
-        for name, _, _ in PIPELINE:
-            section = getattr(self, name)
-            for key in PATH_KEYS:
+        for s in STAGES:
+            section = getattr(self, s.name)
+            for key in EVAL_PATH_KEYS if s is EVAL else PATH_KEYS:
                 if key in section:
-                    raise ValueError(f"{name}.{key} is set by the reference run (the stages' "
+                    raise ValueError(f"{s.name}.{key} is set by the reference run (the stages' "
                                      "folders are under out_dir): remove it")
+        sampling = self.humaneval.get("sampling")
+        for key in RUN_KEYS:
+            if key in self.humaneval or isinstance(sampling, dict) and key in sampling:
+                raise ValueError(f"humaneval.sampling.{key} is set for each run by "
+                                 "humaneval.runs ([{temperature, n}, ...]): remove it")
+        eval_plan(self)  # models and runs are checked as the config loads
+
+
+def eval_plan(cfg: ReferenceConfig) -> EvalPlan:
+    return from_dict(EvalPlan, {k: v for k, v in cfg.humaneval.items() if k in EvalPlan.KEYS},
+                     prefix="humaneval.")
 
 
 def eval_name(model: str, temperature: float) -> str:
     """An evaluation's stage name, and its folder under RUN."""
-    return f"humaneval/{model}/t{temperature:g}"
-
-PATH_KEYS = ("data_dir", "tokenizer", "out_dir", "init_from")
-# (section, codegpt command, the output folder under RUN)
-PIPELINE = (("data", "prep", "data"), ("tokenizer", "tokenizer", "tokenizer"),
-            ("tokens", "tokenize", "tokens"), ("train", "train", "train"),
-            ("sft_data", "sft-data", "sft-data"), ("sft", "train", "sft"))
+    return f"{EVAL.name}/{model}/t{temperature:g}"
 
 
 def stage_config_classes() -> dict[str, type]:
-    """Each stage section's config class, as ReferenceConfig's fields declare it."""
-    fields = {f.name: f for f in dataclasses.fields(ReferenceConfig)}
-    return {name: section_class(fields[name]) for name, _, _ in PIPELINE}
+    """Each stage section's config class (the table of stages says it)."""
+    return {s.name: s.config_class() for s in STAGES}
 
 
 def stage_paths(run: Path) -> dict[str, dict]:
-    """The paths each stage reads and writes, all inside the run folder."""
-    return {
-        "data": {"out_dir": run / "data"},
-        "tokenizer": {"data_dir": run / "data", "out_dir": run / "tokenizer"},
-        "tokens": {"data_dir": run / "data", "tokenizer": run / "tokenizer",
-                   "out_dir": run / "tokens"},
-        "train": {"data_dir": run / "tokens", "tokenizer": run / "tokenizer",
-                  "out_dir": run / "train"},
-        "sft_data": {"data_dir": run / "data", "out_dir": run / "sft-data"},
-        "sft": {"data_dir": run / "sft-data", "tokenizer": run / "tokenizer",
-                "init_from": run / "train", "out_dir": run / "sft"},
-    }
+    """The paths each stage before evaluation reads and writes, all inside the run folder."""
+    return {s.name: {**{key: run / stage(read).folder for key, read in s.reads.items()},
+                     "out_dir": run / s.folder} for s in PIPELINE}
 
 
-def stage_raw(cfg: ReferenceConfig, name: str, run: Path) -> dict:
-    """A stage's whole config: base config, then the section's keys, then the run's paths."""
-    section = dict(getattr(cfg, name))
-    base = section.pop("config", None)
-    cls = stage_config_classes()[name]
+def section_raw(cfg: ReferenceConfig, name: str, default_base: str | None = None) -> dict:
+    """A section's keys over the base config its ``config`` key names (or ``default_base``)."""
+    section = {k: v for k, v in getattr(cfg, name).items()
+               if not (name == EVAL.name and k in EvalPlan.KEYS)}
+    base = section.pop(BASE_CONFIG_KEY, default_base)
+    cls = stage(name).config_class()
     raw = read_yaml(find_named_config(cls.STAGE, str(base))) if base else {}
     raw = deep_merge(raw, section)
     for old, new in getattr(cls, "RENAMED", {}).items():  # a base config's old path keys
         top, _, key = old.partition(".")
         if new in PATH_KEYS and isinstance(raw.get(top), dict):
             raw[top] = {k: v for k, v in raw[top].items() if k != key}
-    return {**raw, **{k: str(v) for k, v in stage_paths(run)[name].items()}}
+    return raw
 
 
-def validate(cfg: ReferenceConfig) -> None:
+def stage_raw(cfg: ReferenceConfig, name: str, run: Path) -> dict:
+    """A stage's whole config: base config, then the section's keys, then the run's paths."""
+    return {**section_raw(cfg, name), **{k: str(v) for k, v in stage_paths(run)[name].items()}}
+
+
+def eval_raws(cfg: ReferenceConfig, run: Path) -> dict[str, dict]:
+    """Each evaluation's whole config by its stage name (``eval_name``): the humaneval
+    section over its base eval config, the run's temperature and n, and the run's paths. The
+    canonical solutions' likelihood, which does not depend on sampling, is measured by the
+    first run of each model only."""
+    base = section_raw(cfg, EVAL.name, DEFAULT_EVAL)
+    out = {}
+    plan = eval_plan(cfg)
+    for model in plan.models:
+        for i, sr in enumerate(plan.runs):
+            name = eval_name(model, sr.temperature)
+            raw = deep_merge(base, {"sampling": {"temperature": sr.temperature, "n": sr.n}})
+            if i and raw.get("likelihood", "with") == "with":
+                raw["likelihood"] = "skip"
+            out[name] = {**raw, "checkpoint": str(run / stage(MODELS[model]).folder),
+                         **{k: str(run / stage(read).folder) for k, read in EVAL.reads.items()},
+                         "out_dir": str(run / name)}
+    return out
+
+
+def validate(cfg: ReferenceConfig) -> list:
     """Load every stage's config now, so a bad key or value stops the run before hours are
     spent (the fine-tuning's init_from is checked when pretraining has written it; data prep's
-    sources are built, which checks their options and local folders). The humaneval section
-    was checked when ``cfg`` was loaded; ``check_machine`` checks its device."""
-    from data_prep.pipeline import build_sources
+    sources are built, which checks their options and local folders). Returns the evaluations'
+    configs, whose devices ``check_machine`` checks against this machine."""
+    from data_prep.pipeline import build_sources  # the data extra (datatrove)
 
     run = Path(cfg.out_dir)
-    for name, cls in stage_config_classes().items():
-        raw = stage_raw(cfg, name, run)
+    raws = [(s.name, s.config_class(), stage_raw(cfg, s.name, run)) for s in PIPELINE]
+    raws += [(EVAL.name, EVAL.config_class(), raw) for raw in eval_raws(cfg, run).values()]
+    evals = []
+    for name, cls, raw in raws:
         if name == "sft":
             raw.pop("init_from")
         try:
             stage_cfg = config_from_raw(cls, raw)
             if name == "data":
                 build_sources(stage_cfg.sources)
+            if name == EVAL.name:
+                evals.append(stage_cfg)
         except ConfigError as e:
             raise ConfigError(f"reference config, section {name}: {e}") from e
-
-
-def check_machine(cfg: ReferenceConfig) -> None:
-    """Refuse a humaneval.device this machine does not have, before any stage runs."""
-    check_device(cfg.humaneval.device, "humaneval.device")
+    return evals
 
 
 # --- the run's state -------------------------------------------------------------------------
+
+def check_machine(evals: list) -> None:
+    """Refuse a humaneval.device this machine does not have, before any stage runs."""
+    for cfg in evals:
+        check_device(cfg.device, "humaneval.device")
+
 
 def config_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -218,10 +261,6 @@ def git_commit() -> str:
 
 
 def machine() -> str:
-    import torch
-
-    from codegpt.train.flops import cpu_name
-
     where = f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
     if torch.cuda.is_available():
         where += f", {torch.cuda.get_device_name()}"
@@ -317,30 +356,15 @@ class Reference:
         cfg = self.cfg
         started = time.perf_counter()
         self.timings.update(config=self.config_path, commit=git_commit(), machine=machine())
-        for name, command, folder in PIPELINE:
-            raw = stage_raw(cfg, name, self.run)
-            text = yaml.safe_dump(raw, sort_keys=False)
-            config_file = self.run / "configs" / f"{name}.yaml"
-            self.stage(name, command, text, self.run / folder,
-                       self.codegpt(command, str(config_file)), config_file)
-        he = cfg.humaneval
-        for model in he.models:
-            for i, sr in enumerate(he.runs):
-                name = eval_name(model, sr.temperature)
-                out = self.run / name
-                argv = self.codegpt(
-                    "eval", "humaneval", "--checkpoint", str(self.run / MODELS[model]),
-                    "--tokenizer", str(self.run / "tokenizer"), "--out", str(out),
-                    "--n", str(sr.n), "--temperature", str(sr.temperature), "--top-p",
-                    str(he.top_p), "--max-new-tokens", str(he.max_new_tokens), "--batch-size",
-                    str(he.batch_size), "--timeout", str(he.timeout), "--limit", str(he.limit),
-                    "--device", he.device,
-                    *(["--no-likelihood"] if i else []))  # the first run measures it
-                self.stage(name, "eval humaneval", " ".join(argv[3:]), out, argv)
+        runs = [(s.name, s.command, s.folder, stage_raw(cfg, s.name, self.run)) for s in PIPELINE]
+        runs += [(name, EVAL.command, name, raw)  # one evaluation per model and temperature
+                 for name, raw in eval_raws(cfg, self.run).items()]
+        for name, command, folder, raw in runs:  # each as the command a user would type
+            config_file = self.run / "configs" / f"{name.replace('/', '-')}.yaml"
+            self.stage(name, command, yaml_text(raw), self.run / folder,
+                       self.codegpt(*command.split(), str(config_file)), config_file)
         print("== report", flush=True)
         t0 = time.perf_counter()
-        from codegpt.report import write_report
-
         page = write_report(self.run)
         self.timings.set("report", status="done", config="", seconds=round(
             time.perf_counter() - t0, 1))
@@ -353,8 +377,6 @@ class Reference:
 # --- results ----------------------------------------------------------------------------------
 
 def last_val_loss(run_dir: Path) -> float | None:
-    from codegpt.train.metrics import read_metrics
-
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         return None
@@ -367,9 +389,11 @@ def collect_results(run: Path, cfg: ReferenceConfig) -> dict:
     timings = Timings(run).data
     stages = {k: v.get("seconds") for k, v in timings["stages"].items()}
     models = {}
-    for model in cfg.humaneval.models:
-        entry: dict = {"val_loss": last_val_loss(run / MODELS[model]), "temperatures": {}}
-        for sr in cfg.humaneval.runs:
+    plan = eval_plan(cfg)
+    for model in plan.models:
+        entry: dict = {"val_loss": last_val_loss(run / stage(MODELS[model]).folder),
+                       "temperatures": {}}
+        for sr in plan.runs:
             path = run / eval_name(model, sr.temperature) / "results.json"
             if not path.is_file():
                 continue
@@ -410,8 +434,8 @@ def print_summary(results: dict, page: Path) -> None:
     print()
     print(results_table(results))
     print()
-    for stage, seconds in results["stages"].items():
-        print(f"  {stage:24s} {seconds or 0:8.1f} s")
+    for name, seconds in results["stages"].items():
+        print(f"  {name:24s} {seconds or 0:8.1f} s")
     total, budget = results["total_seconds"], results["budget_minutes"]
     verdict = "within" if results["within_budget"] else "OVER"
     print(f"  {'total':24s} {total:8.1f} s = {total / 60:.1f} min, {verdict} the budget of "
@@ -421,9 +445,6 @@ def print_summary(results: dict, page: Path) -> None:
 
 
 def run_reference(config: str, overrides: list[str]) -> dict:
-    from codegpt.config import load_config
-
     cfg = load_config(ReferenceConfig, config, overrides)
-    validate(cfg)
-    check_machine(cfg)
+    check_machine(validate(cfg))
     return Reference(cfg, config).run_pipeline()

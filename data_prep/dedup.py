@@ -43,6 +43,9 @@ class DedupConfig:
 
 
 def normalise_whitespace(text: str) -> str:
+    """Collapse every run of whitespace to one space and strip the ends: a copy whose
+    indentation or line breaks were changed normalises to the same string (exact dedup's hash
+    and decontamination's substring tests both compare texts this way)."""
     return " ".join(text.split())
 
 

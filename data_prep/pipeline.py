@@ -18,11 +18,15 @@ work.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
+import inspect
 import json
 import logging
 import os
 import shutil
+import sys
 from collections import Counter, defaultdict
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,14 +37,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
+from tqdm import tqdm
 
 from codegpt.documents import META_FIELDS, SCHEMA
 from codegpt.errors import ConfigError
 from codegpt.io import atomic_write_json
 from codegpt.outputs import remove_temporary_files, writing_in_place
 from data_prep.config import DecontamConfig, ExecutorConfig, PrepConfig
+from data_prep.decontam import Decontaminator
 from data_prep.dedup import DedupConfig, MinHasher, exact_hash, plan_removals, shingles
 from data_prep.filters import FilterConfig, decode, first_failure
+from data_prep.sources import registry
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +58,6 @@ SNIPPET_CHARS = 2000
 
 def build_sources(specs: list[dict]) -> list:
     """Instantiate the configured sources; unknown types and arguments are clear errors."""
-    import difflib
-    import inspect
-
-    from data_prep.sources import registry
-
     sources = []
     for spec in specs:
         spec = dict(spec)
@@ -114,8 +116,6 @@ class SourceReader(PipelineStep):
         self.max_size_bytes = max_size_bytes
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1):
-        from tqdm import tqdm
-
         if data:
             yield from data
         rejects = RejectLog(self.work, "read", rank, self.samples)
@@ -183,8 +183,6 @@ class Decontaminate(_RejectingFilter):
         rejects = RejectLog(self.work, "decontam", rank, self.samples)
         checker = None
         if self.cfg.enabled:
-            from data_prep.decontam import Decontaminator
-
             checker = Decontaminator(ngram=self.cfg.ngram)
         for doc in data:
             reason = checker.check(doc.text) if checker else None
@@ -330,6 +328,7 @@ def make_executors(cfg: PrepConfig) -> list:
         ("2_dedup", [PlanDedup(cfg.dedup, work, tasks)], 1),
         ("3_write", [WriteKept(work, str(out), samples)], tasks),
     ]
+    # the executors pull in their schedulers' client code (Slurm, Ray): imported when one is built
     import datatrove.executor
 
     cls = getattr(datatrove.executor, _EXECUTOR_CLASSES[cfg.executor.type])
@@ -356,9 +355,7 @@ def datatrove_console_to(path: Path) -> Iterator[None]:
     sink that failed (a task's log file on a full disk) goes to ``path`` too, so a full disk is
     one line on the console, the CLI's, not a traceback per task.
     """
-    import sys
-
-    import loguru._error_interceptor as loguru_errors
+    import loguru._error_interceptor as loguru_errors  # private: only while redirecting
 
     import datatrove.utils.logging as dt_logging
 
@@ -492,6 +489,4 @@ def _write_samples(folder: Path, samples: dict, k: int) -> None:
 
 
 def _plain(obj: Any) -> Any:
-    import dataclasses
-
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj

@@ -83,8 +83,8 @@ def cases(f) -> list[tuple[list[str], str]]:
         (["eval", "humaneval"], "give --samples"),
         (["eval", "humaneval", "--checkpoint", MISSING, "--tokenizer", f["tok"], "--out", out],
          MISSING),
-        (["eval", "humaneval", "--samples", MISSING, "--timeout", "0"], "--timeout"),
-        (["eval", "humaneval", "--samples", MISSING, "--n", "many"], "--n"),
+        (["eval", "humaneval", "--samples", MISSING, "--timeout", "0"], "sandbox.timeout"),
+        (["eval", "humaneval", "--samples", MISSING, "--n", "many"], "sampling.n"),
         (["eval", "nope"], "nope"),
         (["nope"], "nope"),
     ]

@@ -22,9 +22,10 @@ from codegpt.cli import main
 from codegpt.config import (ConfigError, apply_renames, field_check, from_dict, load_config,
                             parse_overrides, setting, to_dict)
 from codegpt.errors import DataError, ShardError
-from codegpt.reference import (PATH_KEYS, HumanEvalSection, ReferenceConfig, SamplingRun,
+from codegpt.eval.config import EvalConfig
+from codegpt.reference import (EVAL_PATH_KEYS, PATH_KEYS, EvalPlan, ReferenceConfig, SamplingRun,
                                stage_config_classes)
-from codegpt.sft.data import SftDataConfig
+from codegpt.sft_data import SftDataConfig
 from codegpt.tokenizer.bpe import TokenizerConfig
 from codegpt.tokenizer.encode import TokenizeConfig
 from codegpt.train.config import TrainConfig
@@ -37,7 +38,8 @@ MISSING = "/nonexistent/codegpt-test"
 COMMANDS = [("prep", "default", PrepConfig), ("tokenizer", "default", TokenizerConfig),
             ("tokenize", "default", TokenizeConfig), ("sft-data", "default", SftDataConfig),
             ("train", "smoke", TrainConfig), ("show-config", "smoke", TrainConfig),
-            ("reference", "cpu", ReferenceConfig)]
+            ("reference", "cpu", ReferenceConfig), ("eval humaneval", "humaneval", EvalConfig),
+            ("reference", "cpu", EvalPlan)]  # the humaneval section's models and runs
 
 
 # --- the table, from the declarations --------------------------------------------------------
@@ -125,16 +127,21 @@ def cases() -> list[tuple[list[str], str, list[str]]]:
              for section, cls in stage_config_classes().items()]
     for command, base, cls, section in runs:
         for leaf in leaves(cls):
-            if section and leaf.key.split(".")[0] in PATH_KEYS:
+            paths = EVAL_PATH_KEYS if cls is EvalConfig else PATH_KEYS
+            if section and leaf.key.split(".")[0] in paths:
                 continue  # the reference run sets the paths
+            if section and leaf.key in ("sampling.n", "sampling.temperature"):
+                continue  # humaneval.runs sets them (tests/test_eval_config.py)
+            # the humaneval section's own keys (models, runs), checked as the config loads
+            plan = "humaneval." if cls is EvalPlan else ""
             for value in bad_values(leaf):
-                arg = override(leaf, value)
+                arg = plan + override(leaf, value)
                 words = [] if leaf.is_list and value == "abc" else [value.strip("[]")]
                 if leaf.check is not None and words:
                     words.append(leaf.check.describe())
                 lead = "^error: " if section is None else f"section {section}: "
-                out.append(([command, base, f"{section}.{arg}" if section else arg],
-                             key_pattern(lead, named(leaf)), words))
+                out.append(([*command.split(), base, f"{section}.{arg}" if section else arg],
+                             key_pattern(lead, plan + named(leaf)), words))
     return out
 
 
@@ -148,10 +155,10 @@ def test_the_table_covers_every_stage_and_kind_of_value():
     table = cases()
     assert len(table) > 300
     joined = [" ".join(argv) for argv, _, _ in table]
-    assert {argv[0] for argv, _, _ in table} == {c for c, _, _ in COMMANDS}
+    assert {argv[0] for argv, _, _ in table} == {c.split()[0] for c, _, _ in COMMANDS}
     for needle in ("optim.lr=nan", "model.n_head=0", "checkpoint.keep_last=0",
-                   "filters.max_size_bytes=0", "dedup.num_perm=0", "humaneval.top_p=1.000001",
-                   "humaneval.device=not-a-choice", "executor.start_method=not-a-choice",
+                   "filters.max_size_bytes=0", "dedup.num_perm=0", "humaneval.sampling.top_p=1.000001",
+                   "humaneval.device=not-a-choice", "sampling.top_k=-1", "executor.start_method=not-a-choice",
                    "humaneval.runs=[{n: 0}]", "tokenizer.min_frequency=-1", "run.compile=maybe",
                    "train.optim.grad_clip=0", "sft_data.doctest_timeout=nan", "space_runs=[0]"):
         assert any(needle in j for j in joined), needle
@@ -192,7 +199,7 @@ def test_every_numeric_field_declares_a_range_and_every_default_passes_it():
                     assert leaf.check.allows(v), (cls.__name__, leaf.key, v)
         # the defaults go through the loader unchanged
         assert from_dict(cls, to_dict(default)) == default
-    for cls in (HumanEvalSection, SamplingRun):
+    for cls in (EvalPlan, SamplingRun):
         for leaf in leaves(cls):
             if leaf.ftype in (int, float):
                 assert leaf.check is not None and leaf.check.bounded, (cls.__name__, leaf.key)

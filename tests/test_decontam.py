@@ -2,6 +2,7 @@
 and the same verdicts in every process."""
 
 import gzip
+import hashlib
 import importlib
 import inspect
 import json
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.decontam import (Decontaminator, docstrings, load_problems,
-                                normalise_whitespace, tokenize)
+from codegpt.errors import DataError
+from codegpt.problems import load_problems
+from data_prep.decontam import Decontaminator, docstrings, tokenize
+from data_prep.dedup import normalise_whitespace
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,12 +47,13 @@ def deco() -> Decontaminator:
 
 @pytest.fixture(scope="module")
 def problems() -> dict:
-    return {p["task_id"]: p for p in load_problems()}
+    return load_problems(fields=("task_id", "prompt", "canonical_solution"))
 
 
-def test_loads_all_humaneval_problems(problems):
+def test_loads_all_humaneval_problems(deco, problems):
     assert len(problems) == 164
     assert "HumanEval/0" in problems and "HumanEval/163" in problems
+    assert deco.task_ids == list(problems)  # benchmark order: the order verdicts name tasks in
 
 
 def test_normalise_whitespace():
@@ -134,12 +138,16 @@ def test_problems_from_a_jsonl_gz(tmp_path):
 
 
 def test_bad_problem_files_say_what_is_wrong(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_problems(tmp_path / "absent.jsonl")
+    with pytest.raises(DataError, match="does not exist"):
+        Decontaminator(problems_path=tmp_path / "absent.jsonl")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"task_id": "X/1", "prompt": "def f(): pass"}) + "\n")
-    with pytest.raises(ValueError, match="canonical_solution"):
+    with pytest.raises(DataError, match=r"bad.jsonl:1 .*canonical_solution"):
         Decontaminator(problems_path=bad)
+    with pytest.raises(ValueError, match=r"problem 0 \(X/1\) .*canonical_solution"):
+        Decontaminator(problems=[{"task_id": "X/1", "prompt": "def f(): pass"}])
+    with pytest.raises(ValueError, match="no problems"):
+        Decontaminator(problems=[])
 
 
 DETERMINISM_SCRIPT = """
@@ -164,8 +172,6 @@ def test_same_results_whatever_the_hash_seed(deco, problems):
                              capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stderr
         outs.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    import hashlib
-
     here = {"keys": hashlib.sha256(deco._keys.tobytes()).hexdigest(),
             "verdicts": [deco.check(t) for t in texts]}
     assert outs[0] == outs[1] == here

@@ -88,7 +88,7 @@ def test_the_demo_split_puts_five_percent_of_the_tokens_in_val(tmp_path):
     by the local source's repositories), val_fraction=0.05, a BPE trained on them."""
     from codegpt.tokenizer.bpe import TokenizerConfig, load_tokenizer, train_tokenizer
     from codegpt.tokenizer.encode import TokenizeConfig, tokenize
-    from codegpt.tokenizer.shards import iter_documents
+    from test_shards import shard_documents
     from data_prep.sources.local import LocalSource
 
     source = LocalSource()
@@ -121,5 +121,5 @@ def test_the_demo_split_puts_five_percent_of_the_tokens_in_val(tmp_path):
     repo_of = {r["text"]: r["repo_name"] for r in rows}
     tok = load_tokenizer(tok_dir)
     repos = {s: {repo_of[tok.decode(ids.tolist(), skip_special_tokens=False)]
-                 for ids in iter_documents(tmp_path / "tokens", s)} for s in ("train", "val")}
+                 for ids in shard_documents(tmp_path / "tokens", s)} for s in ("train", "val")}
     assert repos["val"] and not repos["train"] & repos["val"]

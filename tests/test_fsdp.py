@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from codegpt.train.batches import TokenWindows, loss_tokens, val_batches
-from codegpt.train.checkpoint import TIED_KEYS, list_checkpoints, load_checkpoint_model
+from codegpt.checkpoint import TIED_KEYS, list_checkpoints, load_checkpoint_model
 from codegpt.train.metrics import read_metrics
 from codegpt.tokenizer.shards import SequenceIndex
 

@@ -101,12 +101,29 @@ def test_scoring_resumes_and_a_mix_gives_the_formula(tmp_path):
     assert evaluate_samples_file(path, allow_missing=True)["pass@1"] == pytest.approx(1 / 3)
 
 
+def generate_samples(checkpoint, tokenizer, out_path, problems, **sampling):
+    """A checkpoint's samples of ``problems`` into ``out_path`` with these sampling settings."""
+    from codegpt.checkpoint import load_checkpoint_and_tokenizer
+    from codegpt.eval.config import SamplingSection
+    from codegpt.eval.humaneval import sample_problems
+
+    loaded = load_checkpoint_and_tokenizer(checkpoint, tokenizer)
+    return sample_problems(loaded.model, loaded.tokenizer, out_path, problems,
+                           SamplingSection(**sampling))
+
+
+def eval_config(checkpoint, tokenizer, out_dir, likelihood="with", limit=0, **sampling):
+    from codegpt.eval.config import EvalConfig, SamplingSection
+
+    return EvalConfig(checkpoint=str(checkpoint), tokenizer=str(tokenizer), out_dir=str(out_dir),
+                      likelihood=likelihood, limit=limit, sampling=SamplingSection(**sampling))
+
+
 def test_generation_batches_problems_and_resumes_the_same_samples(tmp_path):
     """With n smaller than the batch, several problems share a batch; samples do not depend on
     that, and an interrupted samples file is completed with the same samples."""
     from test_generate import make_checkpoint, make_tokenizer
 
-    from codegpt.eval.humaneval import generate_samples
     from codegpt.tokenizer.bpe import load_tokenizer
 
     tok_dir = make_tokenizer(tmp_path)
@@ -133,7 +150,6 @@ def test_too_long_prompts_are_reported_once_per_run(tmp_path, caplog):
 
     from test_generate import make_checkpoint, make_tokenizer
 
-    from codegpt.eval.humaneval import generate_samples
     from codegpt.tokenizer.bpe import load_tokenizer
 
     tok_dir = make_tokenizer(tmp_path)
@@ -164,19 +180,19 @@ def test_verdict_key_covers_program_timeout_sandbox_and_verdict():
 
 
 def test_results_made_elsewhere_or_edited_are_run_again(monkeypatch):
-    from codegpt.eval import sandbox
+    from codegpt.eval import humaneval
     from codegpt.eval.humaneval import score_samples
 
     problems = load_problems()
     task = "HumanEval/0"
     runs = []
-    real = sandbox.run_programs
+    real = humaneval.run_programs
 
     def counting(programs, **kw):
         runs.append(len(programs))
         return real(programs, **kw)
 
-    monkeypatch.setattr(sandbox, "run_programs", counting)
+    monkeypatch.setattr(humaneval, "run_programs", counting)
     samples = [  # a wrong answer that claims to pass, a right one whose "false" is a string
         {"task_id": task, "completion": "    return None\n", "passed": True, "result": "passed"},
         {"task_id": task, "completion": problems[task]["canonical_solution"], "passed": "false"}]
@@ -277,7 +293,6 @@ def test_resume_after_a_kill_mid_write_keeps_n_samples_per_problem(tmp_path):
     off instead of gluing the next record onto it, so every problem ends with exactly n."""
     from test_generate import make_checkpoint, make_tokenizer
 
-    from codegpt.eval.humaneval import generate_samples
     from codegpt.tokenizer.bpe import load_tokenizer
 
     tok_dir = make_tokenizer(tmp_path)
@@ -361,9 +376,9 @@ def test_results_record_the_checkpoint_used_and_a_corrupt_newest_is_said(tmp_pat
 
     from test_generate import make_checkpoint, make_tokenizer
 
-    from codegpt.eval.humaneval import evaluate_checkpoint, evaluate_likelihood
+    from codegpt.eval.humaneval import evaluate_checkpoint
     from codegpt.tokenizer.bpe import load_tokenizer
-    from codegpt.train import checkpoint as ckpt
+    from codegpt import checkpoint as cp
 
     tok_dir = make_tokenizer(tmp_path)
     vocab = load_tokenizer(tok_dir).get_vocab_size()
@@ -371,11 +386,11 @@ def test_results_record_the_checkpoint_used_and_a_corrupt_newest_is_said(tmp_pat
     old, _ = make_checkpoint(run / "checkpoints", vocab, tokenizer=tok_dir, step=10)
     new, _ = make_checkpoint(run / "checkpoints", vocab, seed=1, tokenizer=tok_dir, step=20)
     loads = []
-    load_model = ckpt._load_model
-    monkeypatch.setattr(ckpt, "_load_model", lambda *a, **k: loads.append(a[0]) or
+    load_model = cp._load_model
+    monkeypatch.setattr(cp, "_load_model", lambda *a, **k: loads.append(a[0]) or
                         load_model(*a, **k))
     kw = dict(n=1, temperature=0.0, top_p=1.0, max_new_tokens=4, batch_size=1, limit=1)
-    results = evaluate_checkpoint(run, tok_dir, tmp_path / "a", **kw)
+    results = evaluate_checkpoint(eval_config(run, tok_dir, tmp_path / "a", **kw))
     assert loads == [new]  # likelihood and sampling: one model
     saved = json.loads((tmp_path / "a" / "results.json").read_text())
     assert {k: saved[k] for k in ("checkpoint", "checkpoint_folder", "checkpoint_step",
@@ -387,11 +402,10 @@ def test_results_record_the_checkpoint_used_and_a_corrupt_newest_is_said(tmp_pat
     data = bytearray((new / "model.safetensors").read_bytes())
     data[-1] ^= 0xFF  # a bit flip the manifest catches
     (new / "model.safetensors").write_bytes(bytes(data))
-    for evaluate, out in ((evaluate_checkpoint, "b"), (evaluate_likelihood, "c")):
+    for likelihood, out in (("with", "b"), ("only", "c")):
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            args = kw if evaluate is evaluate_checkpoint else {"limit": 1}
-            evaluate(run, tok_dir, tmp_path / out, **args)
+            evaluate_checkpoint(eval_config(run, tok_dir, tmp_path / out, likelihood, **kw))
         saved = json.loads((tmp_path / out / "results.json").read_text())
         assert (saved["checkpoint"], saved["checkpoint_folder"], saved["checkpoint_step"]) == (
             str(run), str(old), 10)
@@ -401,7 +415,7 @@ def test_results_record_the_checkpoint_used_and_a_corrupt_newest_is_said(tmp_pat
     # a checkpoint named explicitly is used as named, without a warning
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        saved = evaluate_likelihood(old, tok_dir, tmp_path / "d", limit=1)
+        saved = evaluate_checkpoint(eval_config(old, tok_dir, tmp_path / "d", "only", limit=1))
     assert (saved["checkpoint"], saved["checkpoint_folder"], saved["checkpoints_skipped"]) == (
         str(old), str(old), [])
     assert not saved["checkpoint_newest"]  # step_0000020 is there, though corrupt

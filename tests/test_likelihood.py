@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from codegpt.eval.likelihood import (Likelihood, canonical_likelihood, first_scored_token,
+from codegpt.tokenizer.offsets import first_scored_token
+from codegpt.eval.likelihood import (Likelihood, canonical_likelihood,
                                      solution_likelihood, token_logprobs)
 from codegpt.model import GPT, ModelConfig
 from codegpt.tokenizer.bpe import load_tokenizer

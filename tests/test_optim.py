@@ -1,7 +1,9 @@
 import torch
 
 from codegpt.model import GPT, ModelConfig
-from codegpt.train.optim import build_optimizer, param_groups
+from codegpt.train.config import OptimSection
+from codegpt.train.optim import ScheduledOptimizer, build_optimizer, param_groups
+from codegpt.train.schedule import lr_at, lr_at_time
 
 
 def test_weight_decay_only_on_linear_weight_matrices():
@@ -27,3 +29,24 @@ def test_gpt3_adam_settings_and_fused_flag():
     x = torch.randint(0, 50, (2, 16))
     model(x, x)[1].backward()
     opt.step()
+
+
+def test_the_scheduled_optimizer_sets_each_update_s_lr_in_every_group():
+    """ScheduledOptimizer is built from the optim section; set_lr puts the schedule's lr of an
+    update (by the step, or by the step and the clock) into every group, and step() applies the
+    update and clears the gradients."""
+    model = GPT(ModelConfig(n_layer=1, d_model=32, n_head=4, block_size=16, vocab_size=50))
+    section = OptimSection(lr=1e-3, beta1=0.8, warmup_steps=4, min_lr_ratio=0.1, fused=False)
+    optim = ScheduledOptimizer(model, section, max_steps=20)
+    assert optim.optimizer.param_groups[0]["betas"] == (0.8, 0.95)
+    assert optim.set_lr(2) == lr_at(2, 1e-3, 4, 20, 0.1)
+    assert {g["lr"] for g in optim.optimizer.param_groups} == {lr_at(2, 1e-3, 4, 20, 0.1)}
+    assert optim.set_lr(10, 0.9) == lr_at_time(10, 0.9, 1e-3, 4, 20, 0.1)
+    before = model.wte.weight.detach().clone()
+    x = torch.randint(0, 50, (2, 16))
+    model(x, x)[1].backward()
+    optim.step()
+    assert not torch.equal(before, model.wte.weight)
+    assert all(p.grad is None for p in model.parameters())
+    state = optim.schedule_state(10)
+    assert state["last_epoch"] == 10 and len(state["base_lrs"]) == 2

@@ -543,11 +543,11 @@ def test_a_full_disk_in_training_keeps_the_last_checkpoint_and_says_so(pipeline,
     assert "codegpt train" in lines[0]
     status = json.loads((out / "status.json").read_text())
     assert status["status"] == "failed" and status["reason"] == "disk full"
-    from codegpt.train import checkpoint as ckpt
+    from codegpt import checkpoint as cp
 
-    saved = ckpt.list_checkpoints(out / "checkpoints")
+    saved = cp.list_checkpoints(out / "checkpoints")
     assert saved and status["last_checkpoint"].endswith(saved[-1].name)
-    ckpt.verify(saved[-1])
+    cp.verify(saved[-1])
     assert not list((out / "checkpoints").glob(".tmp_*"))
     assert read_marker(out)["status"] == "failed" and not lock_path(out).exists()
 
@@ -593,3 +593,14 @@ def test_an_exported_folder_still_serves_as_a_tokenizer_folder(pipeline):
     pipe = pipeline["pipe"]
     assert tokenizer_hash(pipe / "export") == tokenizer_hash(pipe / "tokenizer")
     assert load_tokenizer(pipe / "export").get_vocab_size() == 400
+
+
+@pytest.mark.parametrize("files", [["a.json"], {"a.json": "12"}, {"a.json": None}, "a.json"])
+def test_a_marker_whose_files_are_not_names_and_sizes_is_incomplete_not_a_crash(tmp_path, files):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "a.json").write_text("{}")
+    (folder / MARKER).write_text(json.dumps({"format": 1, "stage": "report",
+                                             "status": "complete", "files": files}))
+    assert output_state(folder, "report") == "incomplete"
+    assert "unknown form" in outputs.completion_problem(folder, "report")

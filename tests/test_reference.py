@@ -55,7 +55,8 @@ def tiny_config(corpus: Path, run: Path, **changes) -> Path:
                 "optim": {"lr": 3e-4, "warmup_steps": 1}},
         "humaneval": {"models": ["base", "sft"], "runs": [{"temperature": 0.2, "n": 1},
                                                            {"temperature": 0.8, "n": 2}],
-                      "max_new_tokens": 8, "limit": 3, "timeout": 3.0},
+                      "limit": 3, "sampling": {"max_new_tokens": 8},
+                      "sandbox": {"timeout": 3.0}},
     }
     for key, value in changes.items():
         node = cfg
@@ -130,6 +131,14 @@ def test_reference_runs_every_stage_once_and_reports(corpus, tmp_path):
     assert "stage train already ran with other settings" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     assert (run / "train" / "checkpoints" / "step_0000008").is_dir()
+    # the report shows every stage: none missing, unreadable or cut short
+    page = (run / "report" / "report.html").read_text()
+    for word in ("not run", "unreadable", "incomplete", "cannot be shown"):
+        assert word not in page, word
+    # each evaluation ran with its eval config, a file a user can rerun by hand
+    eval_cfg = yaml.safe_load((run / "configs" / "humaneval-sft-t0.8.yaml").read_text())
+    assert eval_cfg["sampling"]["temperature"] == 0.8 and eval_cfg["sampling"]["n"] == 2
+    assert eval_cfg["checkpoint"] == str(run / "sft") and eval_cfg["likelihood"] == "skip"
 
 
 @pytest.mark.slow

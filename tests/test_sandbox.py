@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from codegpt.eval import sandbox
-from codegpt.eval.sandbox import (BWRAP, METHODS, RLIMITS, Program, Result, run_program,
+from codegpt import sandbox
+from codegpt.sandbox import (BWRAP, METHODS, RLIMITS, Program, Result, run_program,
                                    run_programs)
 
 REPO = Path(__file__).resolve().parents[1]

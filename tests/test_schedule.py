@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from codegpt.train.schedule import build_scheduler, lr_at
+from codegpt.train.config import OptimSection
+from codegpt.train.schedule import Schedule, lr_at, lr_at_time
 
 PEAK, WARMUP, MAX, RATIO = 6e-4, 100, 1100, 0.1
 
@@ -30,14 +31,38 @@ def test_schedule_is_monotone_after_warmup():
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
-def test_torch_scheduler_sets_the_formula_lr_for_each_update():
+def test_schedule_gives_the_lrs_of_earlier_codegpt_bit_for_bit():
+    """Schedule.lr is the formula's lr, and exactly the one torch's LambdaLR set for earlier
+    codegpt (the peak times the formula's share of it, which differs from lr_at in the last bit
+    at some steps of this schedule, the smoke config's): a run's metrics are unchanged."""
+    peak, warmup, max_steps, ratio = 3e-3, 5, 30, 0.1
+    schedule = Schedule(OptimSection(lr=peak, warmup_steps=warmup, min_lr_ratio=ratio),
+                        max_steps=max_steps)
     p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.AdamW([p], lr=PEAK)
-    sched = build_scheduler(opt, PEAK, 10, 50, RATIO)
-    for step in range(1, 60):
-        assert opt.param_groups[0]["lr"] == pytest.approx(lr_at(step, PEAK, 10, 50, RATIO))
+    opt = torch.optim.AdamW([p], lr=peak)
+    old = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda calls: lr_at(calls + 1, peak, warmup, max_steps, ratio) / peak)
+    differs = 0
+    for step in range(1, 40):
+        formula = lr_at(step, peak, warmup, max_steps, ratio)
+        assert schedule.lr(step) == opt.param_groups[0]["lr"]  # ==, not approx
+        assert schedule.lr(step) == pytest.approx(formula)
+        differs += schedule.lr(step) != formula
         opt.step()
-        sched.step()
+        old.step()
+    assert differs  # the test tells the two apart
+    assert schedule.lr(20, 0.8) == lr_at_time(20, 0.8, peak, warmup, max_steps, ratio)
+
+
+def test_scheduler_state_is_one_an_earlier_codegpt_resumes():
+    """scheduler.pt holds a LambdaLR state: an earlier codegpt loaded it and took the step from
+    last_epoch."""
+    schedule = Schedule(OptimSection(lr=PEAK, warmup_steps=10, min_lr_ratio=RATIO), 50)
+    p = torch.nn.Parameter(torch.zeros(1))
+    old = torch.optim.lr_scheduler.LambdaLR(torch.optim.AdamW([p], lr=PEAK), lambda c: 1.0)
+    old.load_state_dict(schedule.state_dict(12, groups=1))
+    assert old.last_epoch == 12 and old.base_lrs == [PEAK]
+    assert old.get_last_lr() == [schedule.lr(13)]
 
 
 def test_update_numbers_start_at_one():
@@ -46,8 +71,6 @@ def test_update_numbers_start_at_one():
 
 
 def test_time_budget_decays_by_the_clock_when_it_runs_ahead_of_the_steps():
-    from codegpt.train.schedule import lr_at_time
-
     floor = RATIO * PEAK
     # warmup is by steps whatever the clock says
     assert lr_at_time(WARMUP // 2, 0.9, PEAK, WARMUP, MAX, RATIO) == pytest.approx(PEAK / 2)

@@ -1,10 +1,9 @@
-"""Codex-S pairs (codegpt.sft.data): the exact prompt / completion slices, every rejection reason,
+"""Codex-S pairs (codegpt.sft_data): the exact prompt / completion slices, every rejection reason,
 doctests run in the sandbox, the user's JSONL, the repository-level split and the funnel."""
 
 import ast
 import json
 import sysconfig
-import textwrap
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,8 +12,8 @@ import pytest
 
 from codegpt.documents import SCHEMA, repository_bytes, split_repositories, utf8_size
 from codegpt.errors import DataError
-from codegpt.eval.sandbox import Program, run_programs
-from codegpt.sft.data import (Document, Pair, Rejection, SftDataConfig, build_sft_data,
+from codegpt.sandbox import Program, run_programs
+from codegpt.sft_data import (Document, Pair, Rejection, SftDataConfig, build_sft_data,
                               document_candidates, funnel_lines, read_jsonl_candidates)
 from data_prep.decontam import Decontaminator
 

@@ -18,12 +18,14 @@ from codegpt.config import load_config, to_dict
 from codegpt.errors import ConfigError
 from codegpt.model import GPT, ModelConfig
 from codegpt.tokenizer.bpe import EOT, load_tokenizer
+from codegpt import checkpoint as cp
 from codegpt.train import checkpoint as ckpt
 from codegpt.train.batches import IGNORE_INDEX, DistributedBatches
-from codegpt.train.checkpoint import list_checkpoints, load_checkpoint_model
+from codegpt.checkpoint import list_checkpoints, load_checkpoint_model
 from codegpt.train.config import TrainConfig
 from codegpt.train.metrics import read_metrics
-from codegpt.train.sft import open_sft_data, read_pairs
+from codegpt.pairs import read_pairs
+from codegpt.train.sft import open_sft_data
 from codegpt.train.trainer import Trainer
 
 from conftest import REPO, kill_at_checkpoint, run_cli
@@ -116,7 +118,7 @@ def step_records(run: Path, key: str = "loss") -> dict[int, dict]:
 
 def test_loss_tokens_are_the_completion_and_the_end_of_text(env):
     data = open_sft_data(str(env.pairs), str(env.tok), 64, with_val=True)
-    rows = read_pairs(env.pairs / "train.jsonl")
+    rows = read_pairs(env.pairs, "train")
     assert data.train.dropped == 1 and len(data.train) == len(rows) - 1  # the long one
     assert len(data.val) == 6
     tok = plain = load_tokenizer(env.tok)
@@ -234,7 +236,7 @@ def test_init_from_checks_the_recorded_tokenizer_from_any_working_directory(env,
     assert main(["train", str(SFT_YAML), *overrides(env, "run", "model.init_from=../pretrain",
                                                      "run.max_steps=1")]) == 0
     saved = missing / "run" / "checkpoints" / "step_0000001"
-    assert ckpt.checkpoint_tokenizer_hash(saved) == tokenizer_hash(env.tok)  # recorded again
+    assert cp.checkpoint_tokenizer_hash(saved) == tokenizer_hash(env.tok)  # recorded again
 
 
 def test_cli_fine_tunes_validates_on_the_val_pairs_and_plots(env, tmp_path, capsys):

@@ -2,8 +2,16 @@
 import numpy as np
 import pytest
 
-from codegpt.tokenizer.shards import (SequenceIndex, ShardError, ShardWriter, iter_documents, read_meta,
-                            write_meta)
+from codegpt.tokenizer.shards import SequenceIndex, ShardError, ShardWriter, read_meta, write_meta
+
+
+def shard_documents(token_dir, split: str) -> list[np.ndarray]:
+    """Each document's ids (without eot) of a split, in shard order, read through the memmaps
+    training opens (``SequenceIndex.open`` checks meta.json and every shard's size)."""
+    index = SequenceIndex.open(token_dir, split, seq_len=1)
+    tokens = np.concatenate([np.asarray(a, dtype=np.int64) for a in index.arrays])
+    ends = np.flatnonzero(tokens == read_meta(token_dir)["eot_id"])
+    return [tokens[a + 1:b] for a, b in zip(np.concatenate([[-1], ends[:-1]]), ends)]
 
 
 def make_shards(tmp_path, docs, vocab=1000, tokens_per_shard=50):
@@ -21,7 +29,7 @@ def test_documents_round_trip_with_eot_across_shards(tmp_path):
     assert meta["dtype"] == "uint16"
     assert len(meta["splits"]["train"]["shards"]) == 5  # 234 tokens / 50 per shard
     assert meta["splits"]["train"]["tokens"] == sum(len(d) + 1 for d in docs)
-    back = list(iter_documents(tmp_path, "train"))
+    back = shard_documents(tmp_path, "train")
     assert [d.tolist() for d in back] == [d.tolist() for d in docs]
 
 

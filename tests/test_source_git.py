@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from codegpt.errors import CodegptError, SourceError
+from data_prep.sources import base
 from data_prep.sources import git as gitmod
 from data_prep.sources.git import (GitSource, clone_dir_name, detect_license, list_python_files,
                                    parse_repo_name)
@@ -271,8 +273,6 @@ def test_unreadable_file(tmp_path, monkeypatch):
     def deny(*args, **kwargs):  # a mode check would not stop root, so refuse the open itself
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    from data_prep.sources import base
-
     monkeypatch.setattr(base, "open", deny, raising=False)
     rec = gitmod.read_file(tmp_path, "locked.py", 100)
     assert (rec.error, rec.data) == ("unreadable", None)
@@ -318,3 +318,11 @@ def test_urls_file_reads_json_lines_and_plain_urls(tmp_path):
     src = GitSource(urls=["https://h/c/d"], urls_file=str(f), cache_dir=str(tmp_path))
     assert [(s.repo_name, s.stars, s.license_hint) for s in src.repos] == [
         ("a/b", 5, "mit"), ("c/d", None, None)]
+
+
+def test_a_failing_git_is_a_codegpt_error(tmp_path):
+    """GitError belongs to the error base the CLI prints as one line `error: ...`."""
+    with pytest.raises(gitmod.GitError, match="exited with") as e:
+        gitmod.run_git(["rev-parse", "HEAD"], cwd=tmp_path)  # not a repository
+    assert isinstance(e.value, SourceError) and isinstance(e.value, CodegptError)
+    assert e.value.exit_code == 2

@@ -2,12 +2,14 @@
 
 import datetime as dt
 import json
+import socket
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+import yaml
 
 from data_prep.sources.github import (GitHubError, GitHubSearch, GitHubSource,
                                       git_source_from_repos, read_repo_list, split_window,
@@ -225,8 +227,6 @@ def test_server_error_is_retried_then_recorded(fake, tmp_path):
 
 
 def test_connection_errors_are_bounded(tmp_path):
-    import socket
-
     with socket.socket() as s:  # a port on 127.0.0.1 that nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -244,6 +244,26 @@ def test_bad_token_is_a_clear_error(fake, monkeypatch):
     fake.script[(WINDOW, 1)] = [(401, {}, {"message": "Bad credentials"})]
     with pytest.raises(GitHubError, match="GITHUB_TOKEN"):
         search(fake).run()
+
+
+def test_the_cli_prints_a_github_error_as_one_line(fake, tmp_path, capsys):
+    """codegpt prep with a github source that GitHub refuses: `error: ...`, exit 2, no
+    traceback (GitHubError is a codegpt.errors.SourceError)."""
+    from codegpt.cli import main  # imports torch: only this test pays for it
+
+    fake.script[(WINDOW, 1)] = [(401, {}, {"message": "Bad credentials"})]
+    config = tmp_path / "prep.yaml"
+    config.write_text(yaml.safe_dump({"sources": [{
+        "type": "github", "created_from": "2020-01-01", "created_to": "2020-01-31",
+        "api_base": fake.api, "cache_dir": str(tmp_path / "repos")}]}))
+    code = main(["prep", str(config), f"out_dir={tmp_path / 'out'}", "decontam.enabled=false",
+                 "executor.tasks=1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert [line for line in err.splitlines() if "error" in line.lower()] == [
+        "error: GitHub rejected the credentials (401 Bad credentials): check GITHUB_TOKEN, or "
+        "unset it to search without one"], err
+    assert "Traceback" not in err
 
 
 def test_token_header(fake, monkeypatch):
@@ -290,8 +310,6 @@ def test_resume_after_crash_repeats_no_request(fake, tmp_path, monkeypatch):
 
 
 def test_loopback_api_bypasses_a_configured_proxy(fake, monkeypatch):
-    import socket
-
     with socket.socket() as s:  # a "proxy" on 127.0.0.1 that refuses: using it would fail
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -7,7 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from codegpt.config import ConfigError
+from codegpt.errors import ConfigError
+from data_prep.pipeline import build_sources
+from data_prep.sources import registry
 from data_prep.sources.hf import HFSource, detect_columns
 
 STACK_ROWS = [  # the-stack layout
@@ -167,10 +169,8 @@ def test_missing_local_files_are_a_clear_error(tmp_path, cache):
 
 
 def test_registered_and_built_from_a_config_dict(stack_parquet, cache):
-    from data_prep.pipeline import build_sources
-    from data_prep.sources import registry
-
     assert registry()["hf"] is HFSource
+    assert sorted(registry()) == ["git", "github", "hf", "local"]  # none left out quietly
     (source,) = build_sources([{"type": "hf", "path": str(stack_parquet), "cache_dir": cache,
                                 "licenses": ["mit"]}])
     assert [f.path for f in files(source) if f.error is None] == ["src/a.py"]

@@ -1,7 +1,12 @@
 """Token shards from data prep's parquet documents and a trained tokenizer."""
 
+import colorsys
 import inspect
 import json
+import json.decoder
+import json.encoder
+import string
+import textwrap
 from collections import Counter
 
 import numpy as np
@@ -9,18 +14,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from codegpt.cli import main
 from codegpt.documents import repository_bytes, split_repositories, utf8_size
 from codegpt.errors import DataError
-from codegpt.tokenizer.bpe import EOT, TokenizerConfig, load_tokenizer, train_tokenizer
+from codegpt.tokenizer.bpe import EOT, TokenizerConfig, fast_encoder, load_tokenizer, train_tokenizer
 from codegpt.tokenizer.encode import TokenizeConfig, check_tokenizer, tokenize
-from codegpt.tokenizer.shards import SequenceIndex, ShardError, iter_documents
+from codegpt.tokenizer.shards import SequenceIndex, ShardError
+from test_shards import shard_documents
+from test_tokenizer import AWKWARD
 
 
 def corpus_docs() -> list[dict]:
-    import colorsys, json as json_mod, string, textwrap
-
     docs = []
-    for i, mod in enumerate([colorsys, json_mod.decoder, json_mod.encoder, string, textwrap]):
+    for i, mod in enumerate([colorsys, json.decoder, json.encoder, string, textwrap]):
         src = inspect.getsource(mod)
         for j in range(4):  # four repositories' worth of files
             docs.append({"id": f"{i:02d}{j}", "repo_name": f"repo{j}/{mod.__name__}",
@@ -51,7 +57,7 @@ def test_shards_decode_back_to_exactly_the_documents(setup):
     tok = load_tokenizer(tok_dir)
     decoded = Counter()
     for split in ("train", "val"):
-        for ids in iter_documents(out, split):
+        for ids in shard_documents(out, split):
             decoded[(split, tok.decode(ids.tolist(), skip_special_tokens=False))] += 1
     texts = Counter(d["text"] for d in docs)
     assert Counter(text for _, text in decoded.elements()) == texts
@@ -71,7 +77,7 @@ def test_the_split_is_the_shared_function_and_keeps_repositories_whole(setup):
     assert val and len(val) < len({d["repo_name"] for d in docs})
     tok = load_tokenizer(tok_dir)
     by_split = {s: Counter(tok.decode(ids.tolist(), skip_special_tokens=False)
-                           for ids in iter_documents(out, s)) for s in ("train", "val")}
+                           for ids in shard_documents(out, s)) for s in ("train", "val")}
     expected = {s: Counter(d["text"] for d in docs if (d["repo_name"] in val) == (s == "val"))
                 for s in ("train", "val")}
     assert by_split == expected  # exactly the repositories the shared function puts in val
@@ -121,16 +127,11 @@ def test_empty_dataset_and_missing_folder_are_clear_errors(setup, tmp_path):
 
 
 def test_the_cli_reports_errors_with_exit_code_2(tmp_path, capsys):
-    from codegpt.cli import main
-
     assert main(["tokenize", "default", f"data_dir={tmp_path}", f"out_dir={tmp_path}/o"]) == 2
     assert "error:" in capsys.readouterr().err
 
 
 def test_tiktoken_engine_gives_the_same_ids_as_hf(setup):
-    from codegpt.tokenizer.bpe import fast_encoder, load_tokenizer
-    from test_tokenizer import AWKWARD
-
     docs, tok_dir, _, _ = setup
     fast, plain = fast_encoder(tok_dir), load_tokenizer(tok_dir)
     assert fast is not None
@@ -155,8 +156,6 @@ def test_shards_are_identical_with_either_engine(setup, tmp_path):
 
 
 def test_whitespace_token_tokenizers_fall_back_to_hf(tmp_path, setup):
-    from codegpt.tokenizer.bpe import fast_encoder
-
     docs, tok_dir, out, _ = setup
     ws = train_tokenizer(TokenizerConfig(data_dir=str(tok_dir.parent / "data"), out_dir=str(tmp_path),
                                          vocab_size=700, sample_mb=5, space_runs=[2, 8])).parent

@@ -16,10 +16,10 @@ from codegpt.cli import main
 from codegpt.config import REPO_ROOT as REPO, ConfigError, load_config
 from codegpt.errors import DataError
 from codegpt.tokenizer.bpe import (CODE_PATTERN, EOT, META_FILE, SPECIAL_TOKENS, TokenizerConfig,
-                               TokenizerError, build_tokenizer, bytes_per_token,
-                               load_hf_tokenizer, load_tokenizer,
-                               sample_documents, tokenizer_hash, train_bpe, train_tokenizer,
-                               whitespace_splitter, whitespace_tokens)
+                                   TokenizerError, build_tokenizer, bytes_per_token,
+                                   load_tokenizer, sample_documents, save_tokenizer,
+                                   tokenizer_file, tokenizer_hash, train_bpe, train_tokenizer,
+                                   whitespace_splitter, whitespace_tokens)
 
 AWKWARD = [
     "",
@@ -78,8 +78,6 @@ def tok(corpus, tiny_cfg) -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def saved(tok, tiny_cfg):
-    from codegpt.tokenizer.bpe import save_tokenizer
-
     return save_tokenizer(tok, tiny_cfg.out_dir, tiny_cfg)
 
 
@@ -143,7 +141,14 @@ def test_training_splitter_matches_added_token_boundaries(tok, tiny_cfg):
 
 
 def test_hf_and_tokenizers_give_identical_ids(saved, corpus):
-    raw, hf = load_tokenizer(saved), load_hf_tokenizer(saved)
+    """tokenizer.json loaded as transformers' PreTrainedTokenizerFast, with special-token text
+    split as text (what ``load_tokenizer`` does), gives the same ids and decodes losslessly."""
+    from transformers import PreTrainedTokenizerFast  # heavy, a dev dependency: imported on use
+
+    raw = load_tokenizer(saved)
+    hf = PreTrainedTokenizerFast(tokenizer_file=str(saved), eos_token=EOT, bos_token=EOT,
+                                 unk_token=EOT, pad_token=EOT, clean_up_tokenization_spaces=False,
+                                 split_special_tokens=True)
     assert hf.eos_token == EOT and hf.eos_token_id == 0 and hf.bos_token == EOT
     for text in corpus[:5] + AWKWARD:
         ids = raw.encode(text).ids
@@ -152,7 +157,7 @@ def test_hf_and_tokenizers_give_identical_ids(saved, corpus):
 
 
 def test_auto_tokenizer_loads_the_folder(saved):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy, a dev dependency: imported on use
 
     hf = AutoTokenizer.from_pretrained(str(saved.parent))
     assert hf.eos_token == EOT and hf.eos_token_id == 0
@@ -168,6 +173,12 @@ def test_meta_records_hash_and_ids(saved, tiny_cfg):
     assert meta["vocab_size"] == tiny_cfg.vocab_size and meta["eot_id"] == 0
     assert meta["special_tokens"] == {t: i for i, t in enumerate(SPECIAL_TOKENS)}
     assert not list(saved.parent.glob(".*tmp*"))  # atomic writes left no temp files
+
+
+def test_tokenizer_file_takes_the_file_or_its_folder(saved, tmp_path):
+    assert tokenizer_file(saved) == tokenizer_file(saved.parent) == saved
+    with pytest.raises(TokenizerError, match="no tokenizer at"):
+        tokenizer_file(tmp_path / "absent.json")
 
 
 def test_bytes_per_token(tok):

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from codegpt.train.checkpoint import list_checkpoints
+from codegpt.checkpoint import list_checkpoints
 from codegpt.train.metrics import read_metrics
 from codegpt.config import load_config
 from codegpt.train.config import TrainConfig
@@ -123,7 +123,8 @@ def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(token_d
     cfg = load_config(TrainConfig, SMOKE, [f"data_dir={token_dir}", f"out_dir={tmp_path}",
                                     "run.max_steps=12", "checkpoint.every=4", "data.val_every=0"])
     trainer = Trainer(cfg)
-    forward = trainer.raw_model.forward
+    model = trainer.accelerator.unwrap_model(trainer.model)  # the GPT that computes the loss
+    forward = model.forward
     calls = {"n": 0}
 
     def poisoned(idx, targets=None):
@@ -133,11 +134,11 @@ def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(token_d
             loss = loss * float("nan")
         return logits, loss
 
-    monkeypatch.setattr(trainer.raw_model, "forward", poisoned)
+    monkeypatch.setattr(model, "forward", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 7.*step_0000004"):
         trainer.fit()
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_0000004"]
-    assert all(torch.isfinite(p).all() for p in trainer.raw_model.parameters())
+    assert all(torch.isfinite(p).all() for p in model.parameters())
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "failed"
 
 
@@ -283,3 +284,24 @@ def test_config_changes_and_the_resume_check(tmp_path, caplog):
         check_resume_config(tmp_path, cfg)
     assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
         f"model.local_window: '{ABSENT}' -> {cfg.model.local_window!r}"]
+
+
+def test_time_budget_counts_earlier_processes_and_is_read_at_fixed_points():
+    """TimeBudget: no budget reads None (the lr follows the steps); a budget counts the seconds
+    of the processes a run resumes, changes only when read, and is spent at a share of 1."""
+    from types import SimpleNamespace
+
+    from codegpt.train.budget import TimeBudget
+
+    one_cpu = SimpleNamespace(device=torch.device("cpu"), num_processes=1)
+    none = TimeBudget(0, one_cpu)
+    none.start()
+    assert not none.enabled and none.fraction is None and none.read() is None and not none.spent
+    budget = TimeBudget(1.0, one_cpu)
+    budget.resume(30.0)
+    assert budget.elapsed() == 30.0 and budget.fraction is None  # not read yet
+    budget.start()
+    assert 0.5 <= budget.fraction < 0.6 and not budget.spent
+    budget.resume(60.0)
+    assert budget.fraction < 1 and budget.read() >= 1.0 and budget.spent
+    assert budget.reason == "run.max_minutes=1 spent"

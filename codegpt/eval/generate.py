@@ -13,13 +13,14 @@ prompt all read that one copy, which is what makes pass@k sampling cheap.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from codegpt.eval.config import SamplingSection
 from codegpt.eval.decode import decode_step, prefill, prompt_groups
 from codegpt.eval.healing import Healer, split_last_piece
 from codegpt.eval.sampling import (cut_at_stop, kept_tokens, pick_tokens, sample_generator,
@@ -29,8 +30,6 @@ from codegpt.tokenizer.bpe import EOT
 
 log = logging.getLogger(__name__)
 
-# Codex (Chen et al. 2021): stop at the start of a new top-level statement.
-DEFAULT_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 
 
 @dataclass
@@ -46,23 +45,6 @@ class Completion:
     the probability of ending there, not 0.0, and never wins the reranking by default; with no
     scored token at all (``max_new_tokens`` 0) it is -inf."""
     finish_reason: str     # "stop" (a stop string), "eot" (<|endoftext|>) or "length"
-
-
-# --- precision -----------------------------------------------------------------------------
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def inference_dtype(name: str | None, device: str | torch.device = "cpu") -> torch.dtype:
-    """``auto`` (or None): bfloat16 on a GPU that has it, else float32; or a name in DTYPES."""
-    if name in (None, "auto"):
-        dev = torch.device(device)
-        if dev.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}: use auto, {', '.join(DTYPES)}")
-    return DTYPES[name]
 
 
 # --- the batch loop ------------------------------------------------------------------------
@@ -189,14 +171,15 @@ def encode_prompts(tokenizer, prompts: list[str], block: int, max_new_tokens: in
     return [ids[-keep:] for ids in encoded]
 
 
-def generate(model: GPT, tokenizer, prompts: list[str], n: int = 1, max_new_tokens: int = 256,
-             temperature: float = 0.2, top_p: float = 0.95, top_k: int = 0,
-             stop=DEFAULT_STOP, seed: int | list[int] = 0, batch_size: int = 16, device=None,
-             ignore_eot: bool = False, warn_truncation: bool = True, heal: bool = True
-             ) -> list[list[Completion]]:
-    """``n`` completions of every prompt: result[p][i] is sample i of prompts[p], a function
-    of (seed, i) and the prompt alone; ``seed`` may be a list with one seed per prompt.
+def generate(model: GPT, tokenizer, prompts: list[str], sampling: SamplingSection | None = None,
+             *, seed: int | list[int] | None = None, device=None, ignore_eot: bool = False,
+             warn_truncation: bool = True, **settings) -> list[list[Completion]]:
+    """``sampling.n`` completions of every prompt: result[p][i] is sample i of prompts[p], a
+    function of (seed, i) and the prompt alone.
 
+    ``sampling`` (``codegpt.eval.config.SamplingSection``, its defaults where not given) holds
+    every setting; ``settings`` replaces some of its fields by name (``n=4, temperature=0``).
+    ``seed`` replaces ``sampling.seed`` and may be a list with one seed per prompt.
     ``tokenizer`` is a ``tokenizers.Tokenizer``. ``temperature`` 0 is greedy. A sequence
     finishes on its own at a stop string (cut before it), at <|endoftext|> or after
     ``max_new_tokens`` (or the model's context); the rest of its batch goes on.
@@ -206,15 +189,19 @@ def generate(model: GPT, tokenizer, prompts: list[str], n: int = 1, max_new_toke
     last piece is backed off and regenerated; the completion is the text after it, and its
     token_ids and mean_logp count only tokens that hold a byte of the completion.
     """
+    s = dataclasses.replace(sampling or SamplingSection(), **settings)
+    n, batch_size, max_new_tokens = s.n, s.batch_size, s.max_new_tokens
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
+    seed = s.seed if seed is None else seed
     seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * len(prompts)
     if len(seeds) != len(prompts):
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+    temperature, top_p, top_k, heal = s.temperature, s.top_p, s.top_k, s.heal
     device = torch.device(device) if device is not None else model.wte.weight.device
     was_training = model.training
     model.eval()
-    stop = tuple(s for s in (stop or ()) if s)
+    stop = tuple(x for x in (s.stop or ()) if x)
     eot_id = None if ignore_eot else tokenizer.token_to_id(EOT)
     heads, tails = zip(*(split_last_piece(tokenizer, p) if heal else (p, "") for p in prompts))
     healer = Healer(tokenizer) if any(tails) else None
@@ -248,39 +235,3 @@ def _completion(tokenizer, healer: Healer | None, r: _Row, text: str, reason: st
     mean = float(np.mean(scored)) if scored else float("-inf")
     return Completion(text, r.ids[h:max(k, h)], mean, reason)
 
-
-def rerank_by_mean_logp(completions: list[Completion]) -> list[Completion]:
-    """Codex's mean-logp reranking: the most likely completions first."""
-    return sorted(completions, key=lambda c: c.mean_logp, reverse=True)
-
-
-# --- benchmarking --------------------------------------------------------------------------
-
-def time_generation(model: GPT, tokenizer, prompt: str | list[str], batch_size: int = 8,
-                    new_tokens: int = 128, temperature: float = 1.0, top_p: float = 1.0,
-                    repeats: int = 1, device=None) -> dict:
-    """Decode throughput, timed after one warm-up call: ``batch_size`` samples of ``prompt``
-    (as pass@k sampling draws n samples of a problem), or one sample of each prompt in a list of
-    ``batch_size`` prompts. Exactly ``new_tokens`` each (no stop strings, <|endoftext|>
-    ignored). Returns the best of ``repeats`` as tokens/s."""
-    prompts, n = ([prompt], batch_size) if isinstance(prompt, str) else (list(prompt), 1)
-    if len(prompts) * n != batch_size:
-        raise ValueError(f"{len(prompts)} prompts do not make a batch of {batch_size}")
-    kw = dict(n=n, max_new_tokens=new_tokens, temperature=temperature, top_p=top_p,
-              stop=(), batch_size=batch_size, device=device, ignore_eot=True,
-              heal=False)  # the decoding loop alone, as transformers runs it
-    generate(model, tokenizer, prompts, **{**kw, "max_new_tokens": 2})  # warm-up
-    dev = torch.device(device) if device is not None else model.wte.weight.device
-    best = float("inf")
-    tokens = 0
-    for _ in range(repeats):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        out = generate(model, tokenizer, prompts, **kw)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        best = min(best, time.perf_counter() - t0)
-        tokens = sum(len(c.token_ids) for cs in out for c in cs)
-    return {"batch_size": batch_size, "new_tokens": new_tokens, "tokens": tokens,
-            "seconds": best, "tokens_per_s": tokens / best}

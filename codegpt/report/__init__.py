@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from codegpt.errors import ReportError
 from codegpt.io import atomic_write_bytes, atomic_write_text
 from codegpt.outputs import check_output, writing_aside
-from codegpt.report.run import ReportError, Run, read_run
+from codegpt.report.page import render
+from codegpt.report.plots import figures
+from codegpt.report.run import Run, read_run
 
 __all__ = ["ReportError", "Run", "read_run", "write_report"]
 
@@ -20,9 +23,6 @@ __all__ = ["ReportError", "Run", "read_run", "write_report"]
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write ``report.html`` and its PNGs to ``out_dir`` (default RUN_DIR/report) and return
     the path of report.html. ReportError if ``run_dir`` is not a run folder."""
-    from codegpt.report.page import render
-    from codegpt.report.plots import figures
-
     run = read_run(run_dir)
     out = Path(out_dir) if out_dir is not None else run.dir / "report"
     check_output(out, "report")  # before the figures are drawn

@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import base64
 import html
-import logging
 import re
 from datetime import datetime, timezone
 
-from codegpt.report.run import (RUN_OF_MODEL, STAGES, Eval, Run, TrainRun, funnel_rows, number,
-                                task_number)
-
-log = logging.getLogger(__name__)
+from codegpt.problems import task_number
+from codegpt.report.run import Eval, Run, TrainRun, funnel_rows, number
+from codegpt.stages import BY_FOLDER, MODELS, STAGES, stage
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 GALLERY_PER_VERDICT = 3       # samples per model shown of each verdict (passed, failed)
 PROMPT_CHARS, COMPLETION_CHARS = 2500, 3000
 PASS_COLORS = ((0.0, (255, 255, 229)), (0.25, (217, 240, 163)), (0.5, (120, 198, 121)),
                (0.75, (35, 132, 67)), (1.0, (0, 69, 41)))  # YlGn
-EXPECTED = {"data": "stats.json", "tokenizer": "tokenizer.json", "tokens": "meta.json",
-            "train": "metrics.jsonl", "sft-data": "stats.json", "sft": "metrics.jsonl",
-            "humaneval": "results.json"}
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328;
        margin: 0 auto; max-width: 1240px; padding: 16px 24px 48px; background: #fff; }
@@ -122,9 +117,7 @@ def figure(figs: dict[str, bytes], name: str, alt: str) -> Html | None:
 # --- stage states ------------------------------------------------------------------------------
 
 def stage_value(run: Run, folder: str) -> object:
-    return {"data": run.data, "tokenizer": run.tokenizer, "tokens": run.tokens,
-            "train": run.train, "sft-data": run.sft_data, "sft": run.sft,
-            "humaneval": run.evals or None}[folder]
+    return run.output(BY_FOLDER[folder].name)
 
 
 def stage_state(run: Run, folder: str) -> tuple[str, str]:
@@ -138,7 +131,7 @@ def stage_state(run: Run, folder: str) -> tuple[str, str]:
     if stage_value(run, folder) is not None:
         return "ran", "; ".join(f"{k}: {v}" for k, v in bad.items())
     if run.present(folder):
-        return "incomplete", f"{folder}/ holds no {EXPECTED[folder]}"
+        return "incomplete", f"{folder}/ holds no {BY_FOLDER[folder].expect}"
     return "not run", f"no {folder}/ in this run folder"
 
 
@@ -166,10 +159,10 @@ def section(anchor: str, *body: object) -> Html:
 
 def overview(run: Run, figs: dict[str, bytes]) -> Html:
     rows = []
-    for folder, what in STAGES:
-        state, why = stage_state(run, folder)
+    for s in STAGES:
+        state, why = stage_state(run, s.folder)
         cls = {"ran": "state-ran", "not run": "state-notrun"}.get(state, "state-bad")
-        rows.append([what, el("code", f"{folder}/"), el("span", state, class_=cls), why])
+        rows.append([s.title, el("code", f"{s.folder}/"), el("span", state, class_=cls), why])
     body = [table(["stage", "folder", "state", "note"], rows)]
     if run.timings is not None:
         body.append(timings(run.timings))
@@ -271,7 +264,7 @@ def run_row(title: str, r: TrainRun) -> list[object]:
 
 
 def training_section(run: Run, figs: dict[str, bytes]) -> Html:
-    runs = [("pretraining", "train", run.train), ("Codex-S fine-tuning", "sft", run.sft)]
+    runs = [(s.title, s.folder, run.output(s.name)) for s in map(stage, MODELS.values())]
     rows = [run_row(f"{title} ({folder}/)", r) for title, folder, r in runs if r is not None]
     body: list[object] = [not_run(run, folder, f"{title} ({folder}/): ")
                           for title, folder, r in runs if r is None]
@@ -349,7 +342,7 @@ def headline(run: Run) -> Html:
     rows = []
     for e in run.evals:
         r = e.results
-        train = {"train": run.train, "sft": run.sft}.get(RUN_OF_MODEL.get(e.model, ""))
+        train = run.output(MODELS[e.model]) if e.model in MODELS else None
         n = (f"{r.get('n_per_problem_min')}" if r.get("n_per_problem_min") ==
              r.get("n_per_problem_max") else
              f"{r.get('n_per_problem_min')}–{r.get('n_per_problem_max')}")
@@ -401,12 +394,11 @@ def problem_grids(run: Run) -> Html:
         canon = e.results.get("canonical_per_problem") or next(
             (o.results.get("canonical_per_problem") for o in run.evals
              if o.model == e.model and o.results.get("canonical_per_problem")), {})
-        canon = canon if isinstance(canon, dict) else {}
         tasks = sorted(set(run.problems) | set(e.per_problem) | set(canon), key=task_number)
         cells = []
         for t in tasks:
             n, c = e.per_problem.get(t, (0, 0))
-            info = canon.get(t) if isinstance(canon.get(t), dict) else {}
+            info = canon.get(t, {})
             bpb = number(info.get("bits_per_byte"))
             label = t.rsplit("/", 1)[-1]
             title = (f"{t}: {c}/{n} samples passed ({c / n:.0%})" if n else f"{t}: no samples")
@@ -494,29 +486,17 @@ def gallery(run: Run) -> Html:
     return join(*out)
 
 
-def guarded(anchor: str, make, run: Run, figs: dict[str, bytes]) -> Html:
-    """A section, or the reason it cannot be shown (a stage's file holding values of
-    unexpected types): one odd file costs its section, not the report."""
-    try:
-        return make(run, figs)
-    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
-        log.warning("report: section %s cannot be shown: %r", anchor, e)
-        return section(anchor, el("p", f"cannot be shown: {type(e).__name__}: {e}",
-                                  class_="warn"))
-
-
 def render(run: Run, figs: dict[str, bytes]) -> str:
     name = run.dir.resolve().name
-    present = sum(run.present(f) for f, _ in STAGES)
+    present = sum(run.present(s.folder) for s in STAGES)
     nav = el("nav", *(el("a", short, href=f"#{a}") for a, (_, short) in SECTIONS.items()))
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = join(el("h1", f"codegpt report: {name}"),
                 el("p", f"run folder {name}/ · {present} of {len(STAGES)} stages present · "
                         f"generated {when}", class_="sub"),
-                nav, *(guarded(anchor, make, run, figs) for anchor, make in (
-                    ("stages", overview), ("data", data_section),
-                    ("tokenizer", tokenizer_section), ("sft-data", sft_data_section),
-                    ("training", training_section), ("humaneval", humaneval_section))))
+                nav, *(make(run, figs) for make in (
+                    overview, data_section, tokenizer_section, sft_data_section,
+                    training_section, humaneval_section)))
     head = join(Html('<meta charset="utf-8">'),
                 Html(f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">'),
                 Html('<meta name="viewport" content="width=device-width, initial-scale=1">'),

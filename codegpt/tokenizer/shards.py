@@ -1,12 +1,21 @@
-"""Token shards: flat binary files of token ids plus ``meta.json`` (see shared DESIGN notes).
+"""Token shards: flat binary files of token ids plus ``meta.json``, written by ``codegpt
+tokenize`` (``codegpt.tokenizer.encode``) and memory-mapped by training.
 
 Layout of a token folder::
 
-    meta.json            dtype, vocab_size, eot_id, tokenizer hash, shards per split
-    train/shard_000000.bin   raw little-endian token ids, documents separated by <|endoftext|>
+    meta.json                format, dtype, vocab_size, eot_id, the tokenizer's path and hash,
+                             tokens_per_shard, and per split its shards (file, tokens),
+                             token and document counts
+    train/shard_000000.bin   raw token ids in ``dtype`` (uint16 when the vocabulary fits, else
+                             uint32) in the machine's byte order (little-endian on x86 and
+                             ARM), no header: each document's ids followed by
+                             ``<|endoftext|>`` (``eot_id``); a document may run on into the
+                             next shard
     val/shard_000000.bin
 
-Training memory-maps the shards; nothing is loaded whole.
+A shard's size is exactly its ``tokens`` times the dtype's size; readers refuse a shard that
+differs (truncated or rewritten) and ids at or above ``vocab_size``. Training memory-maps the
+shards (``SequenceIndex``); nothing is loaded whole.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 
@@ -25,8 +34,6 @@ from codegpt.outputs import require_complete
 
 FORMAT = "codegpt-tokens-v1"
 SPLITS = ("train", "val")
-
-
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -194,18 +201,3 @@ class SequenceIndex:
     def batch(self, indices: Iterable[int]) -> np.ndarray:
         return np.stack([self.get(int(i)) for i in indices])
 
-
-def iter_documents(token_dir: str | Path, split: str) -> Iterator[np.ndarray]:
-    """Yield each document's ids (without eot) of a split, in shard order."""
-    meta = read_meta(token_dir)
-    eot = meta["eot_id"]
-    carry = np.empty(0, dtype=np.int64)
-    for shard in meta["splits"][split]["shards"]:
-        arr = np.concatenate([carry, np.fromfile(Path(token_dir) / shard["file"],
-                                                 dtype=meta["dtype"]).astype(np.int64)])
-        ends = np.flatnonzero(arr == eot)
-        prev = 0
-        for e in ends:
-            yield arr[prev:e]
-            prev = e + 1
-        carry = arr[prev:]

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from codegpt.errors import ConfigError
-from codegpt.tokenizer.shards import SequenceIndex
+from codegpt.tokenizer.encode import check_tokenizer
+from codegpt.tokenizer.shards import SequenceIndex, read_meta
 
 BatchConfigError = ConfigError  # a batch that cannot be formed is a config problem
 
@@ -157,9 +158,6 @@ def val_batches(data: Examples, n_sequences: int, micro_batch: int, rank: int, w
 def open_token_data(data_dir: str, tokenizer: str, seq_len: int, with_val: bool) -> TrainData:
     """Token shards (``codegpt tokenize``), refused if ``tokenizer`` is given and did not make
     them."""
-    from codegpt.tokenizer.encode import check_tokenizer
-    from codegpt.tokenizer.shards import read_meta
-
     meta = read_meta(data_dir)
     if tokenizer:
         check_tokenizer(data_dir, tokenizer)

@@ -1,23 +1,12 @@
-"""Atomic, verifiable training checkpoints.
+"""Training checkpoints: when a run saves, what it keeps, what it resumes from, and writing
+them atomically with every rank's RNG state.
 
-A checkpoint is a folder ``checkpoints/step_NNNNNNN/`` holding::
-
-    model.safetensors     full model weights (fp32; the tied head is stored once)
-    optimizer.pt          full AdamW state
-    scheduler.pt          LambdaLR state
-    trainer_state.json    step, data position, tokens seen, world size, and the hash of the
-                          tokenizer the model's ids come from (``checkpoint_tokenizer_hash``)
-    rng/rank_NNNNN.pt     every rank's python / numpy / torch (/ cuda) RNG state
-    config.yaml           the resolved run config
-    manifest.json         size and sha256 of every file above, written last
-
-Everything is written into ``.tmp_step_NNNNNNN/`` and renamed into place only when complete,
-so a kill at any moment leaves either the old set of checkpoints or the old set plus one whole
-new one. Loading checks the manifest; a truncated or altered file is an error that names it.
-
-A checkpoint meets a tokenizer in one place, ``checkpoint_tokenizer``: a tokenizer whose hash
-differs from the one the checkpoint records is refused (sampling, evaluation, export), so a
-model is never run on the ids of another tokenizer of the same size.
+``CheckpointManager`` is the trainer's one handle on its checkpoints, built from the
+``checkpoint`` config section (with run.resume and out_dir). ``save_checkpoint`` writes the
+layout (``codegpt.checkpoint``, which reads and verifies them) into ``.tmp_step_NNNNNNN/`` and
+renames it into place only when complete, so a kill at any moment leaves either the old set of
+checkpoints or the old set plus one whole new one. Every rank saves its RNG state, so a resumed
+run continues the same random streams.
 """
 
 from __future__ import annotations
@@ -28,46 +17,31 @@ import logging
 import os
 import random
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from codegpt.errors import CheckpointError, TokenizerError
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict,
+                                                     set_model_state_dict,
+                                                     set_optimizer_state_dict)
+
+from codegpt.checkpoint import (MANIFEST, TIED_KEYS, TMP_PREFIX, CheckpointState, find_latest,
+                                list_checkpoints, load_model_state, load_torch,
+                                load_trainer_state, step_dir_name, verify)
+from codegpt.config import yaml_text
 from codegpt.io import atomic_write_json, fsync_dir, sha256_file
 from codegpt.outputs import is_disk_full, swap_in
-from codegpt.model import GPT, ModelConfig
+from codegpt.train.batches import DistributedBatches
+from codegpt.train.config import CheckpointSection, TrainConfig
+from codegpt.train.optim import ScheduledOptimizer
+from codegpt.train.start import check_resume_config
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-TMP_PREFIX = ".tmp_"
-TIED_KEYS = {"lm_head.weight": "wte.weight"}
-
-
-
-
-def step_dir_name(step: int) -> str:
-    return f"step_{step:07d}"
-
-
-@dataclass
-class CheckpointState:
-    """What a resumed run needs besides the tensors."""
-
-    step: int
-    data: dict
-    tokens_seen: int
-    world_size: int
-    extra: dict
-    tokenizer_hash: str | None = None  # None: saved before checkpoints recorded it, or from
-                                       # token shards without one
-
-
-# --- RNG ---------------------------------------------------------------------------------
 
 def rng_state() -> dict:
     np_state = np.random.get_state()
@@ -93,8 +67,6 @@ def set_rng_state(state: dict) -> None:
 def _as_tuple(x: Any) -> Any:
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
-
-# --- writing -----------------------------------------------------------------------------
 
 def _write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,112 +138,17 @@ def save_checkpoint(root: Path, step: int, *, model_state: dict | None, optim_st
 
 
 def prune(root: Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` complete checkpoints, and stale temp folders."""
-    if keep_last < 1:
-        return
+    """Delete all but the newest ``keep_last`` (at least 1: checkpoint.keep_last's range)
+    complete checkpoints. Unfinished temporary folders are ``remove_stale_tmp``'s."""
     for old in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_stale_tmp(root: Path) -> None:
+    """Delete the temporary folders of saves that did not finish (a kill, a full disk)."""
     for tmp in Path(root).glob(f"{TMP_PREFIX}step_*"):
         log.warning("removing unfinished checkpoint %s (a save was interrupted)", tmp)
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-# --- reading -----------------------------------------------------------------------------
-
-def list_checkpoints(root: Path) -> list[Path]:
-    """Checkpoint folders under ``root``, oldest first (temp folders excluded)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit():
-            found.append((int(p.name[5:]), p))
-    return [p for _, p in sorted(found)]
-
-
-def verify(folder: Path, check_hashes: bool = True) -> dict:
-    """Raise CheckpointError unless every file in the manifest is present and intact."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"checkpoint {folder} does not exist")
-    mpath = folder / MANIFEST
-    if not mpath.is_file():
-        if not (folder / "model.safetensors").is_file():
-            raise CheckpointError(f"{folder} is not a checkpoint: expected a folder "
-                                  "RUN_DIR/checkpoints/step_NNNNNNN holding model.safetensors "
-                                  f"and {MANIFEST}")
-        raise CheckpointError(f"checkpoint {folder} has no {MANIFEST}: the save did not finish")
-    try:
-        manifest = json.loads(mpath.read_text())
-        files = manifest["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {folder}: {MANIFEST} is unreadable ({e})") from e
-    for rel in ("model.safetensors", "optimizer.pt", "trainer_state.json"):
-        if rel not in files:
-            raise CheckpointError(f"checkpoint {folder}: {MANIFEST} does not list {rel}")
-    for rel, info in files.items():
-        p = folder / rel
-        if not p.is_file():
-            raise CheckpointError(f"checkpoint {folder}: {rel} is missing")
-        size = p.stat().st_size
-        if size != info["bytes"]:
-            raise CheckpointError(
-                f"checkpoint {folder}: {rel} has {size} bytes but the manifest says "
-                f"{info['bytes']}: the file is truncated or was overwritten; refusing to load it")
-        if check_hashes and sha256_file(p) != info["sha256"]:
-            raise CheckpointError(f"checkpoint {folder}: {rel} does not match its sha256 in the "
-                                  "manifest: the file is corrupt; refusing to load it")
-    return manifest
-
-
-def find_latest(root: Path, skipped: list[Path] | None = None) -> Path | None:
-    """The newest checkpoint that verifies; broken newer ones are skipped with a warning (and
-    appended to ``skipped``, newest first, when given)."""
-    for folder in reversed(list_checkpoints(root)):
-        try:
-            verify(folder)
-            return folder
-        except CheckpointError as e:
-            log.warning("skipping checkpoint: %s", e)
-            if skipped is not None:
-                skipped.append(folder)
-    return None
-
-
-def load_model_state(folder: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = load_file(str(Path(folder) / "model.safetensors"))
-    except Exception as e:  # safetensors raises its own error types for bad headers
-        raise CheckpointError(f"checkpoint {folder}: model.safetensors cannot be read ({e})") from e
-    for tied, source in TIED_KEYS.items():
-        if source in state:
-            state[tied] = state[source]
-    return state
-
-
-def load_trainer_state(folder: Path) -> CheckpointState:
-    raw = json.loads((Path(folder) / "trainer_state.json").read_text())
-    return CheckpointState(step=raw["step"], data=raw["data"], tokens_seen=raw["tokens_seen"],
-                           world_size=raw["world_size"], extra=raw.get("extra", {}),
-                           tokenizer_hash=raw.get("tokenizer_hash"))
-
-
-def checkpoint_tokenizer_hash(folder: str | Path) -> str | None:
-    """The hash (``codegpt.tokenizer.bpe.tokenizer_hash``) of the tokenizer whose ids a
-    checkpoint's model was trained on; None where the checkpoint records none."""
-    return load_trainer_state(Path(folder)).tokenizer_hash
-
-
-def load_torch(folder: Path, name: str) -> Any:
-    path = Path(folder) / name
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {folder}: {name} cannot be read ({e})") from e
 
 
 def load_rng(folder: Path, rank: int) -> dict | None:
@@ -279,129 +156,144 @@ def load_rng(folder: Path, rank: int) -> dict | None:
     return load_torch(folder, name) if (Path(folder) / name).is_file() else None
 
 
-def resolve_checkpoint(path: str | Path, skipped: list[Path] | None = None) -> Path:
-    """A checkpoint folder that verifies: ``path`` itself, or the newest complete checkpoint of
-    a run folder (``path/checkpoints/step_*``) or of a checkpoints folder (``path/step_*``);
-    the newer ones that failed to verify are appended to ``skipped`` when given."""
-    path = Path(path)
-    for root in (path / "checkpoints", path):
-        if list_checkpoints(root):
-            latest = find_latest(root, skipped)
-            if latest is None:
-                raise CheckpointError(f"no complete checkpoint in {root}: every one failed to "
-                                      "verify (see the warnings above)")
-            return latest
-    verify(path)
-    return path
+class CheckpointManager:
+    """A training run's checkpoints, from the ``checkpoint`` config section (``every``,
+    ``keep_last``), ``resume`` (run.resume) and the run folder ``out_dir``.
 
+    It decides when to save (``due``, ``due_on_stop``), keeps the newest ``keep_last``, finds
+    what a run resumes from (``restore``), and saves and loads everything a resumed run needs to
+    continue bit for bit: the model and optimizer states of ``model`` and ``optim`` (gathered
+    whole to rank 0 and offloaded to the CPU, so an FSDP-sharded model saves and loads like any
+    other), the schedule's state, the data position of ``batches``, every rank's RNG state and
+    the trainer's counters. ``config`` (the run's resolved config) goes into every checkpoint,
+    with ``tokenizer_hash`` (the hash of the tokenizer the data's ids come from, when known).
 
-def checkpoint_config(folder: str | Path) -> dict:
-    """The resolved run config a checkpoint was saved with (its config.yaml), as a mapping;
-    ``model`` without ``size`` (already expanded)."""
-    import yaml
+    ``restore``, ``resume_point``, ``load``, ``load_weights`` and ``save`` are collective:
+    every rank calls them.
+    ``last`` is the newest whole checkpoint of this run (saved or resumed), None before one."""
 
-    path = Path(folder) / "config.yaml"
-    try:
-        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except yaml.YAMLError as e:
-        raise CheckpointError(f"checkpoint {folder}: config.yaml is not valid YAML ({e})") from e
-    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
-        raise CheckpointError(f"checkpoint {folder} has no config.yaml with a model section: "
-                              "cannot tell which model it holds")
-    raw["model"] = {k: v for k, v in raw["model"].items() if k != "size"}
-    return raw
+    def __init__(self, section: CheckpointSection, resume: str, out_dir: str | Path,
+                 accelerator, *, config: TrainConfig, tokenizer_hash: str | None,
+                 model: torch.nn.Module, optim: ScheduledOptimizer, batches: DistributedBatches):
+        self.section, self.resume = section, resume
+        self.root = Path(out_dir) / "checkpoints"
+        self.accelerator = accelerator
+        self.config, self.tokenizer_hash = config, tokenizer_hash
+        self.model, self.optim, self.batches = model, optim, batches
+        self.last: Path | None = None
+        # whole states on rank 0's CPU: what the files hold, whatever the sharding
+        self._options = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
+    # --- when -------------------------------------------------------------------------------
 
-def load_checkpoint_model(folder: str | Path, device: str | torch.device = "cpu",
-                          dtype: str | torch.dtype | None = None) -> tuple[GPT, ModelConfig]:
-    """The model of a checkpoint folder (its config.yaml's ``model:`` section and weights),
-    in eval mode on ``device``, its weights in ``dtype`` (a torch dtype or a name for
-    ``inference_dtype``; float32 on CPU by default). ``folder`` may also be a run folder or its
-    ``checkpoints/``: its newest complete checkpoint is used. Raises CheckpointError for a
-    missing or corrupt checkpoint."""
-    return _load_model(resolve_checkpoint(folder), device, dtype)
+    def due(self, step: int, last_step: int, out_of_time: bool) -> bool:
+        """Whether update ``step`` ends with a save: every ``every`` steps, at the run's last
+        step (``last_step``), and at the update after which the time budget is spent."""
+        every = self.section.every
+        return bool(every and step % every == 0) or step == last_step or out_of_time
 
+    def due_on_stop(self, step: int) -> bool:
+        """Whether a run stopped by a signal after update ``step`` must still save it."""
+        return not self.holds(step)
 
-def _load_model(folder: Path, device: str | torch.device = "cpu",
-                dtype: str | torch.dtype | None = None) -> tuple[GPT, ModelConfig]:
-    """``load_checkpoint_model`` of a folder that ``resolve_checkpoint`` already verified."""
-    from codegpt.config import ConfigError, from_dict
-    from codegpt.eval.generate import inference_dtype  # lazily: training never needs it
+    def holds(self, step: int) -> bool:
+        """Whether the newest checkpoint is of update ``step``."""
+        return self.last is not None and self.last.name == step_dir_name(step)
 
-    try:
-        cfg = from_dict(ModelConfig, checkpoint_config(folder)["model"], prefix="model.")
-    except ConfigError as e:
-        raise CheckpointError(f"checkpoint {folder}: config.yaml has no usable model section ({e})"
-                              ) from e
-    model = GPT(cfg)
-    state = load_model_state(folder)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {folder}: weights do not fit its model config ({e})"
-                              ) from e
-    if not isinstance(dtype, torch.dtype):
-        dtype = inference_dtype(dtype, device)
-    return model.to(device=device, dtype=dtype).eval(), cfg
+    # --- what a run starts from -------------------------------------------------------------
 
+    def restore(self, init_from: Path | None) -> CheckpointState | None:
+        """Start the run where it should: from its own newest whole checkpoint (``resume_point``)
+        if it has one, which wins over ``init_from``; otherwise from ``init_from``'s weights
+        (a checkpoint folder already checked to fit), or from scratch. Returns the resumed
+        checkpoint's state, None for a run that starts at step 0."""
+        main = self.accelerator.is_main_process
+        folder = self.resume_point()
+        if folder is not None:
+            state = self.load(folder)
+            if main:
+                log.info("resumed from %s at step %d", folder, state.step)
+            return state
+        if init_from is not None:
+            self.load_weights(init_from)
+            if main:
+                log.info("starting from the weights of %s", init_from)
+        return None
 
-def checkpoint_tokenizer(folder: str | Path, tokenizer: str | Path, vocab_size: int):
-    """The tokenizer ``tokenizer`` (a folder or tokenizer.json) for the checkpoint ``folder`` (a
-    checkpoint folder, as ``resolve_checkpoint`` returns), as ``load_tokenizer`` gives it: every
-    path that runs a checkpoint's model gets its tokenizer here. A tokenizer of another size, or
-    whose hash differs from the one the checkpoint records, is a TokenizerError; a checkpoint
-    that records no hash is checked by the vocabulary size alone, with a warning."""
-    from codegpt.tokenizer.bpe import load_tokenizer, tokenizer_hash
+    def resume_point(self) -> Path | None:
+        """The checkpoint run.resume names: auto, the newest whole one in the run folder (an
+        interrupted save's temporary folder is removed, a damaged checkpoint skipped); never,
+        none; a path, that checkpoint, which must be whole (an error, never skipped)."""
+        if self.resume == "never":
+            return None
+        if self.resume == "auto":
+            if self.accelerator.is_main_process:
+                remove_stale_tmp(self.root)
+            self.accelerator.wait_for_everyone()
+            return find_latest(self.root)
+        path = Path(self.resume)
+        verify(path)
+        return path
 
-    tok = load_tokenizer(tokenizer, vocab_size=vocab_size)
-    recorded = checkpoint_tokenizer_hash(folder)
-    if recorded is None:
-        log.warning("checkpoint %s records no tokenizer hash (saved before checkpoints recorded "
-                    "it, or trained on token shards without one): only the vocabulary size of "
-                    "the tokenizer %s is checked", folder, tokenizer)
-        return tok
-    actual = tokenizer_hash(tokenizer)
-    if actual != recorded:
-        raise TokenizerError(
-            f"checkpoint {folder} was trained on the ids of the tokenizer with hash "
-            f"{recorded[:12]}, but the tokenizer {tokenizer} has hash {actual[:12]} (another "
-            "tokenizer of the same size): use the tokenizer the model was trained with")
-    return tok
+    def load(self, folder: Path) -> CheckpointState:
+        """Load all of ``folder`` into the run: weights, optimizer state, data position and
+        (on as many processes as wrote it) every rank's RNG state; returns the trainer state
+        (step, tokens seen, ``extra``), which the caller continues from. A config that differs
+        from the checkpoint's is said first (``check_resume_config``). The lr is not loaded:
+        the schedule gives the next update's as configured now (run.max_steps may have been
+        raised to extend a finished run); scheduler.pt, where there is one, is not read."""
+        acc = self.accelerator
+        check_resume_config(folder, self.config, warn=acc.is_main_process)
+        state = load_trainer_state(folder)
+        self.load_weights(folder)
+        optim_sd = load_torch(folder, "optimizer.pt")
+        for group in optim_sd.get("param_groups", []):
+            # an earlier codegpt's LambdaLR added its base lr to every group; this optimizer's
+            # groups have no such key, which set_optimizer_state_dict refuses
+            group.pop("initial_lr", None)
+        set_optimizer_state_dict(self.model, self.optim.optimizer, optim_sd,
+                                 options=self._options)
+        if state.world_size != acc.num_processes:
+            log.warning("checkpoint was written by %d process(es), resuming on %d: the data order "
+                        "continues exactly, per-rank RNG streams are re-seeded",
+                        state.world_size, acc.num_processes)
+        self.batches.load_state_dict(state.data)
+        rng = (load_rng(folder, acc.process_index) if state.world_size == acc.num_processes
+               else None)
+        if rng is not None:
+            set_rng_state(rng)  # last: nothing after it may draw from the restored streams
+        self.last = folder
+        return state
 
+    def load_weights(self, folder: Path) -> None:
+        """The model weights of a checkpoint (a resumed run's, or init_from's)."""
+        set_model_state_dict(self.model, load_model_state(folder), options=self._options)
 
-@dataclass
-class LoadedCheckpoint:
-    """A checkpoint's model with its tokenizer, and which checkpoint was used."""
+    # --- saving -----------------------------------------------------------------------------
 
-    model: GPT
-    config: ModelConfig
-    tokenizer: Any                 # a tokenizers.Tokenizer (``load_tokenizer``)
-    folder: Path                   # the checkpoint folder resolved from what was asked
-    step: int                      # its training step
-    newest: bool                   # the newest checkpoint of its folder
-    skipped: list[Path]            # newer checkpoints of the run that failed to verify
+    def save(self, step: int, tokens_seen: int, extra: dict) -> Path:
+        """Save the run after update ``step`` (``tokens_seen`` training tokens; ``extra``: more
+        of the trainer's state, e.g. ``elapsed_s``), keep the newest ``keep_last``, and return
+        the checkpoint's folder."""
+        acc = self.accelerator
+        model_sd = get_model_state_dict(self.model, options=self._options)
+        optim_sd = get_optimizer_state_dict(self.model, self.optim.optimizer,
+                                            options=self._options)
+        trainer_state = {"step": step, "data": self.batches.state_dict(),
+                         "tokens_seen": tokens_seen, "world_size": acc.num_processes,
+                         "extra": extra}
+        path = save_checkpoint(
+            self.root, step, model_state=model_sd, optim_state=optim_sd,
+            sched_state=self.optim.schedule_state(step), trainer_state=trainer_state,
+            config_yaml=yaml_text(self.config), rank=acc.process_index,
+            barrier=acc.wait_for_everyone, keep_last=self.section.keep_last,
+            tokenizer_hash=self.tokenizer_hash)
+        self.last = path
+        if acc.is_main_process:
+            log.info("saved checkpoint %s", path)
+        return path
 
-    def record(self, asked: str | Path) -> dict:
-        """What results.json records: what was asked for and the checkpoint used."""
-        return {"checkpoint": str(asked), "checkpoint_folder": str(self.folder),
-                "checkpoint_step": self.step, "checkpoint_newest": self.newest,
-                "checkpoints_skipped": [str(p) for p in self.skipped]}
-
-
-def load_checkpoint_and_tokenizer(path: str | Path, tokenizer: str | Path,
-                                  device: str | torch.device = "cpu",
-                                  dtype: str | torch.dtype | None = None) -> LoadedCheckpoint:
-    """``path`` (a checkpoint, or a run folder: its newest checkpoint that verifies) resolved
-    once, its model (``load_checkpoint_model``) and its tokenizer (``checkpoint_tokenizer``).
-    A checkpoint older than the newest of its run folder is used with a warning."""
-    skipped: list[Path] = []
-    folder = resolve_checkpoint(path, skipped)
-    skipped.reverse()  # oldest first
-    if skipped:
-        log.warning("%s: using %s, not the newest checkpoint there: %s failed to verify (see "
-                    "above)", path, folder.name, ", ".join(p.name for p in skipped))
-    model, cfg = _load_model(folder, device, dtype)
-    tok = checkpoint_tokenizer(folder, tokenizer, cfg.vocab_size)
-    newest = [p.name for p in list_checkpoints(folder.parent)[-1:]] == [folder.name]
-    return LoadedCheckpoint(model, cfg, tok, folder, load_trainer_state(folder).step, newest,
-                            skipped)
+    def remove_unfinished(self) -> None:
+        """Remove an interrupted save's temporary folder (after a failure: it frees the space a
+        full disk needs for the status file)."""
+        remove_stale_tmp(self.root)

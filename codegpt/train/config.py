@@ -7,8 +7,8 @@ its range with ``setting``, so a bad value is refused, by its key, before anythi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from codegpt.checkpoint import checkpoint_config, resolve_checkpoint
 from codegpt.config import deep_merge, find_named_config, read_yaml, setting
 from codegpt.errors import ConfigError
 from codegpt.model import ModelConfig
@@ -128,8 +128,6 @@ class TrainConfig:
                                   "name different checkpoints: give one")
             raw["init_from"] = init_from
         if raw.get("init_from"):
-            from codegpt.train.checkpoint import checkpoint_config, resolve_checkpoint
-
             folder = resolve_checkpoint(str(raw["init_from"]))
             raw["init_from"] = str(folder)
             raw["model"] = {**checkpoint_config(folder)["model"], **model}

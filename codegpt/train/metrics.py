@@ -76,7 +76,7 @@ class MetricsLogger:
 
 
 def _start_wandb(run_dir: Path, cfg: dict, config: dict | None, resume: bool):
-    import wandb
+    import wandb  # heavy (seconds to import): only for a run that logs to it
 
     os.environ.setdefault("WANDB_SILENT", "true")
     id_file = run_dir / "wandb_id.txt"

@@ -13,7 +13,7 @@ SOFTWARE = "codegpt plot"  # in the PNG's metadata: what tells our plots from ot
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    import matplotlib
+    import matplotlib  # heavy (a second to import): only when a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

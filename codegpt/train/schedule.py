@@ -1,14 +1,16 @@
 """Learning-rate schedule: linear warmup, then cosine decay to a floor.
 
-A pure function of the update number, so resuming at step s gives exactly the lr of the
-uninterrupted run, and the test checks it against the formula directly.
+``lr_at`` and ``lr_at_time`` are pure functions of the update number (and of the spent share of
+a time budget), so resuming at step s gives exactly the lr of the uninterrupted run, and the
+tests check them against the formula directly. ``Schedule`` applies them to a run's ``optim``
+section; ``ScheduledOptimizer`` (``optim.py``) asks it for the lr of every update.
 """
 
 from __future__ import annotations
 
 import math
 
-import torch
+from codegpt.train.config import OptimSection
 
 
 def lr_at(step: int, peak_lr: float, warmup_steps: int, max_steps: int,
@@ -44,10 +46,33 @@ def lr_at_time(step: int, time_fraction: float, peak_lr: float, warmup_steps: in
     return floor + (peak_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, peak_lr: float, warmup_steps: int,
-                    max_steps: int, min_lr_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR whose k-th ``step()`` call sets the lr of update k+1 (optimizer lr = peak)."""
-    def factor(calls: int) -> float:
-        return lr_at(calls + 1, peak_lr, warmup_steps, max_steps, min_lr_ratio) / peak_lr
+class Schedule:
+    """The lr of every update of a run: the ``optim`` section's peak, warmup and floor, decayed
+    over ``max_steps`` (run.max_steps) updates, or by the clock as well under a time budget.
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    It holds no state besides the config: the lr of update k depends on k (and the budget's
+    spent share) only, so a resumed run needs nothing from the checkpoint to continue it, and a
+    run whose max_steps was raised follows the schedule as configured now."""
+
+    def __init__(self, optim: OptimSection, max_steps: int):
+        self.peak, self.warmup, self.floor_ratio = optim.lr, optim.warmup_steps, optim.min_lr_ratio
+        self.max_steps = max_steps
+
+    def lr(self, step: int, time_fraction: float | None = None) -> float:
+        """The lr of update ``step`` (1-based); ``time_fraction``: the spent share of the run's
+        time budget, None for a run without one."""
+        if time_fraction is not None:
+            return lr_at_time(step, time_fraction, self.peak, self.warmup, self.max_steps,
+                              self.floor_ratio)
+        # the peak times the formula's share of it, as torch's LambdaLR computed it for earlier
+        # codegpt, which can differ from lr_at in the last bit: a run's lrs (and so its losses)
+        # stay bit for bit those of the same config trained before
+        return self.peak * (lr_at(step, self.peak, self.warmup, self.max_steps,
+                                  self.floor_ratio) / self.peak)
+
+    def state_dict(self, step: int, groups: int) -> dict:
+        """What ``scheduler.pt`` holds after ``step`` updates: nothing this codegpt reads back,
+        but the state of a torch ``LambdaLR`` over ``groups`` parameter groups, so an earlier
+        codegpt (which loaded one and took the step from ``last_epoch``) can resume it."""
+        return {"base_lrs": [self.peak] * groups, "last_epoch": step, "_step_count": step + 1,
+                "_last_lr": [self.lr(step + 1)] * groups, "lr_lambdas": [None] * groups}

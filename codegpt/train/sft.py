@@ -1,13 +1,13 @@
 """Codex-S training examples: (prompt, completion) pairs as sequences whose loss is the completion.
 
 ``codegpt sft-data`` writes the pairs (``train.jsonl``, ``val.jsonl``: rows with ``prompt`` and
-``completion``; ``codegpt.sft.data`` owns the format and its row parser). Training reads them
+``completion``; ``codegpt.pairs`` owns the format and its row parser). Training reads them
 with the pretrained model's tokenizer:
 
 * **One text.** Prompt + completion are tokenized together, as pretraining saw such a file, so
   the boundary gets the tokens the model knows (our split joins the prompt's last line break to
   the body's indentation: one token straddles the boundary). The first token that holds a
-  completion character (``codegpt.eval.likelihood.first_scored_token``), every token after it
+  completion character (``codegpt.tokenizer.offsets.first_scored_token``), every token after it
   and an appended ``<|endoftext|>`` are the loss tokens; the model learns to stop there too.
   The text is encoded as plain text, as the token shards were: a literal ``<|endoftext|>`` in
   a pair is text, never the special id.
@@ -24,16 +24,16 @@ with the pretrained model's tokenizer:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from codegpt.errors import DataError
 from codegpt.outputs import require_complete
+from codegpt.pairs import read_pairs
+from codegpt.tokenizer.bpe import EOT, load_tokenizer, tokenizer_hash
+from codegpt.tokenizer.offsets import first_scored_token
 from codegpt.train.batches import IGNORE_INDEX, TrainData
-
-SPLIT_FILES = {"train": "train.jsonl", "val": "val.jsonl"}
 
 
 class SftExamples:
@@ -51,8 +51,6 @@ class SftExamples:
         """Encode (prompt, completion) pairs with ``tokenizer`` (a ``tokenizers.Tokenizer``
         that encodes special tokens' strings as text, as the token shards do:
         ``codegpt.tokenizer.bpe.load_tokenizer``)."""
-        from codegpt.eval.likelihood import first_scored_token
-
         encodings = tokenizer.encode_batch([p + c for p, c in pairs], add_special_tokens=False)
         chunks, starts, firsts, dropped = [], [0], [], 0
         for (prompt, _), enc in zip(pairs, encodings):
@@ -88,25 +86,8 @@ class SftExamples:
         return inputs, targets
 
 
-def read_pairs(path: Path) -> list[tuple[str, str]]:
-    """(prompt, completion) of each row of a pairs file, checked by the format's own parser."""
-    from codegpt.sft.data import parse_row
-
-    if not path.is_file():
-        raise DataError(f"no {path.name} in {path.parent}: data_dir must be the out_dir of "
-                        "`codegpt sft-data` when data.format=sft")
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
-    rows = [parse_row(line, f"{path}:{n}") for n, line in enumerate(lines, 1) if line.strip()]
-    return [(row["prompt"], row["completion"]) for row in rows]
-
-
 def open_sft_data(data_dir: str, tokenizer: str, seq_len: int, with_val: bool) -> TrainData:
     """The pairs of ``codegpt sft-data``'s out_dir, tokenized with ``tokenizer``."""
-    from codegpt.tokenizer.bpe import EOT, load_tokenizer, tokenizer_hash
-
     require_complete(data_dir, "sft-data")
     tok = load_tokenizer(tokenizer)  # special tokens' strings are text, as in the token shards
     eot = tok.token_to_id(EOT)
@@ -114,7 +95,7 @@ def open_sft_data(data_dir: str, tokenizer: str, seq_len: int, with_val: bool) -
         raise DataError(f"the tokenizer {tokenizer} has no {EOT} token to end the completions with")
     splits = {}
     for split in ("train", "val") if with_val else ("train",):
-        examples = SftExamples.from_pairs(read_pairs(Path(data_dir) / SPLIT_FILES[split]), tok,
+        examples = SftExamples.from_pairs(read_pairs(data_dir, split), tok,
                                           seq_len, eot)
         if not len(examples):
             raise DataError(f"no {split} pairs of at most {seq_len + 1} tokens in {data_dir} "

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import urlparse
 
+from codegpt.errors import SourceError
 from codegpt.io import atomic_write_json
 from data_prep.sources.base import RawFile, Source, read_bounded, shard
 
@@ -257,7 +258,7 @@ def read_url_file(path: str | Path) -> list[str | dict]:
 
 # --- running git -----------------------------------------------------------------------------
 
-class GitError(RuntimeError):
+class GitError(SourceError):
     """A git command that failed or timed out; the message carries git's stderr."""
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import http.client
 import json
@@ -26,6 +27,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from codegpt.errors import SourceError
 from codegpt.io import atomic_write_json, atomic_write_text
 from data_prep.sources.base import RawFile, Source
 from data_prep.sources.git import GitSource
@@ -38,7 +40,7 @@ STATE_VERSION = 1
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-class GitHubError(RuntimeError):
+class GitHubError(SourceError):
     """A discovery that cannot go on: bad credentials, a state file of another query, ..."""
 
 
@@ -407,12 +409,7 @@ class GitHubSource(Source):
 
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock held across processes on this machine (no-op where fcntl is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
+    """An exclusive lock held across processes on this machine."""
     with open(path, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:

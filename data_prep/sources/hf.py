@@ -27,7 +27,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from codegpt.config import ConfigError
+import datasets
+from datasets.distributed import split_dataset_by_node
+
+from codegpt.errors import ConfigError
 from data_prep.sources.base import RawFile, Source
 
 log = logging.getLogger(__name__)
@@ -176,8 +179,6 @@ class HFSource(Source):
 
     def load(self):
         """The configured split as a ``datasets`` Dataset or IterableDataset."""
-        import datasets
-
         kwargs: dict[str, Any] = {"split": self.split, "streaming": self.streaming,
                                   "cache_dir": self.cache_dir}
         if self.local:
@@ -255,8 +256,6 @@ class HFSource(Source):
         if world_size == 1:
             return ds, 0
         if self.streaming:
-            from datasets.distributed import split_dataset_by_node
-
             return split_dataset_by_node(ds, rank=rank, world_size=world_size), None
         n = len(ds)
         div, mod = divmod(n, world_size)

@@ -1,4 +1,16 @@
-"""Codex-S fine-tuning pairs: standalone functions as (prompt, completion) in HumanEval's layout.
+"""Codex-S fine-tuning pairs (``codegpt sft-data``): standalone functions as (prompt, completion)
+in HumanEval's layout.
+
+Reads data prep's documents (``data_dir``: the parquet shards of ``codegpt prep``, through
+``codegpt.documents``) and, optionally, a user's JSONL files of problems in human-eval / MBPP
+style (``extra_jsonl``), and writes to ``out_dir``:
+
+- ``train.jsonl`` and ``val.jsonl``: the pairs (``codegpt.pairs``, the format fine-tuning reads),
+  with ``test`` and ``entry_point`` where the pair is tested, and ``source``, ``id``,
+  ``repo_name``, ``path``; split by repository with ``codegpt.documents.split_repositories``;
+- ``stats.json``: the funnel (candidates, kept, tested, untested, rejected by reason);
+- ``rejected/REASON.jsonl``: a few rejected candidates per reason, to inspect;
+- ``config.yaml``: the resolved config.
 
 Codex-S was fine-tuned on functions that stand on their own, shaped like HumanEval problems. A
 *candidate* is every function defined directly at module level of a document (and every method
@@ -38,7 +50,6 @@ from __future__ import annotations
 import ast
 import builtins
 import io
-import json
 import logging
 import random
 import symtable
@@ -49,11 +60,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
-from codegpt.config import setting
+from tqdm import tqdm
+
+from codegpt.config import dump_yaml, setting
 from codegpt.documents import read_documents, repository_bytes, split_repositories, utf8_size
 from codegpt.errors import DataError
 from codegpt.io import atomic_write_json, atomic_write_text
 from codegpt.outputs import writing_aside
+from codegpt.pairs import SPLIT_FILES, pairs_jsonl, read_rows
+from codegpt.sandbox import Program, isolation_method, run_programs
 from data_prep.config import DecontamConfig
 from data_prep.decontam import Decontaminator
 from data_prep.dedup import exact_hash
@@ -101,7 +116,7 @@ class SftDataConfig:
     decontam: DecontamConfig = field(default_factory=DecontamConfig)
     reject_samples: int = setting(5, ge=0)  # rejected candidates kept per reason in rejected/
 
-    STAGE = "sft"
+    STAGE = "sft-data"
 
     def __post_init__(self) -> None:
         if self.min_body_lines > self.max_body_lines:
@@ -416,36 +431,8 @@ def read_jsonl_candidates(path: str | Path) -> list[Candidate]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"extra_jsonl file {path} does not exist")
-    out: list[Candidate] = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    out.append(row_candidate(parse_row(line, f"{path}:{lineno}"), path, lineno))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
-    return out
+    return [row_candidate(row, path, lineno) for lineno, row in read_rows(path)]
 
-
-def parse_row(line: str, where: str) -> dict:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not a JSON object ({e.msg})") from e
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: not a JSON object")
-    if not isinstance(row.get("prompt"), str):
-        raise DataError(f"{where}: lacks a string 'prompt'")
-    solution = row.get("completion", row.get("canonical_solution"))
-    if not isinstance(solution, str):
-        raise DataError(f"{where}: lacks a string 'completion' or 'canonical_solution'")
-    for key in ("test", "entry_point"):
-        if row.get(key) is not None and not isinstance(row[key], str):
-            raise DataError(f"{where}: '{key}' must be a string")
-    if row.get("test") and not str(row.get("entry_point") or "").isidentifier():
-        raise DataError(f"{where}: a row with a 'test' needs an 'entry_point' (the function's "
-                        "name) that check(candidate) is called with")
-    return {**row, "completion": solution}
 
 
 def row_candidate(row: dict, path: Path, lineno: int) -> Candidate:
@@ -507,8 +494,6 @@ def build_sft_data(cfg: SftDataConfig) -> dict:
 
 
 def _build(cfg: SftDataConfig, out: Path) -> dict:
-    from tqdm import tqdm
-
     start = time.time()
     rows = [c for path in cfg.extra_jsonl for c in read_jsonl_candidates(path)]
     docs = [Document(*d) for d in read_documents(cfg.data_dir, DOC_COLUMNS)] if cfg.data_dir else []
@@ -543,8 +528,6 @@ def _build(cfg: SftDataConfig, out: Path) -> dict:
 def run_tests(pairs: list[Pair], cfg: SftDataConfig, funnel: Funnel) -> tuple[list[Pair], str]:
     """The pairs whose test passes against their own completion in the sandbox, and those
     without a test; a failing one is rejected (doctest_failed / test_failed)."""
-    from codegpt.eval.sandbox import Program, isolation_method, run_programs
-
     tested = [p for p in pairs if p.test]
     if not tested:
         return pairs, "not needed"
@@ -588,8 +571,6 @@ def write_outputs(cfg: SftDataConfig, out: Path, kept: list[Pair], funnel: Funne
                   stats: dict) -> None:
     """train.jsonl / val.jsonl (split by repository on the pairs' bytes, each in a seeded
     order), rejected/REASON.jsonl, config.yaml, in ``out``; stats gains the splits' sizes."""
-    from codegpt.config import dump_yaml
-
     sizes = repository_bytes((p.repo_name, utf8_size(p.prompt + p.completion)) for p in kept)
     val_repos = split_repositories(sizes, cfg.val_fraction, cfg.seed)
     rng = random.Random(cfg.seed)
@@ -597,19 +578,16 @@ def write_outputs(cfg: SftDataConfig, out: Path, kept: list[Pair], funnel: Funne
     for split in ("train", "val"):
         part = [p for p in kept if (p.repo_name in val_repos) == (split == "val")]
         rng.shuffle(part)
-        atomic_write_text(out / f"{split}.jsonl", jsonl(p.record() for p in part))
+        atomic_write_text(out / SPLIT_FILES[split], pairs_jsonl(p.record() for p in part))
         stats["splits"][split] = {
             "pairs": len(part), "tested": sum(1 for p in part if p.test),
             "repositories": len({p.repo_name for p in part}),
             "bytes": sum(utf8_size(p.prompt + p.completion) for p in part)}
     for reason, recs in sorted(funnel.samples.items()):
-        atomic_write_text(out / "rejected" / f"{reason}.jsonl", jsonl(
+        atomic_write_text(out / "rejected" / f"{reason}.jsonl", pairs_jsonl(
             {**asdict(r), "text": r.text[:SNIPPET_CHARS]} for r in recs))
     dump_yaml(cfg, out / "config.yaml")
 
-
-def jsonl(records: Iterable[dict]) -> str:
-    return "".join(json.dumps(r) + "\n" for r in records)
 
 
 def funnel_lines(stats: dict) -> list[str]:

@@ -51,6 +51,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from tqdm import tqdm
+
 log = logging.getLogger(__name__)
 
 BWRAP = "bubblewrap"
@@ -687,8 +689,6 @@ def run_programs(programs: list[str], timeout: float = 5.0, workers: int | None 
     """Run many programs in parallel (threads launching sandboxes); results in input order."""
     method = method or isolation_method()
     workers = workers or max(1, min(32, (os.cpu_count() or 1) * 2))
-    from tqdm import tqdm
-
     results: list[Result | None] = [None] * len(programs)
     bar = tqdm(total=len(programs), desc="sandbox", unit="program", disable=None if progress else True)
     lock = threading.Lock()

