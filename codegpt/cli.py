@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
 from codegpt.checkpoint import load_checkpoint_and_tokenizer
-from codegpt.config import ConfigError, check_device, check_override, load_config, to_dict
+from codegpt.config import (ConfigError, check_device, check_override, load_config, to_dict,
+                            yaml_text)
 from codegpt.errors import CodegptError
 from codegpt.eval.config import DTYPE_NAMES, EvalConfig, SamplingSection
 from codegpt.eval.generate import generate
@@ -166,7 +165,7 @@ def run_show_config(args) -> int:
             node = node[part]
         print(node)
     else:
-        print(yaml.safe_dump(node, sort_keys=False), end="")
+        print(yaml_text(node), end="")
     return 0
 
 
