@@ -245,6 +245,8 @@ EVAL_FLAGS = {
     "dtype": "dtype", "no_heal": ("sampling.heal", "false"),
     "likelihood_only": ("likelihood", "only"), "no_likelihood": ("likelihood", "skip"),
     "allow_missing": ("allow_missing", "true"),
+    "allow_duplicates": ("allow_duplicates", "true"),
+    "allow_unequal_n": ("allow_unequal_n", "true"),
 }
 EVAL_CONFIG = "humaneval"          # configs/eval/humaneval.yaml: the Codex paper's pass@1
 PRESETS = {"pass1": "humaneval", "pass100": "humaneval-pass100"}  # --preset: a config name
@@ -273,7 +275,9 @@ def humaneval_arguments(p: argparse.ArgumentParser) -> None:
     for flag, what in (("no-heal", "no token healing"),
                        ("likelihood-only", "only the canonical solutions' likelihood"),
                        ("no-likelihood", "pass@k only"),
-                       ("allow-missing", "score a samples file that lacks some problems")):
+                       ("allow-missing", "score a samples file that lacks some problems"),
+                       ("allow-duplicates", "score a samples file that repeats rows"),
+                       ("allow-unequal-n", "score problems with different numbers of samples")):
         key, v = EVAL_FLAGS[flag.replace("-", "_")]
         p.add_argument(f"--{flag}", action="store_true", **value, help=f"{what} (= {key}={v})")
 

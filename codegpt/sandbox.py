@@ -36,6 +36,7 @@ asserts see can fake them; see the README's threat model.
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import logging
 import os
 import secrets
@@ -154,17 +155,40 @@ def _main():
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
-    import resource, _thread
+    import resource, _thread, builtins
     for word in words[6:]:
         name, _, value = word.partition("=")
         try:
-            if name == "THREAD_STACK":
+            if name == "SITE":
+                sys.path.append(value)
+            elif name == "THREAD_STACK":
                 _thread.stack_size(int(value))
             else:
                 resource.setrlimit(getattr(resource, name), (int(value), int(value)))
         except (ValueError, OSError):
             pass
-    g = {"__name__": "__main__", "__builtins__": __builtins__}
+    g = {"__name__": "__main__", "__builtins__": builtins}
+    # what the program may rebind, as it was: restored before the tests run (see _restore)
+    settrace, setprofile, modules, bdict = smod.settrace, smod.setprofile, smod.modules, \
+        builtins.__dict__
+    saved_builtins, saved_modules = dict(bdict), dict(modules)
+    items, clear, update, pop = dict.items, dict.clear, dict.update, dict.pop
+    ModuleSpec = kind(smod.__spec__)
+
+    def restore():
+        # trace and profile hooks off (a tracer could jump to check's last line), builtins as
+        # they were, every module the program replaced back, every module it made up dropped
+        settrace(None)
+        setprofile(None)
+        clear(bdict)
+        update(bdict, saved_builtins)
+        g["__builtins__"] = builtins
+        for name, module in list(items(modules)):
+            if name in saved_modules:
+                if module is not saved_modules[name]:
+                    modules[name] = saved_modules[name]
+            elif kind(getattr(module, "__spec__", None)) is not ModuleSpec:
+                pop(modules, name)
 
     def fail(message):
         try:
@@ -181,6 +205,7 @@ def _main():
         del words, chunks, header, body
         run(program, g)
         if entry != "-":
+            restore()
             run(tests, g)
             f = g.get("check")
             code = f.__code__ if kind(f) is Function else None
@@ -191,7 +216,10 @@ def _main():
                 fail("\nthe test's check() is missing or was replaced: not run\n")
             if entry not in g:
                 fail(f"\nNameError: entry point {entry!r} is not defined\n")
-            Function(code, g, "check", f.__defaults__)(g[entry])
+            candidate = g[entry]
+            settrace(None)  # the test's own code may not leave a hook behind either
+            setprofile(None)
+            Function(code, g, "check", f.__defaults__)(candidate)
     except Exit as e:
         try:
             fail(f"\nSystemExit({e.code!r}) before check() completed\n")
@@ -379,11 +407,105 @@ def _drop_to(uid: int) -> list[str]:
 _SETPRIV: str | None = None
 
 
+# Packages a program may import besides the standard library (EvalPlus's checks and many MBPP
+# solutions use numpy), where the harness's environment has them: mounted read-only, alone.
+PACKAGES = ("numpy",)
+SITE = "/sandbox/site"   # where they appear inside bubblewrap's file system
+_MOUNTS: list[str] | None = None
+_MOUNTS_LOCK = threading.Lock()
+
+
+def package_dirs(names: tuple[str, ...] = PACKAGES) -> list[str]:
+    """The folders of the allow-listed packages that are installed (with a ``NAME.libs``
+    folder of bundled shared libraries beside one, as wheels carry them)."""
+    out = []
+    for name in names:
+        spec = importlib.util.find_spec(name)
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            out.append(os.path.realpath(folder))
+            libs = f"{out[-1]}.libs"
+            if os.path.isdir(libs):
+                out.append(libs)
+    return out
+
+
+def _shared_libraries(files: list[str]) -> set[str]:
+    """The shared libraries ``files`` load (``ldd``), by the path the loader finds them at."""
+    found: set[str] = set()
+    for start in range(0, len(files), 200):
+        try:
+            out = subprocess.run(["ldd", *files[start:start + 200]], capture_output=True,
+                                 text=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        for line in out.splitlines():
+            path = line.split("=>")[-1].strip().split(" (")[0].strip()
+            if path.startswith("/"):
+                found.add(path)
+    return found
+
+
+def _bwrap_mounts() -> list[str]:
+    """bubblewrap's view of the host: only what a program needs, read-only. The interpreter and
+    its standard library (its own ``lib-dynload`` extensions included, no site-packages), the
+    shared libraries those load, ``/etc/ld.so.cache`` to find them, and the allow-listed
+    packages (``PACKAGES``) under ``SITE``. Nothing else of the host is there: not the project,
+    not its runs, not the benchmarks' data files, not other packages, not home folders."""
+    global _MOUNTS
+    with _MOUNTS_LOCK:
+        if _MOUNTS is not None:
+            return _MOUNTS
+        exe = interpreter()
+        paths = subprocess.run(
+            [exe, "-I", "-S", "-c", "import sysconfig as s; p = s.get_paths(); "
+             "print(p['stdlib']); print(p['platstdlib'])"],
+            capture_output=True, text=True, timeout=60, check=True).stdout.split()
+        stdlib = sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)})
+        packages = package_dirs()
+        binaries = [exe] + [os.path.join(root, f) for top in stdlib + packages
+                            for root, _, names in os.walk(top) for f in names
+                            if ".so" in f and "site-packages" not in root
+                            and "dist-packages" not in root or top in packages and ".so" in f]
+        args: list[str] = []
+        for link in ("/lib", "/lib64", "/lib32", "/bin", "/sbin"):  # merged-/usr symlinks
+            if os.path.islink(link):
+                args += ["--symlink", os.readlink(link), link]
+        # each file under the name the loader asks for (its folder's real path: /lib may be a
+        # link to usr/lib) and under its own real name (libz.so.1 is a link to libz.so.1.2.13)
+        names: dict[str, str] = {}
+        for f in {exe, "/etc/ld.so.cache", *_shared_libraries(binaries)}:
+            if os.path.exists(f) and not any(os.path.realpath(f).startswith(d + "/")
+                                             for d in stdlib + packages):
+                real = os.path.realpath(f)
+                names[os.path.join(os.path.realpath(os.path.dirname(f)),
+                                   os.path.basename(f))] = real
+                names[real] = real
+        for name, real in sorted(names.items()):
+            args += ["--ro-bind", real, name]
+        for folder in stdlib:
+            args += ["--ro-bind", folder, folder]
+            for sub in ("site-packages", "dist-packages"):  # packages stay outside
+                if os.path.isdir(os.path.join(folder, sub)):
+                    args += ["--tmpfs", os.path.join(folder, sub)]
+        for folder in packages:
+            args += ["--ro-bind", folder, f"{SITE}/{os.path.basename(folder)}"]
+        _MOUNTS = args
+        return args
+
+
+def _site_words(method: str) -> list[str]:
+    """Where the launcher finds the allow-listed packages: ``SITE`` inside bubblewrap; the
+    folders holding them otherwise (the fallbacks do not hide the host anyway)."""
+    if method == BWRAP:
+        return [f"SITE={SITE}"]
+    return [f"SITE={d}" for d in dict.fromkeys(os.path.dirname(p) for p in package_dirs())]
+
+
 def _command(method: str, code_fd: int, result_fd: int) -> list[str]:
     py = [interpreter(), "-I", "-S", "-B", "-c", _LAUNCHER, str(code_fd), str(result_fd)]
     if method == BWRAP:
         return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
-                "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                *_bwrap_mounts(), "--dev", "/dev", "--proc", "/proc",
                 "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp",
                 "--size", str(TMPFS_BYTES), "--tmpfs", "/dev/shm",
                 "--chdir", "/tmp", "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp",
@@ -460,7 +582,7 @@ def _limits(timeout: float, memory_mb: int) -> dict[str, int]:
 
 
 def _payload(nonce: str, uid: int | None, netns: bool, limits: dict[str, int],
-             program: str) -> bytes:
+             program: str, site: list[str] = ()) -> bytes:
     """What the launcher reads: a header line (nonce, uid, gid, netns flag, entry point or "-",
     the solution's length in bytes, NAME=value limits), then the solution and the test."""
     if isinstance(program, Program):
@@ -470,7 +592,7 @@ def _payload(nonce: str, uid: int | None, netns: bool, limits: dict[str, int],
         entry, solution, test = "-", program.encode("utf-8", "replace"), b""
     ids = "-" if uid is None else str(uid)
     words = [nonce, ids, ids, "1" if netns else "0", entry, str(len(solution)),
-             *(f"{k}={v}" for k, v in limits.items())]
+             *(f"{k}={v}" for k, v in limits.items()), *site]
     return " ".join(words).encode() + b"\n" + solution + test
 
 
@@ -527,7 +649,7 @@ def run_program(program: str, timeout: float = 5.0, memory_mb: int = 1024, *,
             os.chown(workdir, uid, uid)
         os.chmod(workdir, 0o700)
     payload = _payload(nonce, uid if method != BWRAP else None, method == RLIMITS,
-                       _limits(timeout, memory_mb), program)
+                       _limits(timeout, memory_mb), program, _site_words(method))
     code_r, code_w = os.pipe()
     rest = _prefill(code_w, payload)  # usually all of it: no feeder thread needed
     if not rest:

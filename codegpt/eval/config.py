@@ -38,6 +38,8 @@ class SamplingSection:
 class SandboxSection:
     timeout: float = setting(5.0, gt=0)           # seconds per program
     workers: int = setting(0, ge=0)               # programs run in parallel (0: the default)
+    # a completion longer than this is refused before anything runs or is parsed
+    max_completion_bytes: int = setting(100_000, ge=1)
 
 
 @dataclass
@@ -51,6 +53,8 @@ class EvalConfig:
     likelihood: str = setting("with", choices=LIKELIHOOD)
     limit: int = setting(0, ge=0)          # only the first N problems (0: all; smoke runs)
     allow_missing: bool = False            # score a samples file that lacks problems
+    allow_duplicates: bool = False         # ... that repeats a row (task, completion, sample)
+    allow_unequal_n: bool = False          # ... whose problems hold different numbers of samples
     device: str = setting("cpu", **DEVICE)
     # weights and activations: auto = bfloat16 on a GPU that has it, else float32
     dtype: str = setting("auto", choices=DTYPE_NAMES)

