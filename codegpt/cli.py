@@ -114,6 +114,13 @@ def print_funnel(stats: dict) -> None:
             print(f"  - {stage}/{reason:<24s} {v['files']:>7,} files {v['bytes'] / 1e6:>9.1f} MB")
     kept = stats["kept"]
     print(f"kept     {kept['files']:>8,} files {kept['bytes'] / 1e6:>10.1f} MB")
+    coverage = stats.get("decontaminated_against") or {}
+    covered = [f"{name} ({n:,} problems)" for name, n in coverage.items() if isinstance(n, int)]
+    missing = [name for name, n in coverage.items() if not isinstance(n, int)]
+    if coverage:
+        print(f"decontaminated against {', '.join(covered) or 'nothing'}"
+              + (f"; not covered (not on this machine: decontam.sources.NAME=FILE): "
+                 f"{', '.join(missing)}" if missing else ""))
 
 
 def run_sft_data(args) -> int:

@@ -470,7 +470,8 @@ class Screen:
     """HumanEval decontamination (data prep's rules) and exact dedup across every source."""
 
     def __init__(self, cfg: DecontamConfig):
-        self.decontam = Decontaminator(ngram=cfg.ngram) if cfg.enabled else None
+        self.decontam = (Decontaminator(ngram=cfg.ngram, benchmarks=cfg.benchmarks,
+                                        sources=cfg.sources) if cfg.enabled else None)
         self.seen: set[bytes] = set()
 
     def __call__(self, item: Candidate) -> Candidate:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from codegpt.benchmarks import BENCHMARKS
 from codegpt.config import setting
 from data_prep.dedup import DedupConfig
 from data_prep.filters import FilterConfig
@@ -19,6 +20,17 @@ from data_prep.filters import FilterConfig
 class DecontamConfig:
     enabled: bool = True
     ngram: int = setting(13, ge=1)
+    # the benchmarks kept out of the data (each where its problems are on this machine: the
+    # stats say which were covered); sources: NAME -> a local file or folder of its problems
+    benchmarks: list[str] = setting(default_factory=lambda: list(BENCHMARKS),
+                                    choices=tuple(BENCHMARKS))
+    sources: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.sources) - set(BENCHMARKS))
+        if unknown:
+            raise ValueError(f"decontam.sources names unknown benchmarks {unknown} (known: "
+                             f"{', '.join(BENCHMARKS)})")
 
 
 @dataclass

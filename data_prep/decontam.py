@@ -46,6 +46,8 @@ from typing import Iterable
 
 import numpy as np
 
+from codegpt.benchmarks import load_benchmark
+from codegpt.errors import DataError
 from codegpt.problems import load_problems
 from data_prep.dedup import normalise_whitespace
 
@@ -130,23 +132,61 @@ def choose_anchors(needle: str, k: int = ANCHORS) -> tuple[str, ...]:
     return tuple(sorted(words, key=lambda w: (-len(w), w))[:k])
 
 
+def benchmark_problems(benchmarks: Iterable[str], sources: dict) -> tuple[list[dict], dict]:
+    """The problems (with a canonical solution) of each named benchmark found on this machine,
+    tagged with its name, in benchmark then task order; and per benchmark its number of
+    problems, or why it is not covered. A problem another benchmark already holds (HumanEval+
+    repeats HumanEval's prompts) is kept once. Never reaches the network."""
+    out: list[dict] = []
+    coverage: dict[str, object] = {}
+    seen: set[tuple[str, str]] = set()
+    for name in benchmarks:
+        try:
+            problems = load_benchmark(name, sources.get(name, ""), offline=True)
+        except DataError as e:
+            coverage[name] = f"not covered: {e}"[:400]
+            log.warning("decontamination: %s", coverage[name])
+            continue
+        for p in problems.values():
+            key = (p["prompt"], p.get("canonical_solution"))
+            if isinstance(key[1], str) and key not in seen:
+                seen.add(key)
+                out.append({**p, "benchmark": name})
+        coverage[name] = len(problems)
+    if not out:
+        raise DataError("decontamination has no benchmark to check against: "
+                        + "; ".join(f"{k}: {v}" for k, v in coverage.items()))
+    return out, coverage
+
+
 class Decontaminator:
     """Flags files that contain a benchmark problem; ``check(text)`` gives the reason or None."""
 
     def __init__(self, ngram: int = 13, problems: Iterable[dict] | None = None,
                  problems_path: str | Path | None = None, min_chars: int = 50,
-                 min_ngram_names: int = 3):
+                 min_ngram_names: int = 3, benchmarks: Iterable[str] | None = None,
+                 sources: dict | None = None):
         """ngram: tokens in a shared sequence that mark a file (0 switches that test off).
         problems: dicts with task_id, prompt, canonical_solution; else read from
         problems_path (jsonl / jsonl.gz), else HumanEval's file, in task order
         (``codegpt.problems.load_problems``: a DataError for a missing or malformed file).
         min_chars: shortest normalised
         docstring or solution that is searched for as a substring. min_ngram_names: distinct
-        names (see the module docstring) a benchmark n-gram needs to count."""
+        names (see the module docstring) a benchmark n-gram needs to count. benchmarks: instead
+        of one problem set, the problems of these named benchmarks (``benchmark_problems``),
+        each from ``sources[NAME]`` or its place on this machine; ``coverage`` says which were
+        found. A reason names the problem's benchmark (``mbpp_solution:Mbpp/11``)."""
         if ngram < 0:
             raise ValueError(f"ngram must be >= 0 (0 disables the n-gram test), got {ngram}")
-        self.problems = (validate_problems(problems) if problems is not None else
-                         list(load_problems(problems_path, fields=PROBLEM_FIELDS).values()))
+        self.coverage: dict[str, object] = {}
+        if problems is not None:
+            self.problems = validate_problems(problems)
+        elif benchmarks is not None and problems_path is None:
+            self.problems, self.coverage = benchmark_problems(benchmarks, sources or {})
+        else:
+            self.problems = list(load_problems(problems_path, fields=PROBLEM_FIELDS).values())
+        self.prefixes = [str(p.get("benchmark", "humaneval")).replace("-", "_")
+                         for p in self.problems]
         self.ngram, self.min_chars, self.min_ngram_names = ngram, min_chars, min_ngram_names
         self.task_ids = [str(p["task_id"]) for p in self.problems]
         self.needles = self._build_needles()
@@ -210,10 +250,10 @@ class Decontaminator:
         tokens = tokenize(norm)
         hit = self._substring_hit(norm, tokens)
         if hit is not None:
-            return f"humaneval_{hit.kind}:{self.task_ids[hit.task]}"
+            return f"{self.prefixes[hit.task]}_{hit.kind}:{self.task_ids[hit.task]}"
         task = self._ngram_hit(tokens)
         if task is not None:
-            return f"humaneval_ngram:{self.task_ids[task]}"
+            return f"{self.prefixes[task]}_ngram:{self.task_ids[task]}"
         return None
 
     def _substring_hit(self, norm: str, tokens: list[str]) -> Needle | None:

@@ -44,7 +44,7 @@ from codegpt.errors import ConfigError
 from codegpt.io import atomic_write_json
 from codegpt.outputs import remove_temporary_files, writing_in_place
 from data_prep.config import DecontamConfig, ExecutorConfig, PrepConfig
-from data_prep.decontam import Decontaminator
+from data_prep.decontam import Decontaminator, benchmark_problems
 from data_prep.dedup import DedupConfig, MinHasher, exact_hash, plan_removals, shingles
 from data_prep.filters import FilterConfig, decode, first_failure
 from data_prep.sources import registry
@@ -177,13 +177,14 @@ class QualityFilter(_RejectingFilter):
 
 
 class Decontaminate(_RejectingFilter):
-    name = "🧪 HumanEval decontamination"
+    name = "🧪 benchmark decontamination"
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1):
         rejects = RejectLog(self.work, "decontam", rank, self.samples)
         checker = None
         if self.cfg.enabled:
-            checker = Decontaminator(ngram=self.cfg.ngram)
+            checker = Decontaminator(ngram=self.cfg.ngram, benchmarks=self.cfg.benchmarks,
+                                     sources=self.cfg.sources)
         for doc in data:
             reason = checker.check(doc.text) if checker else None
             if reason:
@@ -466,6 +467,10 @@ def summarize(out: str | Path, cfg: PrepConfig) -> dict:
         "rejected": {s: dict(sorted(v.items())) for s, v in rejected.items()},
         "rejected_files": n_rejected,
         "accounted": kept_files + n_rejected == inputs["files"],
+        # per benchmark: its problems checked against, or why it was not covered
+        "decontaminated_against": (benchmark_problems(cfg.decontam.benchmarks,
+                                                      cfg.decontam.sources)[1]
+                                   if cfg.decontam.enabled else {}),
         "config": _plain(cfg),
     }
     if not stats["accounted"]:

@@ -44,3 +44,19 @@ def kill_at_checkpoint(args: list[str], run_dir: Path, step: int = 10,
         time.sleep(0.001)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+@pytest.fixture
+def count_runs(monkeypatch):
+    """How many programs each call of the scorer's sandbox ran (a list, one entry per call)."""
+    from codegpt.eval import humaneval
+
+    runs = []
+    real = humaneval.run_programs
+
+    def counting(programs, **kw):
+        runs.append(len(programs))
+        return real(programs, **kw)
+
+    monkeypatch.setattr(humaneval, "run_programs", counting)
+    return runs

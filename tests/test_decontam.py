@@ -184,3 +184,25 @@ def test_a_whole_problem_is_reported_as_its_solution(deco, problems):
         "humaneval_solution:HumanEval/0"
     assert deco.check("import os\n\n" + p["prompt"] + "    pass\n") == \
         "humaneval_docstring:HumanEval/0"
+
+
+def test_every_named_benchmark_is_kept_out_and_a_planted_mbpp_copy_is_caught(tmp_path):
+    """decontam.benchmarks covers MBPP when its problems are on the machine (here a local file
+    in google-research's layout): a training file holding an MBPP solution, or an MBPP text in
+    a docstring, is rejected as mbpp_*; HumanEval's reasons are unchanged; a benchmark that is
+    not on the machine is said to be not covered, never fetched."""
+    from test_benchmarks import MBPP_ROWS, write
+
+    mbpp = write(tmp_path / "mbpp.jsonl", MBPP_ROWS)
+    deco = Decontaminator(benchmarks=["humaneval", "mbpp", "mbpp-plus"],
+                          sources={"mbpp": str(mbpp)})
+    assert deco.coverage["humaneval"] == 164 and deco.coverage["mbpp"] == 3
+    assert str(deco.coverage["mbpp-plus"]).startswith("not covered")
+    planted = ("import os\n\n\n" + MBPP_ROWS[0]["code"].replace("\n", "\n\n")
+               + "\n\nprint(remove_Occ('hello', 'l'))\n")  # reformatted, in a bigger file
+    assert deco.check(planted) == "mbpp_solution:Mbpp/11"
+    doc = f'def f():\n    """{MBPP_ROWS[1]["text"]}\n    {MBPP_ROWS[1]["test_list"][0]}"""\n'
+    assert deco.check(doc) == "mbpp_docstring:Mbpp/12"
+    he = load_problems()["HumanEval/0"]
+    assert deco.check(he["prompt"] + he["canonical_solution"]).startswith("humaneval_solution:")
+    assert deco.check("def add(a, b):\n    return a + b\n") is None

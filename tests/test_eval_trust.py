@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from codegpt.errors import EvalError
-from codegpt.eval import humaneval
 from codegpt.eval.humaneval import evaluate_samples_file, program, score_samples
 from codegpt.eval.keys import VERDICT_VERSION, secret, state_dir
 from codegpt.problems import humaneval_file, load_problems
@@ -29,19 +28,6 @@ bubblewrap_only = pytest.mark.skipif(isolation_method() != BWRAP,
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-@pytest.fixture
-def count_runs(monkeypatch):
-    runs = []
-    real = humaneval.run_programs
-
-    def counting(programs, **kw):
-        runs.append(len(programs))
-        return real(programs, **kw)
-
-    monkeypatch.setattr(humaneval, "run_programs", counting)
-    return runs
 
 
 def test_a_forged_verdict_key_is_run_again(count_runs):

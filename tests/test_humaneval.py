@@ -202,37 +202,28 @@ def test_verdict_key_covers_program_timeout_sandbox_and_verdict():
     assert verdict_key(*base[:3], "true", "passed") != key  # a string is not the boolean
 
 
-def test_results_made_elsewhere_or_edited_are_run_again(monkeypatch):
-    from codegpt.eval import humaneval
+def test_results_made_elsewhere_or_edited_are_run_again(count_runs):
     from codegpt.eval.humaneval import score_samples
 
     problems = load_problems()
     task = "HumanEval/0"
-    runs = []
-    real = humaneval.run_programs
-
-    def counting(programs, **kw):
-        runs.append(len(programs))
-        return real(programs, **kw)
-
-    monkeypatch.setattr(humaneval, "run_programs", counting)
     samples = [  # a wrong answer that claims to pass, a right one whose "false" is a string
         {"task_id": task, "completion": "    return None\n", "passed": True, "result": "passed"},
         {"task_id": task, "completion": problems[task]["canonical_solution"], "passed": "false"}]
     scored = score_samples(samples, problems, timeout=5.0, progress=False)
-    assert [s["passed"] for s in scored] == [False, True] and runs == [2]
+    assert [s["passed"] for s in scored] == [False, True] and count_runs == [2]
     assert all(len(s["verdict_key"]) == 64 for s in scored)
 
     score_samples(scored, problems, timeout=5.0, progress=False)  # ours, unchanged: reused
-    assert runs == [2]
+    assert count_runs == [2]
     scored[0]["passed"] = True  # edited by hand
     score_samples(scored, problems, timeout=5.0, progress=False)
-    assert runs == [2, 1] and scored[0]["passed"] is False
+    assert count_runs == [2, 1] and scored[0]["passed"] is False
     scored[1]["completion"] += "\n"  # another program
     score_samples(scored, problems, timeout=5.0, progress=False)
-    assert runs == [2, 1, 1] and scored[1]["passed"] is True
+    assert count_runs == [2, 1, 1] and scored[1]["passed"] is True
     score_samples(scored, problems, timeout=4.0, progress=False)  # another timeout: all again
-    assert runs == [2, 1, 1, 2]
+    assert count_runs == [2, 1, 1, 2]
 
 
 def test_summary_counts_only_boolean_true_and_uses_each_problems_own_n():
