@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from codegpt.errors import DataError
-from codegpt.problems import load_problems, task_number
+from codegpt.problems import MAX_LINE_CHARS, load_problems, task_number
 
 HUMANEVAL_FIELDS = ("task_id", "prompt", "test", "entry_point")
 MBPP_TEST_IDS = range(11, 511)  # the test split of the full MBPP file
@@ -91,6 +91,8 @@ def _rows_of(path: Path) -> list[dict]:
 
             return pq.read_table(path).to_pylist()
         if path.name.endswith(".json"):
+            if path.stat().st_size > 64 * MAX_LINE_CHARS:
+                raise DataError(f"{path} is larger than a benchmark can be")
             rows = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(rows, list):
                 raise DataError(f"{path}: expected a JSON list of problems")
@@ -100,12 +102,21 @@ def _rows_of(path: Path) -> list[dict]:
         with opener(path, "rt", encoding="utf-8") as f:
             for lineno, line in enumerate(f, start=1):
                 if line.strip():
+                    if len(line) > MAX_LINE_CHARS:
+                        raise DataError(f"{path}:{lineno} is {len(line):,} characters long, "
+                                        f"more than a problem may be ({MAX_LINE_CHARS:,})")
                     try:
                         rows.append(json.loads(line))
+                    except RecursionError:
+                        raise DataError(f"{path}:{lineno} is JSON nested too deep") from None
                     except ValueError:
                         raise DataError(f"{path}:{lineno} is not valid JSON") from None
         return rows
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+    except RecursionError:
+        raise DataError(f"{path} is JSON nested too deep") from None
+    except (OSError, EOFError, UnicodeDecodeError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
         raise DataError(f"benchmark file {path} cannot be read ({e})") from e
 
 
@@ -157,11 +168,31 @@ def _mbpp(row: dict, where: str, plus: bool) -> dict:
         body = "\n".join(tests)
     header = "\n".join([*imports, setup]).strip()
     entry = _entry_point(code, tests[0], where)
-    test = (f"{header}\n\n" if header else "") + f"{body}\n\n\ndef check(candidate):\n" \
-        "    assert callable(candidate)\n"
+
+    def program(tests_code: str) -> str:
+        return (f"{header}\n\n" if header else "") + f"{tests_code}\n\n\ndef check(candidate):\n" \
+            "    assert callable(candidate)\n"
+
     return {"task_id": f"Mbpp/{row['task_id']}", "prompt": mbpp_prompt(text, tests[0]),
-            "canonical_solution": code, "test": test, "entry_point": entry,
-            "base_test": "\n".join(tests)}
+            "canonical_solution": code, "test": program(body), "entry_point": entry,
+            "base_test": program("\n".join(tests))}
+
+
+def base_problems(name: str, problems: dict[str, dict]) -> dict[str, dict] | None:
+    """For a -plus benchmark, the same problems with the original benchmark's tests (MBPP's
+    test_list for MBPP+, HumanEval's own tests for HumanEval+), so a samples file's base-test
+    pass rate shows the gap the extra tests open; None for another benchmark, or where the
+    original tests are not on this machine."""
+    if name == "mbpp-plus":
+        return {t: {**p, "test": p["base_test"]} for t, p in problems.items() if "base_test" in p}
+    if name == "humaneval-plus":
+        try:
+            original = load_problems(None, fields=HUMANEVAL_FIELDS)
+        except DataError:
+            return None
+        return {t: {**p, "test": original[t]["test"]} for t, p in problems.items()
+                if t in original}
+    return None
 
 
 def _layout(rows: list[dict]) -> str:

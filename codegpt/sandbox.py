@@ -411,7 +411,7 @@ _SETPRIV: str | None = None
 # solutions use numpy), where the harness's environment has them: mounted read-only, alone.
 PACKAGES = ("numpy",)
 SITE = "/sandbox/site"   # where they appear inside bubblewrap's file system
-_MOUNTS: list[str] | None = None
+_MOUNTS: dict[tuple[str, ...], list[str]] = {}  # by the allow-list
 _MOUNTS_LOCK = threading.Lock()
 
 
@@ -445,23 +445,22 @@ def _shared_libraries(files: list[str]) -> set[str]:
     return found
 
 
-def _bwrap_mounts() -> list[str]:
+def _bwrap_mounts(allowed: tuple[str, ...] = PACKAGES) -> list[str]:
     """bubblewrap's view of the host: only what a program needs, read-only. The interpreter and
     its standard library (its own ``lib-dynload`` extensions included, no site-packages), the
     shared libraries those load, ``/etc/ld.so.cache`` to find them, and the allow-listed
     packages (``PACKAGES``) under ``SITE``. Nothing else of the host is there: not the project,
     not its runs, not the benchmarks' data files, not other packages, not home folders."""
-    global _MOUNTS
     with _MOUNTS_LOCK:
-        if _MOUNTS is not None:
-            return _MOUNTS
+        if allowed in _MOUNTS:
+            return _MOUNTS[allowed]
         exe = interpreter()
         paths = subprocess.run(
             [exe, "-I", "-S", "-c", "import sysconfig as s; p = s.get_paths(); "
              "print(p['stdlib']); print(p['platstdlib'])"],
             capture_output=True, text=True, timeout=60, check=True).stdout.split()
         stdlib = sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)})
-        packages = package_dirs()
+        packages = package_dirs(allowed)
         binaries = [exe] + [os.path.join(root, f) for top in stdlib + packages
                             for root, _, names in os.walk(top) for f in names
                             if ".so" in f and "site-packages" not in root
@@ -489,23 +488,25 @@ def _bwrap_mounts() -> list[str]:
                     args += ["--tmpfs", os.path.join(folder, sub)]
         for folder in packages:
             args += ["--ro-bind", folder, f"{SITE}/{os.path.basename(folder)}"]
-        _MOUNTS = args
+        _MOUNTS[allowed] = args
         return args
 
 
-def _site_words(method: str) -> list[str]:
+def _site_words(method: str, allowed: tuple[str, ...] = PACKAGES) -> list[str]:
     """Where the launcher finds the allow-listed packages: ``SITE`` inside bubblewrap; the
     folders holding them otherwise (the fallbacks do not hide the host anyway)."""
     if method == BWRAP:
         return [f"SITE={SITE}"]
-    return [f"SITE={d}" for d in dict.fromkeys(os.path.dirname(p) for p in package_dirs())]
+    return [f"SITE={d}" for d in dict.fromkeys(os.path.dirname(p)
+                                               for p in package_dirs(allowed))]
 
 
-def _command(method: str, code_fd: int, result_fd: int) -> list[str]:
+def _command(method: str, code_fd: int, result_fd: int,
+             allowed: tuple[str, ...] = PACKAGES) -> list[str]:
     py = [interpreter(), "-I", "-S", "-B", "-c", _LAUNCHER, str(code_fd), str(result_fd)]
     if method == BWRAP:
         return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
-                *_bwrap_mounts(), "--dev", "/dev", "--proc", "/proc",
+                *_bwrap_mounts(allowed), "--dev", "/dev", "--proc", "/proc",
                 "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp",
                 "--size", str(TMPFS_BYTES), "--tmpfs", "/dev/shm",
                 "--chdir", "/tmp", "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp",
@@ -633,11 +634,12 @@ def _detail(returncode: int | None, output: bytes, passed: bool) -> str:
 
 
 def run_program(program: str, timeout: float = 5.0, memory_mb: int = 1024, *,
-                method: str | None = None) -> Result:
+                method: str | None = None, packages: tuple[str, ...] = PACKAGES) -> Result:
     """Run one program in the sandbox. A ``Program`` passes only if the launcher's own call of
     the test's ``check(entry_point)`` returned; a plain string runs as one module and passes if
-    it ran to its end."""
+    it ran to its end. ``packages``: the installed packages it may import (the allow-list)."""
     method = method or isolation_method()
+    packages = tuple(packages)
     start = time.monotonic()
     nonce = secrets.token_hex(16)
     root = _is_root()
@@ -649,7 +651,7 @@ def run_program(program: str, timeout: float = 5.0, memory_mb: int = 1024, *,
             os.chown(workdir, uid, uid)
         os.chmod(workdir, 0o700)
     payload = _payload(nonce, uid if method != BWRAP else None, method == RLIMITS,
-                       _limits(timeout, memory_mb), program, _site_words(method))
+                       _limits(timeout, memory_mb), program, _site_words(method, packages))
     code_r, code_w = os.pipe()
     rest = _prefill(code_w, payload)  # usually all of it: no feeder thread needed
     if not rest:
@@ -659,7 +661,7 @@ def run_program(program: str, timeout: float = 5.0, memory_mb: int = 1024, *,
     env = {"PATH": "/usr/bin:/bin", "HOME": workdir or "/tmp", "TMPDIR": workdir or "/tmp",
            "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1",
            "MALLOC_ARENA_MAX": "2"}  # fewer 64 MiB arena reservations in the address space
-    cmd = _command(method, code_r, res_w)
+    cmd = _command(method, code_r, res_w, packages)
     drop = {}
     if root and method == BWRAP:  # bubblewrap starts as the private uid (the others drop later)
         prefix = _drop_to(uid)
@@ -807,7 +809,8 @@ def _rmtree(path: str) -> None:
 
 def run_programs(programs: list[str], timeout: float = 5.0, workers: int | None = None,
                  memory_mb: int = 1024, progress: bool = False, *,
-                 method: str | None = None) -> list[Result]:
+                 method: str | None = None, packages: tuple[str, ...] = PACKAGES
+                 ) -> list[Result]:
     """Run many programs in parallel (threads launching sandboxes); results in input order."""
     method = method or isolation_method()
     workers = workers or max(1, min(32, (os.cpu_count() or 1) * 2))
@@ -817,7 +820,7 @@ def run_programs(programs: list[str], timeout: float = 5.0, workers: int | None 
 
     def one(i: int) -> None:
         results[i] = run_program(programs[i], timeout=timeout, memory_mb=memory_mb,
-                                 method=method)
+                                 method=method, packages=packages)
         with lock:
             bar.update(1)
 

@@ -87,8 +87,8 @@ MBPP_PLUS_ROWS = [
      "test_imports": [], "test_list": r["test_list"],
      "test": ASSERTION + "\n\n" + plus_check(inputs, results, call=name)}
     for r, name, inputs, results in (
-        (MBPP_ROWS[1], "sort_matrix", [[[[3], [1, 1], [0]]], [[[1, -2], [5]]]],
-         [[[0], [1, 1], [3]], [[1, -2], [5]]]),
+        (MBPP_ROWS[1], "sort_matrix", [[[[3], [1, 1], [0]]], [[[5], [1]]]],
+         [[[0], [1, 1], [3]], [[1], [5]]]),
         (MBPP_ROWS[2], "square_perimeter", [[10], [2.5], [0]], [40, 10.0, 0]))]
 WRONG = {"humaneval-plus": "    return 0\n", "mbpp": "def f():\n    return None\n",
          "mbpp-plus": "def sort_matrix(M):\n    return M\ndef square_perimeter(a):\n    return a\n"}
@@ -199,3 +199,17 @@ def test_without_a_local_file_or_the_hub_the_error_says_how_to_get_it(monkeypatc
 def test_a_bad_benchmark_row_is_refused_by_row(tmp_path, rows, message):
     with pytest.raises(DataError, match=message):
         load_benchmark("mbpp", write(tmp_path / "bad.jsonl", rows))
+
+
+def test_a_plus_benchmark_also_reports_the_base_tests_pass_rate(fixtures, tmp_path):
+    """A completion that passes MBPP's three asserts but not EvalPlus's extra inputs: pass@1
+    under MBPP+'s tests is lower than under the base tests of the same samples."""
+    almost = "def sort_matrix(M):\n    return sorted(M, key=sum) if len(M) == 3 else M\n"
+    rows = [{"task_id": "Mbpp/12", "completion": almost},
+            {"task_id": "Mbpp/17", "completion": MBPP_ROWS[2]["code"]}]
+    results = evaluate_samples_file(write(tmp_path / "s.jsonl", rows),
+                                    problems_path=fixtures["mbpp-plus"], benchmark="mbpp-plus")
+    assert results["base_pass@1"] == 1.0 and results["pass@1"] == 0.5
+    plain = evaluate_samples_file(write(tmp_path / "t.jsonl", rows), allow_missing=True,
+                                  problems_path=fixtures["mbpp"], benchmark="mbpp")
+    assert "base_pass@1" not in plain

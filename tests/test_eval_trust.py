@@ -78,6 +78,22 @@ def test_numpy_imports_in_the_sandbox_and_the_rest_of_its_site_packages_does_not
         assert not r.passed and "ModuleNotFoundError" in r.detail, (package, r.detail)
 
 
+@bubblewrap_only
+def test_the_allow_list_is_a_setting(tmp_path):
+    """sandbox.packages=[] leaves numpy out too; a verdict made with another allow-list is run
+    again, not reused."""
+    from test_problems import PROBLEMS
+
+    problems = write_jsonl(tmp_path / "p.jsonl", PROBLEMS[1:2])  # its test imports numpy
+    samples = write_jsonl(tmp_path / "s.jsonl", [
+        {"task_id": "Mine/2", "completion": PROBLEMS[1]["canonical_solution"]}])
+    with_numpy = evaluate_samples_file(samples, problems_path=problems)
+    assert with_numpy["pass@1"] == 1.0 and with_numpy["sandbox_packages"] == ["numpy"]
+    without = evaluate_samples_file(samples, problems_path=problems, packages=())
+    assert without["pass@1"] == 0.0
+    assert "ModuleNotFoundError" in json.loads(samples.read_text())["result"]
+
+
 @pytest.mark.parametrize("body, test", [
     # a tracer that jumps from check's first line to its last, past the failing assert
     ("import sys\n"

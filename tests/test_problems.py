@@ -117,3 +117,14 @@ def test_the_default_problems_are_humaneval(tmp_path):
     bad = [{"task_id": "HumanEval/0", "completion": "", "passed": False}]
     with pytest.raises(Exception, match="163 of 164 HumanEval problems"):
         evaluate_samples_file(write_jsonl(tmp_path / "one.jsonl", bad))
+
+
+@pytest.mark.parametrize("line, message", [
+    ("[" * 100_000 + "]" * 100_000, ":2 is JSON nested too deep"),
+    ('{"task_id": "' + "x" * (17 * 1024 * 1024) + '"}', ":2 is [0-9,]+ characters long"),
+])
+def test_a_hostile_problems_file_is_refused_under_limits(tmp_path, line, message):
+    path = tmp_path / "hostile.jsonl"
+    path.write_text(json.dumps(PROBLEMS[0]) + "\n" + line + "\n")
+    with pytest.raises(DataError, match=message):
+        problem_set(path)

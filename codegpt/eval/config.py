@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from codegpt.benchmarks import BENCHMARKS
 from codegpt.config import DEVICE, setting
+from codegpt.sandbox import PACKAGES
 from codegpt.errors import ConfigError
 
 # Codex's stop strings: a completion ends where the next top-level statement would begin
@@ -42,6 +43,9 @@ class SandboxSection:
     workers: int = setting(0, ge=0)               # programs run in parallel (0: the default)
     # a completion longer than this is refused before anything runs or is parsed
     max_completion_bytes: int = setting(100_000, ge=1)
+    # installed packages a program may import besides the standard library (read-only, alone)
+    packages: list[str] = setting(default_factory=lambda: list(PACKAGES),
+                                  pattern=r"[A-Za-z_][A-Za-z0-9_]*", what="package names")
 
 
 @dataclass

@@ -33,10 +33,10 @@ from codegpt.eval.likelihood import canonical_likelihood
 from codegpt.eval.keys import logp_key, matches, verdict_key
 from codegpt.eval.samples import MAX_COMPLETION_BYTES, read_samples, repair_tail, write_samples
 from codegpt.io import atomic_write_json
-from codegpt.benchmarks import BENCHMARKS, load_benchmark
+from codegpt.benchmarks import BENCHMARKS, base_problems, load_benchmark
 from codegpt.problems import humaneval_file, task_number
 from codegpt.problems import load_problems  # noqa: F401 (where earlier codegpt had it)
-from codegpt.sandbox import Program, isolation_method, run_programs
+from codegpt.sandbox import PACKAGES, Program, isolation_method, run_programs
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +118,14 @@ def missing_problems(samples: list[dict], problems: dict[str, dict], allow_missi
 
 
 def score_samples(samples: list[dict], problems: dict[str, dict], timeout: float = 5.0,
-                  workers: int | None = None, progress: bool = True) -> list[dict]:
+                  workers: int | None = None, progress: bool = True,
+                  packages: Iterable[str] = PACKAGES) -> list[dict]:
     """Run every sample in the sandbox unless it holds a result this harness made for the same
     program, timeout and sandbox (see ``verdict_key``); fills ``result``, ``passed`` (a bool)
     and ``verdict_key``."""
     _reject_unknown(samples, problems)
-    method = isolation_method()
+    packages = tuple(packages)
+    method = isolation_method() + (f" +{','.join(packages)}" if packages else "")
     programs = [program(problems[s["task_id"]], s["completion"]) for s in samples]
     todo = [i for i, s in enumerate(samples) if not matches(s.get("verdict_key"), verdict_key(
         programs[i], timeout, method, s.get("passed"), s.get("result")))]
@@ -133,7 +135,7 @@ def score_samples(samples: list[dict], problems: dict[str, dict], timeout: float
                  "(another tool, an edit, another timeout or sandbox): running them again", stale)
     if todo:
         results = run_programs([programs[i] for i in todo], timeout=timeout, workers=workers,
-                               progress=progress)
+                               progress=progress, packages=packages)
         for i, r in zip(todo, results):
             s = samples[i]
             s["result"] = r.status if r.status != "failed" else f"failed: {r.detail}"
@@ -198,13 +200,30 @@ def irregular(samples: list[dict], allow_duplicates: bool, allow_unequal_n: bool
     return {"duplicate_rows": duplicates}
 
 
+def base_results(benchmark: str, problems: dict[str, dict], samples: list[dict], timeout: float,
+                 workers: int | None, packages: Iterable[str] = PACKAGES) -> dict:
+    """For a -plus benchmark, pass@k of the same samples under the original benchmark's tests
+    (``base_pass@k``): the gap to pass@k is what the extra tests caught. These verdicts are
+    not stored in the samples file (its verdicts are the benchmark's own)."""
+    base = base_problems(benchmark, problems)
+    if not base:
+        return {}
+    rows = [{"task_id": s["task_id"], "completion": s["completion"]} for s in samples
+            if s["task_id"] in base]
+    if len(rows) != len(samples):
+        return {}
+    scored = score_samples(rows, base, timeout, workers, progress=False, packages=packages)
+    return {f"base_{k}": v for k, v in summarize(scored).items() if k.startswith("pass@")}
+
+
 def evaluate_samples_file(samples_path: str | Path, out_dir: str | Path | None = None,
                           timeout: float = 5.0, workers: int | None = None,
                           settings: dict | None = None, allow_missing: bool = False,
                           allow_duplicates: bool = False, allow_unequal_n: bool = False,
                           max_completion_bytes: int = MAX_COMPLETION_BYTES,
                           own: bool = False, problems_path: str | Path = "",
-                          benchmark: str = "humaneval") -> dict:
+                          benchmark: str = "humaneval",
+                          packages: Iterable[str] = PACKAGES) -> dict:
     """Score a samples file (resuming), write it back with results, and write results.json.
     Problems without samples are an EvalError unless ``allow_missing``; then results.json says
     ``"complete": false`` and lists them in ``problems_missing``. Duplicate rows and unequal n
@@ -216,15 +235,18 @@ def evaluate_samples_file(samples_path: str | Path, out_dir: str | Path | None =
     samples = read_samples(samples_path, own=own, max_completion_bytes=max_completion_bytes)
     missing = missing_problems(samples, problems, allow_missing, samples_path, name)
     counted = irregular(samples, allow_duplicates, allow_unequal_n, samples_path)
-    samples = score_samples(samples, problems, timeout, workers)
+    samples = score_samples(samples, problems, timeout, workers, packages=packages)
+    base = base_results(benchmark, problems, samples, timeout, workers, packages)
     out = Path(out_dir) if out_dir else samples_path.parent
     scored = out / samples_path.name if out_dir else samples_path
     write_samples(scored, samples)
-    results = {**summarize(samples), **counted, "syntax_rate": syntax_rate(samples, problems),
+    results = {**summarize(samples), **base, **counted,
+               "syntax_rate": syntax_rate(samples, problems),
                "benchmark": name, "problems_file": str(problems_path or (
                    humaneval_file() if benchmark == "humaneval" else BENCHMARKS[benchmark].hub)),
                "problems_total": len(problems), "complete": not missing,
                "problems_missing": missing, "sandbox": isolation_method(),
+               "sandbox_packages": list(packages),
                "timeout_s": timeout, "samples_file": str(scored), **(settings or {})}
     atomic_write_json(out / "results.json", results)
     return results
@@ -308,7 +330,8 @@ def evaluate(cfg: EvalConfig) -> dict:
                                      allow_duplicates=cfg.allow_duplicates,
                                      allow_unequal_n=cfg.allow_unequal_n,
                                      max_completion_bytes=cfg.sandbox.max_completion_bytes,
-                                     problems_path=cfg.problems, benchmark=cfg.benchmark)
+                                     problems_path=cfg.problems, benchmark=cfg.benchmark,
+                                     packages=cfg.sandbox.packages)
     return evaluate_checkpoint(cfg)
 
 
@@ -357,4 +380,5 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
                                  cfg.sandbox.workers or None, settings,
                                  allow_missing=bool(cfg.limit),
                                  max_completion_bytes=cfg.sandbox.max_completion_bytes, own=True,
-                                 problems_path=cfg.problems, benchmark=cfg.benchmark)
+                                 problems_path=cfg.problems, benchmark=cfg.benchmark,
+                                 packages=cfg.sandbox.packages)
