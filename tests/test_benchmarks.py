@@ -191,7 +191,12 @@ def test_without_a_local_file_or_the_hub_the_error_says_how_to_get_it(monkeypatc
 
 @pytest.mark.parametrize("rows, message", [
     ([{"task_id": 1, "text": "x", "code": "def f(): pass", "test_list": []}],
-     "needs text .*non-empty test_list"),
+     "needs a task_id, text .*non-empty test_list"),
+    ([{"text": "x", "code": "def f(): pass", "test_list": ["assert f() is None"]}],
+     r"bad.jsonl:1: an MBPP row needs a task_id"),
+    ([{"task_id": "HumanEval/0", "prompt": "", "test": "", "entry_point": "f"},
+      {"task_id": "HumanEval/0", "prompt": "", "test": "", "entry_point": "f"}],
+     "bad.jsonl:2 repeats task_id"),
     ([{"task_id": 1, "text": "x", "code": "x = 1", "test_list": ["assert f() == 1"]}],
      "defines no function"),
     ([{"foo": 1}], "no known layout"),
