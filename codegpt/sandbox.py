@@ -36,6 +36,7 @@ asserts see can fake them; see the README's threat model.
 from __future__ import annotations
 
 import fcntl
+import functools
 import importlib.util
 import logging
 import os
@@ -415,7 +416,8 @@ _MOUNTS: dict[tuple[str, ...], list[str]] = {}  # by the allow-list
 _MOUNTS_LOCK = threading.Lock()
 
 
-def package_dirs(names: tuple[str, ...] = PACKAGES) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def package_dirs(names: tuple[str, ...] = PACKAGES) -> tuple[str, ...]:
     """The folders of the allow-listed packages that are installed (with a ``NAME.libs``
     folder of bundled shared libraries beside one, as wheels carry them)."""
     out = []
@@ -426,7 +428,17 @@ def package_dirs(names: tuple[str, ...] = PACKAGES) -> list[str]:
             libs = f"{out[-1]}.libs"
             if os.path.isdir(libs):
                 out.append(libs)
-    return out
+    return tuple(out)
+
+
+def _extension_modules(folder: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """The compiled modules (``*.so*``) under ``folder``, its subfolders named in ``skip`` not
+    walked."""
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if d not in skip]
+        found += [os.path.join(root, f) for f in names if ".so" in f]
+    return found
 
 
 def _shared_libraries(files: list[str]) -> set[str]:
@@ -460,11 +472,10 @@ def _bwrap_mounts(allowed: tuple[str, ...] = PACKAGES) -> list[str]:
              "print(p['stdlib']); print(p['platstdlib'])"],
             capture_output=True, text=True, timeout=60, check=True).stdout.split()
         stdlib = sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)})
-        packages = package_dirs(allowed)
-        binaries = [exe] + [os.path.join(root, f) for top in stdlib + packages
-                            for root, _, names in os.walk(top) for f in names
-                            if ".so" in f and "site-packages" not in root
-                            and "dist-packages" not in root or top in packages and ".so" in f]
+        packages = list(package_dirs(allowed))
+        binaries = [exe, *(m for d in stdlib
+                           for m in _extension_modules(d, ("site-packages", "dist-packages"))),
+                    *(m for d in packages for m in _extension_modules(d))]
         args: list[str] = []
         for link in ("/lib", "/lib64", "/lib32", "/bin", "/sbin"):  # merged-/usr symlinks
             if os.path.islink(link):
