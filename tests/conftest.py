@@ -60,3 +60,23 @@ def count_runs(monkeypatch):
 
     monkeypatch.setattr(humaneval, "run_programs", counting)
     return runs
+
+
+SANDBOX_KEYS = ("timeout", "workers", "packages", "max_completion_bytes")
+
+
+def score_file(path, out_dir=None, problems_path="", **settings) -> dict:
+    """``evaluate_samples_file`` of the samples file ``path`` under an eval config made of
+    ``settings`` (``timeout=2.0``, ``allow_missing=True``, ``benchmark="mbpp"``, ...), its
+    results beside it unless ``out_dir`` says otherwise."""
+    from codegpt.eval.config import EvalConfig, SandboxSection
+    from codegpt.eval.humaneval import evaluate_samples_file
+
+    box = {k: settings.pop(k) for k in SANDBOX_KEYS if k in settings}
+    if box.get("workers") is None:
+        box.pop("workers", None)
+    if "packages" in box:
+        box["packages"] = list(box["packages"])
+    cfg = EvalConfig(samples=str(path), out_dir=str(out_dir or os.path.dirname(path)),
+                     problems=str(problems_path), sandbox=SandboxSection(**box), **settings)
+    return evaluate_samples_file(cfg)

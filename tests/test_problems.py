@@ -11,10 +11,11 @@ import pytest
 
 from codegpt.cli import main
 from codegpt.errors import DataError
-from codegpt.eval.humaneval import evaluate_samples_file, problem_set
+from codegpt.eval.humaneval import problem_set
 from codegpt.problems import load_problems
 from codegpt.tokenizer.bpe import load_tokenizer
 
+from conftest import score_file
 from test_generate import make_checkpoint, make_tokenizer
 
 PROBLEMS = [
@@ -116,7 +117,7 @@ def test_the_default_problems_are_humaneval(tmp_path):
     assert problem_set() == load_problems() and len(problem_set()) == 164
     bad = [{"task_id": "HumanEval/0", "completion": "", "passed": False}]
     with pytest.raises(Exception, match="163 of 164 HumanEval problems"):
-        evaluate_samples_file(write_jsonl(tmp_path / "one.jsonl", bad))
+        score_file(write_jsonl(tmp_path / "one.jsonl", bad))
 
 
 @pytest.mark.parametrize("line, message", [

@@ -31,7 +31,7 @@ from codegpt.eval.config import EvalConfig, SamplingSection
 from codegpt.eval.generate import encode_prompts, generate
 from codegpt.eval.likelihood import canonical_likelihood
 from codegpt.eval.keys import logp_key, matches, verdict_key
-from codegpt.eval.samples import MAX_COMPLETION_BYTES, read_samples, repair_tail, write_samples
+from codegpt.eval.samples import read_samples, repair_tail, write_samples
 from codegpt.io import atomic_write_json
 from codegpt.benchmarks import BENCHMARKS, base_problems, load_benchmark
 from codegpt.problems import humaneval_file, task_number
@@ -216,38 +216,41 @@ def base_results(benchmark: str, problems: dict[str, dict], samples: list[dict],
     return {f"base_{k}": v for k, v in summarize(scored).items() if k.startswith("pass@")}
 
 
-def evaluate_samples_file(samples_path: str | Path, out_dir: str | Path | None = None,
-                          timeout: float = 5.0, workers: int | None = None,
-                          settings: dict | None = None, allow_missing: bool = False,
-                          allow_duplicates: bool = False, allow_unequal_n: bool = False,
-                          max_completion_bytes: int = MAX_COMPLETION_BYTES,
-                          own: bool = False, problems_path: str | Path = "",
-                          benchmark: str = "humaneval",
-                          packages: Iterable[str] = PACKAGES) -> dict:
-    """Score a samples file (resuming), write it back with results, and write results.json.
+def evaluate_samples_file(cfg: EvalConfig, samples_path: str | Path | None = None, *,
+                          problems: dict[str, dict] | None = None, settings: dict | None = None,
+                          own: bool = False) -> dict:
+    """Score a samples file (``cfg.samples`` unless ``samples_path`` is given) with ``cfg``'s
+    benchmark (``problems``: its problems, when the caller has loaded them already), sandbox
+    and rules, write it into ``cfg.out_dir`` with the results (in place when it is there
+    already, resuming), and write ``cfg.out_dir/results.json`` (``settings`` added to it).
     Problems without samples are an EvalError unless ``allow_missing``; then results.json says
     ``"complete": false`` and lists them in ``problems_missing``. Duplicate rows and unequal n
     per problem are refused unless allowed (``irregular``). ``own``: the file is this run's
-    own generation (see ``read_samples``)."""
-    samples_path = Path(samples_path)
-    problems = problem_set(problems_path, benchmark)
-    name = benchmark_name(problems_path, benchmark)
-    samples = read_samples(samples_path, own=own, max_completion_bytes=max_completion_bytes)
-    missing = missing_problems(samples, problems, allow_missing, samples_path, name)
-    counted = irregular(samples, allow_duplicates, allow_unequal_n, samples_path)
-    samples = score_samples(samples, problems, timeout, workers, packages=packages)
-    base = base_results(benchmark, problems, samples, timeout, workers, packages)
-    out = Path(out_dir) if out_dir else samples_path.parent
-    scored = out / samples_path.name if out_dir else samples_path
+    own generation (``read_samples``), of the first ``limit`` problems."""
+    samples_path = Path(samples_path or cfg.samples)
+    box = cfg.sandbox
+    if problems is None:
+        problems = problem_set(cfg.problems, cfg.benchmark)
+    name = benchmark_name(cfg.problems, cfg.benchmark)
+    samples = read_samples(samples_path, own=own, max_completion_bytes=box.max_completion_bytes)
+    missing = missing_problems(samples, problems, cfg.allow_missing or own and bool(cfg.limit),
+                               samples_path, name)
+    counted = irregular(samples, cfg.allow_duplicates, cfg.allow_unequal_n, samples_path)
+    workers = box.workers or None
+    samples = score_samples(samples, problems, box.timeout, workers, packages=box.packages)
+    base = base_results(cfg.benchmark, problems, samples, box.timeout, workers, box.packages)
+    out = Path(cfg.out_dir)
+    scored = out / samples_path.name
     write_samples(scored, samples)
     results = {**summarize(samples), **base, **counted,
                "syntax_rate": syntax_rate(samples, problems),
-               "benchmark": name, "problems_file": str(problems_path or (
-                   humaneval_file() if benchmark == "humaneval" else BENCHMARKS[benchmark].hub)),
+               "benchmark": name, "problems_file": str(cfg.problems or (
+                   humaneval_file() if cfg.benchmark == "humaneval"
+                   else BENCHMARKS[cfg.benchmark].hub)),
                "problems_total": len(problems), "complete": not missing,
                "problems_missing": missing, "sandbox": isolation_method(),
-               "sandbox_packages": list(packages),
-               "timeout_s": timeout, "samples_file": str(scored), **(settings or {})}
+               "sandbox_packages": list(box.packages),
+               "timeout_s": box.timeout, "samples_file": str(scored), **(settings or {})}
     atomic_write_json(out / "results.json", results)
     return results
 
@@ -315,7 +318,11 @@ def _check_counts(path: Path, wrong: dict[str, int], n: int) -> None:
 def first_problems(limit: int = 0, path: str | Path = "", benchmark: str = "humaneval"
                    ) -> dict[str, dict]:
     """The problems (``problem_set``) in task order; the first ``limit`` of them (0: all)."""
-    problems = problem_set(path, benchmark)
+    return first_of(problem_set(path, benchmark), limit)
+
+
+def first_of(problems: dict[str, dict], limit: int) -> dict[str, dict]:
+    """The first ``limit`` problems in task order (0: all)."""
     return dict(list(problems.items())[:limit]) if limit else problems
 
 
@@ -324,14 +331,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     samples (generated, resuming, then scored)."""
     cfg.check_target()
     if cfg.samples:
-        return evaluate_samples_file(cfg.samples, cfg.out_dir, cfg.sandbox.timeout,
-                                     cfg.sandbox.workers or None,
-                                     allow_missing=cfg.allow_missing,
-                                     allow_duplicates=cfg.allow_duplicates,
-                                     allow_unequal_n=cfg.allow_unequal_n,
-                                     max_completion_bytes=cfg.sandbox.max_completion_bytes,
-                                     problems_path=cfg.problems, benchmark=cfg.benchmark,
-                                     packages=cfg.sandbox.packages)
+        return evaluate_samples_file(cfg)
     return evaluate_checkpoint(cfg)
 
 
@@ -346,12 +346,14 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     ``checkpoint`` is resolved once (a run folder: its newest checkpoint that verifies) and its
     model loaded once, for both; results.json records the checkpoint folder used and its step
     beside what was asked for, and whether newer ones of the run failed to verify."""
-    problems = first_problems(cfg.limit, cfg.problems, cfg.benchmark)
+    everything = problem_set(cfg.problems, cfg.benchmark)  # loaded once, for all of it
+    problems = first_of(everything, cfg.limit)
     unsolved = [t for t, p in problems.items() if not isinstance(p.get("canonical_solution"), str)]
     if unsolved and cfg.likelihood == "only":
         raise EvalError(f"likelihood=only (--likelihood-only) needs a canonical_solution for "
-                        f"every problem; {len(unsolved)} of {benchmark_name(cfg.problems, cfg.benchmark)} have "
-                        f"none (e.g. {unsolved[0]})")
+                        f"every problem; {len(unsolved)} of "
+                        f"{benchmark_name(cfg.problems, cfg.benchmark)} have none (e.g. "
+                        f"{unsolved[0]})")
     loaded = load_checkpoint_and_tokenizer(cfg.checkpoint, cfg.tokenizer, device=cfg.device,
                                            dtype=cfg.dtype)
     heal = cfg.sampling.heal
@@ -363,7 +365,7 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     if cfg.likelihood == "only":
         results = {**loaded.record(cfg.checkpoint), "problems": len(problems),
                    "benchmark": benchmark_name(cfg.problems, cfg.benchmark),
-                   "problems_total": len(problem_set(cfg.problems, cfg.benchmark)),
+                   "problems_total": len(everything),
                    "likelihood_only": True,
                    "token_healing": heal, **likelihood}
         atomic_write_json(Path(cfg.out_dir) / "results.json", results)
@@ -376,9 +378,5 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
                 "token_healing": heal, **likelihood}
     samples_path = Path(cfg.out_dir) / "samples.jsonl"
     sample_problems(loaded.model, loaded.tokenizer, samples_path, problems, s, device=cfg.device)
-    return evaluate_samples_file(samples_path, None, cfg.sandbox.timeout,
-                                 cfg.sandbox.workers or None, settings,
-                                 allow_missing=bool(cfg.limit),
-                                 max_completion_bytes=cfg.sandbox.max_completion_bytes, own=True,
-                                 problems_path=cfg.problems, benchmark=cfg.benchmark,
-                                 packages=cfg.sandbox.packages)
+    return evaluate_samples_file(cfg, samples_path, problems=everything, settings=settings,
+                                 own=True)
