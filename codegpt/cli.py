@@ -24,7 +24,7 @@ from codegpt.config import (CONFIG_ROOT, ConfigError, check_device, check_overri
 from codegpt.errors import CodegptError
 from codegpt.eval.config import DTYPE_NAMES, EvalConfig, SamplingSection
 from codegpt.eval.generate import generate
-from codegpt.eval.humaneval import evaluate
+from codegpt.eval.humaneval import evaluate, problem_set
 from codegpt.export import export_hf
 from codegpt.outputs import is_disk_full, writing_in_place
 from codegpt.report import write_report
@@ -308,8 +308,9 @@ def run_humaneval(args) -> int:
     cfg = eval_config(args)
     cfg.check_target()
     check_device(cfg.device)
+    problems = problem_set(cfg.problems, cfg.benchmark)  # a bad problems file writes nothing
     with writing_in_place(cfg.out_dir, "eval humaneval") as place:  # resumable: samples.jsonl
-        results = evaluate(cfg)
+        results = evaluate(cfg, problems)
         place.complete([place.folder / "results.json",
                         *([Path(results["samples_file"]).resolve()] if "samples_file" in results
                           else [])])

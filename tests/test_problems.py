@@ -83,9 +83,10 @@ def test_a_bad_problems_row_is_refused_by_line_and_field(tmp_path, capsys, row, 
         problem_set(path)
     samples = write_jsonl(tmp_path / "s.jsonl", [{"task_id": "Mine/1", "completion": ""}])
     assert main(["eval", "humaneval", "--problems", str(path), "--samples", str(samples),
-                 "--out", str(tmp_path / "out")]) == 2
+                 "--out", str(tmp_path / "runs" / "eval" / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "bad.jsonl:2" in err and "\n" not in err
+    assert not (tmp_path / "runs").exists()  # refused before any output folder was made
 
 
 def test_sampling_and_the_likelihood_use_the_problems_file(tmp_path, capsys):

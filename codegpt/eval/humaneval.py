@@ -326,16 +326,19 @@ def first_of(problems: dict[str, dict], limit: int) -> dict[str, dict]:
     return dict(list(problems.items())[:limit]) if limit else problems
 
 
-def evaluate(cfg: EvalConfig) -> dict:
+def evaluate(cfg: EvalConfig, problems: dict[str, dict] | None = None) -> dict:
     """The evaluation ``cfg`` asks for: the likelihood only, a samples file, or a checkpoint's
-    samples (generated, resuming, then scored)."""
+    samples (generated, resuming, then scored). ``problems``: the benchmark's, when the caller
+    loaded them already (before it took the output folder, so a bad file writes nothing)."""
     cfg.check_target()
+    if problems is None:
+        problems = problem_set(cfg.problems, cfg.benchmark)
     if cfg.samples:
-        return evaluate_samples_file(cfg)
-    return evaluate_checkpoint(cfg)
+        return evaluate_samples_file(cfg, problems=problems)
+    return evaluate_checkpoint(cfg, problems)
 
 
-def evaluate_checkpoint(cfg: EvalConfig) -> dict:
+def evaluate_checkpoint(cfg: EvalConfig, everything: dict[str, dict] | None = None) -> dict:
     """Sample ``sampling.n`` completions per problem (the first ``limit`` problems, 0: all) into
     ``out_dir/samples.jsonl`` (resuming), score them, and write ``out_dir/results.json``, with
     the likelihood of the canonical solutions (``codegpt.eval.likelihood``) beside pass@k unless
@@ -345,8 +348,10 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
 
     ``checkpoint`` is resolved once (a run folder: its newest checkpoint that verifies) and its
     model loaded once, for both; results.json records the checkpoint folder used and its step
-    beside what was asked for, and whether newer ones of the run failed to verify."""
-    everything = problem_set(cfg.problems, cfg.benchmark)  # loaded once, for all of it
+    beside what was asked for, and whether newer ones of the run failed to verify.
+    ``everything``: the benchmark's problems, loaded once for all of it (here, if not given)."""
+    if everything is None:
+        everything = problem_set(cfg.problems, cfg.benchmark)
     problems = first_of(everything, cfg.limit)
     unsolved = [t for t, p in problems.items() if not isinstance(p.get("canonical_solution"), str)]
     if unsolved and cfg.likelihood == "only":
