@@ -551,8 +551,7 @@ def writing_aside(out: str | Path, stage: str) -> Iterator[Path]:
     block ends without error, mark it complete and swap it in. On any error the staging folder
     is removed and the previous output at ``out`` is untouched; a full disk becomes one line."""
     out = check_output(out, stage)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with OutputLock(out, stage):
+    with _parents_made(out), OutputLock(out, stage):
         check_output(out, stage)  # again, now that no other run can change it
         _remove_leftovers(out)
         staging = out.with_name(f".{out.name}{STAGING}{os.getpid()}")
@@ -595,8 +594,7 @@ def writing_in_place(out: str | Path, stage: str, cleanup: Callable[[Path], None
     work) the folder is as it was: its marker restored, or the folder removed if this run made
     it. A full disk becomes one line."""
     out = check_output(out, stage)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with OutputLock(out, stage):
+    with _parents_made(out), OutputLock(out, stage):
         check_output(out, stage)
         created = not out.exists()
         out.mkdir(exist_ok=True)
@@ -625,6 +623,28 @@ def writing_in_place(out: str | Path, stage: str, cleanup: Callable[[Path], None
             if full:
                 raise disk_full_error(stage, out, e, "what it completed before is kept") from e
             raise
+
+
+@contextlib.contextmanager
+def _parents_made(out: Path) -> Iterator[None]:
+    """Make ``out``'s missing parent folders; if the block fails, remove those of them that are
+    still empty (after the lock beside ``out`` is gone), deepest first, so a refused or failed
+    run that left nothing leaves no empty folders either. Never a folder it did not make."""
+    made = []
+    parent = out.parent
+    while not parent.exists():
+        made.append(parent)
+        parent = parent.parent
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:

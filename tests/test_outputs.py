@@ -604,3 +604,25 @@ def test_a_marker_whose_files_are_not_names_and_sizes_is_incomplete_not_a_crash(
                                              "status": "complete", "files": files}))
     assert output_state(folder, "report") == "incomplete"
     assert "unknown form" in outputs.completion_problem(folder, "report")
+
+
+@pytest.mark.parametrize("write", [outputs.writing_in_place, outputs.writing_aside])
+def test_a_failed_run_leaves_no_folders_it_made_and_keeps_the_others(tmp_path, write):
+    """The parent folders an output needed are made for it; a run that fails leaving nothing
+    removes those it made (still empty), never one that was there before or holds anything."""
+    stage = "eval humaneval" if write is outputs.writing_in_place else "report"
+    with pytest.raises(RuntimeError):
+        with write(tmp_path / "new" / "deeper" / "out", stage):
+            raise RuntimeError("refused")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError):
+        with write(tmp_path / "kept" / "made" / "out", stage):
+            raise RuntimeError("refused")
+    assert (tmp_path / "kept").is_dir() and not (tmp_path / "kept" / "made").exists()
+    with write(tmp_path / "fine" / "out", stage) as place:  # a finished run keeps its folders
+        folder = place.folder if hasattr(place, "folder") else place
+        (folder / "results.json").write_text("{}")
+        if hasattr(place, "complete"):
+            place.complete(["results.json"])
+    assert (tmp_path / "fine" / "out" / "results.json").is_file()
