@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from codegpt.errors import DataError
-from codegpt.problems import (MAX_LINE_CHARS, check_problems, load_problems, read_jsonl,
-                              task_number)
+from codegpt.problems import (MAX_LINE_CHARS, check_problems, humaneval_file, load_problems,
+                              read_jsonl, task_number)
 
 HUMANEVAL_FIELDS = ("task_id", "prompt", "test", "entry_point")
 MBPP_TEST_IDS = range(11, 511)  # the test split of the full MBPP file
@@ -108,6 +108,15 @@ def _rows_of(path: Path) -> list[tuple[str, object]]:
     return [(f"{path}: row {i}", row) for i, row in enumerate(rows, start=1)]
 
 
+def how_to_get(b: Benchmark) -> str:
+    """How to put a Hub benchmark on a machine without internet: one line run where there is,
+    and the key that names the file."""
+    repo, _, config = b.hub.partition(":")
+    return (f"on a machine with internet run `python -c \"import datasets; "
+            f"datasets.load_dataset('{repo}'{', ' + repr(config) if config else ''}, "
+            f"split='{b.split}').to_json('{b.name}.jsonl')\"` and give problems={b.name}.jsonl")
+
+
 def _from_hub(b: Benchmark) -> list[tuple[str, object]]:
     repo, _, config = b.hub.partition(":")
     try:
@@ -118,10 +127,8 @@ def _from_hub(b: Benchmark) -> list[tuple[str, object]]:
     except Exception as e:  # offline, or not in the cache: every error says the same thing
         raise DataError(
             f"benchmark {b.name}: no local file given and the Hub dataset {b.hub} cannot be "
-            f"loaded here ({type(e).__name__}: {str(e)[:200]}). On a machine with internet run "
-            f"`python -c \"import datasets; datasets.load_dataset('{repo}'"
-            f"{', ' + repr(config) if config else ''}, split='{b.split}').to_json('{b.name}"
-            f".jsonl')\"` and give problems={b.name}.jsonl") from None
+            f"loaded here ({type(e).__name__}: {str(e)[:200]}). {how_to_get(b)[0].upper()}"
+            f"{how_to_get(b)[1:]}") from None
 
 
 def _entry_point(code: str, first_test: str, where: str) -> str:
@@ -201,6 +208,24 @@ def _in_datasets_cache(b: Benchmark) -> bool:
                 or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
                 / "datasets")
     return (root / b.hub.partition(":")[0].replace("/", "___")).is_dir()
+
+
+def missing_data(name: str, source: str | Path = "") -> str | None:
+    """Why the benchmark's data is not on this machine, with how to get it; None when it is:
+    a local ``source`` given (read, and refused if bad, by the evaluation), HumanEval with
+    its package, or the Hub dataset in ``datasets``' cache. Never reaches the network."""
+    b = BENCHMARKS[name]
+    if source:
+        return None
+    if name == "humaneval":
+        try:
+            humaneval_file()
+            return None
+        except DataError as e:
+            return str(e)
+    if _in_datasets_cache(b):
+        return None
+    return f"{b.title} is not on this machine: {how_to_get(b)}"
 
 
 def load_benchmark(name: str, source: str | Path = "", offline: bool = False

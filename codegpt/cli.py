@@ -26,7 +26,7 @@ from codegpt.eval.config import DTYPE_NAMES, EvalConfig, SamplingSection
 from codegpt.eval.generate import generate
 from codegpt.eval.humaneval import evaluate, problem_set
 from codegpt.export import export_hf
-from codegpt.outputs import is_disk_full, writing_in_place
+from codegpt.outputs import eval_command, is_disk_full, writing_in_place
 from codegpt.report import write_report
 from codegpt.tokenizer.bpe import META_FILE, TokenizerConfig, train_tokenizer
 from codegpt.tokenizer.encode import TokenizeConfig, tokenize
@@ -309,7 +309,7 @@ def run_humaneval(args) -> int:
     cfg.check_target()
     check_device(cfg.device)
     problems = problem_set(cfg.problems, cfg.benchmark)  # a bad problems file writes nothing
-    with writing_in_place(cfg.out_dir, "eval humaneval") as place:  # resumable: samples.jsonl
+    with writing_in_place(cfg.out_dir, eval_command(cfg.benchmark)) as place:  # resumable
         results = evaluate(cfg, problems)
         place.complete([place.folder / "results.json",
                         *([Path(results["samples_file"]).resolve()] if "samples_file" in results

@@ -42,6 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from codegpt.benchmarks import BENCHMARKS
 from codegpt.errors import (CodegptError, DiskFullError, IncompleteError, LockError,
                              OutputError)
 from codegpt.io import atomic_write_bytes, atomic_write_json, overwrite_in_place
@@ -70,6 +71,11 @@ class Stage:
         return name == MARKER or any(fnmatch.fnmatchcase(name, p) for p in self.entries)
 
 
+def eval_command(benchmark: str) -> str:
+    """The command (and marker stage) of an evaluation on ``benchmark``: ``eval NAME``."""
+    return f"eval {benchmark}"
+
+
 def _json_field(path: Path, key: str) -> object:
     try:
         value = json.loads(path.read_text())
@@ -96,10 +102,14 @@ STAGES: dict[str, Stage] = {
                              "wandb", "wandb_id.txt", "loss.png"),
                    lambda f: (f / "status.json").is_file() or (f / "checkpoints").is_dir(),
                    folder="train"),
-    "eval humaneval": Stage("eval humaneval", ("*.jsonl", "results.json"),
-                            lambda f: (f / "results.json").is_file()
-                            or (f / "samples.jsonl").is_file(), key="--out",
-                            folder="humaneval"),
+    # one per benchmark (``eval_command``): an evaluation resumes only as the same benchmark's;
+    # folders older than markers are HumanEval's (the only benchmark there was)
+    **{eval_command(name): Stage(eval_command(name), ("*.jsonl", "results.json"),
+                                 (lambda f: (f / "results.json").is_file()
+                                  or (f / "samples.jsonl").is_file())
+                                 if name == "humaneval" else lambda f: False, key="--out",
+                                 folder=name)
+       for name in BENCHMARKS},
     "export": Stage("export", ("config.json", "model.safetensors", "generation_config.json",
                                "tokenizer.json", "tokenizer_config.json",
                                "special_tokens_map.json"),
@@ -108,7 +118,7 @@ STAGES: dict[str, Stage] = {
     "report": Stage("report", ("report.html", "*.png"),
                     lambda f: (f / "report.html").is_file(), key="--out", folder="report"),
     "reference": Stage("reference", ("configs", "data", "tokenizer", "tokens", "train",
-                                     "sft-data", "sft", "humaneval", "report", "timings.json",
+                                     "sft-data", "sft", *BENCHMARKS, "report", "timings.json",
                                      "results.json", ".*" + LOCK_SUFFIX, ".*" + STAGING + "*",
                                      ".*" + REPLACED + "*", ".replaced"),
                        lambda f: (f / "timings.json").is_file(), folder="reference"),
@@ -308,7 +318,8 @@ def _strangers_message(folder: Path, names: list[str], spec: Stage, text: str,
             "earlier output: choose another folder")
 
 
-IN_PLACE = ("prep", "train", "eval humaneval", "reference")  # they keep their folder's files
+# they keep their folder's files
+IN_PLACE = ("prep", "train", *(eval_command(name) for name in BENCHMARKS), "reference")
 
 
 # --- the lock ------------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ pipeline into one folder, each as the ``codegpt`` command a user would type::
     RUN/sft-data/            codegpt sft-data (Codex-S pairs)
     RUN/sft/                 codegpt train (fine-tuning from RUN/train)
     RUN/humaneval/MODEL/tT/  codegpt eval humaneval, for MODEL base|sft at temperature T
+    RUN/mbpp/MODEL/tT/       codegpt eval mbpp (and humaneval-plus/, mbpp-plus/ where asked):
+                             each benchmark whose data is on this machine; one that is not is
+                             skipped, saying how to get it
     RUN/report/              codegpt report
     RUN/timings.json         each stage's state, wall time and config hash
     RUN/results.json         the headline figures, the commit and the machine
@@ -22,9 +25,11 @@ next stage and ``codegpt report`` check too) is skipped, so a killed run continu
 stopped: data prep, training and evaluation resume from their own checkpoints and samples
 files, the other stages start again. A stage that ran with other settings than the config now
 asks for is refused by name, never overwritten; once a stage runs again, every stage after it
-runs again too, and an outdated output is kept under ``RUN/.replaced/`` until its replacement is
-complete. The run folder is locked while a run writes to it (``codegpt.outputs``). The stages, their
-commands and folders are the table of ``codegpt.stages``.
+runs again too (but an evaluation: none reads another), and an outdated output is kept under
+``RUN/.replaced/`` until its replacement is complete. The run folder is locked while a run
+writes to it (``codegpt.outputs``). The stages, their commands and folders are the table of
+``codegpt.stages``. A benchmark whose data is not on this machine is skipped (timings.json
+says why, and how to get it); the other stages run.
 """
 
 from __future__ import annotations
@@ -47,19 +52,22 @@ from codegpt.config import (BASE_CONFIG_KEY, check_device, config_from_raw, deep
                             yaml_text)
 from codegpt.errors import ConfigError, StageFailed
 from codegpt.io import atomic_write_json, atomic_write_text
+from codegpt.benchmarks import missing_data
 from codegpt.outputs import IN_PLACE, output_state, writing_in_place
 from codegpt.report import write_report
-from codegpt.stages import MODELS, STAGES, stage
+from codegpt.stages import BY_FOLDER, EVALUATIONS, MODELS, STAGES, Stage, stage
 from codegpt.train.flops import cpu_name
 from codegpt.train.metrics import read_metrics
 
-EVAL = stage("humaneval")
-PIPELINE = tuple(s for s in STAGES if s is not EVAL)  # the stages before evaluation, in order
+PIPELINE = tuple(s for s in STAGES if not s.benchmark)  # the stages before evaluation, in order
 # the paths between stages, which the run sets (a section may not); evaluation's also
 PATH_KEYS = ("data_dir", "tokenizer", "out_dir", "init_from")
 EVAL_PATH_KEYS = (*PATH_KEYS, "checkpoint", "samples")
-RUN_KEYS = ("temperature", "n")  # the sampling keys each of humaneval.runs sets
-DEFAULT_EVAL = "humaneval"   # the eval config the humaneval section goes over by default
+RUN_KEYS = ("temperature", "n")  # the sampling keys each of an evaluation section's runs sets
+# which models each benchmark evaluates, at which temperatures and n, unless its section says:
+# HumanEval both models; MBPP the Codex-S model; the plus sets none (their data is seldom local)
+PLANS = {"humaneval": {}, "mbpp": {"models": ["sft"], "runs": [{"temperature": 0.1, "n": 5}]},
+         "humaneval_plus": {"models": []}, "mbpp_plus": {"models": []}}
 
 
 @dataclass
@@ -70,7 +78,7 @@ class SamplingRun:
 
 @dataclass
 class EvalPlan:
-    """What the humaneval section evaluates (its other keys are the eval config's)."""
+    """What an evaluation section evaluates (its other keys are the eval config's)."""
 
     models: list[str] = setting(default_factory=lambda: ["base", "sft"], choices=tuple(MODELS))
     runs: list[SamplingRun] = field(default_factory=lambda: [SamplingRun(0.2, 10),
@@ -80,7 +88,7 @@ class EvalPlan:
 
     def __post_init__(self) -> None:
         if not self.runs:
-            raise ValueError("humaneval.runs: give at least one {temperature, n}")
+            raise ValueError("runs: give at least one {temperature, n}")
 
 
 def _section(name: str, **kw):
@@ -104,35 +112,51 @@ class ReferenceConfig:
     train: dict = _section("train")
     sft_data: dict = _section("sft_data")
     sft: dict = _section("sft")
-    # the eval config's keys (over configs/eval/humaneval.yaml), and which models (models) at
-    # which temperatures and sample counts (runs: [{temperature, n}]) it evaluates
+    # Each benchmark: the eval config's keys (over configs/eval/NAME.yaml), and which models
+    # (models) at which temperatures and sample counts (runs: [{temperature, n}]) it evaluates
+    # (PLANS: what it evaluates unless it says; models: [] for none)
     humaneval: dict = _section("humaneval")
+    humaneval_plus: dict = _section("humaneval_plus")
+    mbpp: dict = _section("mbpp")
+    mbpp_plus: dict = _section("mbpp_plus")
 
     STAGE = "reference"
 
     def __post_init__(self) -> None:
         for s in STAGES:
             section = getattr(self, s.name)
-            for key in EVAL_PATH_KEYS if s is EVAL else PATH_KEYS:
+            for key in EVAL_PATH_KEYS if s.benchmark else PATH_KEYS:
                 if key in section:
                     raise ValueError(f"{s.name}.{key} is set by the reference run (the stages' "
                                      "folders are under out_dir): remove it")
-        sampling = self.humaneval.get("sampling")
-        for key in RUN_KEYS:
-            if key in self.humaneval or isinstance(sampling, dict) and key in sampling:
-                raise ValueError(f"humaneval.sampling.{key} is set for each run by "
-                                 "humaneval.runs ([{temperature, n}, ...]): remove it")
-        eval_plan(self)  # models and runs are checked as the config loads
+        for s in EVALUATIONS:
+            section = getattr(self, s.name)
+            sampling = section.get("sampling")
+            for key in RUN_KEYS:
+                if key in section or isinstance(sampling, dict) and key in sampling:
+                    raise ValueError(f"{s.name}.sampling.{key} is set for each run by "
+                                     f"{s.name}.runs ([{{temperature, n}}, ...]): remove it")
+            eval_plan(self, s)  # models and runs are checked as the config loads
 
 
-def eval_plan(cfg: ReferenceConfig) -> EvalPlan:
-    return from_dict(EvalPlan, {k: v for k, v in cfg.humaneval.items() if k in EvalPlan.KEYS},
-                     prefix="humaneval.")
+def eval_plan(cfg: ReferenceConfig, s: Stage) -> EvalPlan:
+    """What the section of evaluation stage ``s`` evaluates: its models and runs (PLANS's
+    where it does not say)."""
+    section = getattr(cfg, s.name)
+    return from_dict(EvalPlan, {**PLANS.get(s.name, {}),
+                                **{k: v for k, v in section.items() if k in EvalPlan.KEYS}},
+                     prefix=f"{s.name}.")
 
 
-def eval_name(model: str, temperature: float) -> str:
+def eval_name(s: Stage, model: str, temperature: float) -> str:
     """An evaluation's stage name, and its folder under RUN."""
-    return f"{EVAL.name}/{model}/t{temperature:g}"
+    return f"{s.folder}/{model}/t{temperature:g}"
+
+
+def benchmark_of(key: str) -> str | None:
+    """The benchmark a stage of the run measures (by its key: an ``eval_name``), or None."""
+    s = BY_FOLDER.get(key.split("/")[0])
+    return s.benchmark if s else None
 
 
 def stage_config_classes() -> dict[str, type]:
@@ -149,7 +173,7 @@ def stage_paths(run: Path) -> dict[str, dict]:
 def section_raw(cfg: ReferenceConfig, name: str, default_base: str | None = None) -> dict:
     """A section's keys over the base config its ``config`` key names (or ``default_base``)."""
     section = {k: v for k, v in getattr(cfg, name).items()
-               if not (name == EVAL.name and k in EvalPlan.KEYS)}
+               if not (stage(name).benchmark and k in EvalPlan.KEYS)}
     base = section.pop(BASE_CONFIG_KEY, default_base)
     cls = stage(name).config_class()
     raw = read_yaml(find_named_config(cls.STAGE, str(base))) if base else {}
@@ -166,23 +190,27 @@ def stage_raw(cfg: ReferenceConfig, name: str, run: Path) -> dict:
     return {**section_raw(cfg, name), **{k: str(v) for k, v in stage_paths(run)[name].items()}}
 
 
-def eval_raws(cfg: ReferenceConfig, run: Path) -> dict[str, dict]:
-    """Each evaluation's whole config by its stage name (``eval_name``): the humaneval
-    section over its base eval config, the run's temperature and n, and the run's paths. The
-    canonical solutions' likelihood, which does not depend on sampling, is measured by the
-    first run of each model only."""
-    base = section_raw(cfg, EVAL.name, DEFAULT_EVAL)
+def eval_raws(cfg: ReferenceConfig, run: Path) -> dict[str, tuple[Stage, dict]]:
+    """Each evaluation's stage and whole config by its stage name (``eval_name``), benchmark
+    by benchmark: its section over its base eval config (configs/eval/NAME.yaml), the run's
+    temperature and n, and the run's paths. The canonical solutions' likelihood, which does
+    not depend on sampling, is measured by the first run of each model only."""
     out = {}
-    plan = eval_plan(cfg)
-    for model in plan.models:
-        for i, sr in enumerate(plan.runs):
-            name = eval_name(model, sr.temperature)
-            raw = deep_merge(base, {"sampling": {"temperature": sr.temperature, "n": sr.n}})
-            if i and raw.get("likelihood", "with") == "with":
-                raw["likelihood"] = "skip"
-            out[name] = {**raw, "checkpoint": str(run / stage(MODELS[model]).folder),
-                         **{k: str(run / stage(read).folder) for k, read in EVAL.reads.items()},
-                         "out_dir": str(run / name)}
+    for s in EVALUATIONS:
+        plan = eval_plan(cfg, s)
+        if not plan.models:
+            continue
+        base = section_raw(cfg, s.name, s.benchmark)
+        for model in plan.models:
+            for i, sr in enumerate(plan.runs):
+                name = eval_name(s, model, sr.temperature)
+                raw = deep_merge(base, {"sampling": {"temperature": sr.temperature, "n": sr.n}})
+                if i and raw.get("likelihood", "with") == "with":
+                    raw["likelihood"] = "skip"
+                out[name] = (s, {**raw, "checkpoint": str(run / stage(MODELS[model]).folder),
+                                 **{k: str(run / stage(read).folder)
+                                    for k, read in s.reads.items()},
+                                 "out_dir": str(run / name)})
     return out
 
 
@@ -195,7 +223,7 @@ def validate(cfg: ReferenceConfig) -> list:
 
     run = Path(cfg.out_dir)
     raws = [(s.name, s.config_class(), stage_raw(cfg, s.name, run)) for s in PIPELINE]
-    raws += [(EVAL.name, EVAL.config_class(), raw) for raw in eval_raws(cfg, run).values()]
+    raws += [(s.name, s.config_class(), raw) for s, raw in eval_raws(cfg, run).values()]
     evals = []
     for name, cls, raw in raws:
         if name == "sft":
@@ -204,7 +232,7 @@ def validate(cfg: ReferenceConfig) -> list:
             stage_cfg = config_from_raw(cls, raw)
             if name == "data":
                 build_sources(stage_cfg.sources)
-            if name == EVAL.name:
+            if stage(name).benchmark:
                 evals.append(stage_cfg)
         except ConfigError as e:
             raise ConfigError(f"reference config, section {name}: {e}") from e
@@ -214,9 +242,9 @@ def validate(cfg: ReferenceConfig) -> list:
 # --- the run's state -------------------------------------------------------------------------
 
 def check_machine(evals: list) -> None:
-    """Refuse a humaneval.device this machine does not have, before any stage runs."""
+    """Refuse an evaluation's device this machine does not have, before any stage runs."""
     for cfg in evals:
-        check_device(cfg.device, "humaneval.device")
+        check_device(cfg.device, f"{cfg.benchmark.replace('-', '_')}.device")
 
 
 def config_hash(text: str) -> str:
@@ -308,7 +336,8 @@ class Reference:
         resume = same and command in IN_PLACE and state in ("incomplete", "unmarked")
         if state != "absent" and not resume and command in IN_PLACE:
             self.move_aside(key, output)  # deleted once the new output is complete
-        self.rerun_rest = True
+        if not benchmark_of(key):
+            self.rerun_rest = True  # what reads this output runs again (no stage reads an eval)
         if config_file is not None:
             atomic_write_text(config_file, text)
         print(f"== {key}{' (continuing)' if resume else ''}", flush=True)
@@ -325,6 +354,12 @@ class Reference:
         for outdated in self.replaced(key):  # the new output is complete
             shutil.rmtree(outdated, ignore_errors=True)
         print(f"== {key}: {spent:.0f} s", flush=True)
+
+    def skip(self, key: str, why: str) -> None:
+        """A stage that cannot run on this machine (a benchmark's data is not here): said, and
+        recorded in timings.json, while the rest of the run goes on."""
+        print(f"== {key}: skipped: {why}", flush=True)
+        self.timings.set(key, status="skipped", reason=why, seconds=0.0)
 
     def replaced(self, key: str) -> list[Path]:
         return sorted((self.run / ".replaced").glob(f"{key.replace('/', '__')}-*"))
@@ -357,10 +392,15 @@ class Reference:
         started = time.perf_counter()
         self.timings.update(config=self.config_path, commit=git_commit(), machine=machine())
         runs = [(s.name, s.command, s.folder, stage_raw(cfg, s.name, self.run)) for s in PIPELINE]
-        runs += [(name, EVAL.command, name, raw)  # one evaluation per model and temperature
-                 for name, raw in eval_raws(cfg, self.run).items()]
+        runs += [(name, s.command, name, raw)  # one evaluation per model and temperature
+                 for name, (s, raw) in eval_raws(cfg, self.run).items()]
         for name, command, folder, raw in runs:  # each as the command a user would type
             config_file = self.run / "configs" / f"{name.replace('/', '-')}.yaml"
+            benchmark = benchmark_of(name)
+            why = benchmark and missing_data(benchmark, raw.get("problems") or "")
+            if why and output_state(self.run / folder, command) != "complete":
+                self.skip(name, why)  # a benchmark whose data is not here: only its stages
+                continue
             self.stage(name, command, yaml_text(raw), self.run / folder,
                        self.codegpt(*command.split(), str(config_file)), config_file)
         print("== report", flush=True)
@@ -385,36 +425,45 @@ def last_val_loss(run_dir: Path) -> float | None:
 
 
 def collect_results(run: Path, cfg: ReferenceConfig) -> dict:
-    """The headline figures of each model, with the commit, the machine and the stage times."""
+    """The headline figures of each model on each benchmark, with the commit, the machine, the
+    stage times and the stages skipped (with why)."""
     timings = Timings(run).data
     stages = {k: v.get("seconds") for k, v in timings["stages"].items()}
-    models = {}
-    plan = eval_plan(cfg)
-    for model in plan.models:
-        entry: dict = {"val_loss": last_val_loss(run / stage(MODELS[model]).folder),
-                       "temperatures": {}}
-        for sr in plan.runs:
-            path = run / eval_name(model, sr.temperature) / "results.json"
-            if not path.is_file():
-                continue
-            res = json.loads(path.read_text())
-            entry.setdefault("canonical_bits_per_byte", res.get("canonical_bits_per_byte"))
-            entry["temperatures"][f"{sr.temperature:g}"] = {
-                "n": sr.n, "syntax_rate": res.get("syntax_rate"), "problems": res.get("problems"),
-                **{k: v for k, v in res.items() if k.startswith("pass@")}}
-        models[model] = entry
+    skipped = {k: v.get("reason", "") for k, v in timings["stages"].items()
+               if v.get("status") == "skipped"}
+    models: dict[str, dict] = {}
+    for s in EVALUATIONS:
+        plan = eval_plan(cfg, s)
+        for model in plan.models:
+            entry = models.setdefault(model, {
+                "val_loss": last_val_loss(run / stage(MODELS[model]).folder), "benchmarks": {}})
+            bench: dict = {"canonical_bits_per_byte": None, "temperatures": {}}
+            for sr in plan.runs:
+                path = run / eval_name(s, model, sr.temperature) / "results.json"
+                if not path.is_file():
+                    continue
+                res = json.loads(path.read_text())
+                if bench["canonical_bits_per_byte"] is None:
+                    bench["canonical_bits_per_byte"] = res.get("canonical_bits_per_byte")
+                bench["temperatures"][f"{sr.temperature:g}"] = {
+                    "n": sr.n, "syntax_rate": res.get("syntax_rate"),
+                    "problems": res.get("problems"),
+                    **{k: v for k, v in res.items() if k.startswith(("pass@", "base_pass@"))}}
+            if bench["temperatures"] or bench["canonical_bits_per_byte"] is not None:
+                entry["benchmarks"][s.benchmark] = bench
     total = sum(v for v in stages.values() if v)
     return {"commit": timings.get("commit"), "machine": timings.get("machine"),
             "config": timings.get("config"), "budget_minutes": cfg.budget_minutes,
             "total_seconds": round(total, 1), "pretrain_seconds": stages.get("train") or 0.0,
             "within_budget": total <= cfg.budget_minutes * 60, "stages": stages,
-            "models": models}
+            "skipped": skipped, "models": models}
 
 
 def results_table(results: dict) -> str:
-    """The README's results table: one row per model and temperature."""
-    rows = ["| model | val loss | canonical bits/byte | T | n | syntax rate | pass@1 | pass@10 "
-            "| pass@100 |", "|---|---|---|---|---|---|---|---|---|"]
+    """The README's results table: one row per model, benchmark and temperature (base pass@1:
+    a plus set's samples under the original benchmark's tests)."""
+    rows = ["| model | val loss | benchmark | canonical bits/byte | T | n | syntax rate | pass@1 "
+            "| pass@10 | pass@100 | base pass@1 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(v, pct=False):
         if v is None:
@@ -422,11 +471,14 @@ def results_table(results: dict) -> str:
         return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
 
     for model, m in results["models"].items():
-        for t, r in m["temperatures"].items():
-            rows.append(f"| {model} | {fmt(m['val_loss'])} | {fmt(m.get('canonical_bits_per_byte'))}"
-                        f" | {t} | {r['n']} | {fmt(r['syntax_rate'], True)} | "
-                        f"{fmt(r.get('pass@1'), True)} | {fmt(r.get('pass@10'), True)} | "
-                        f"{fmt(r.get('pass@100'), True)} |")
+        for bench, b in m["benchmarks"].items():
+            for t, r in b["temperatures"].items():
+                rows.append(
+                    f"| {model} | {fmt(m['val_loss'])} | {bench} | "
+                    f"{fmt(b.get('canonical_bits_per_byte'))} | {t} | {r['n']} | "
+                    f"{fmt(r['syntax_rate'], True)} | "
+                    + " | ".join(fmt(r.get(k), True) for k in ("pass@1", "pass@10", "pass@100",
+                                                               "base_pass@1")) + " |")
     return "\n".join(rows)
 
 
@@ -435,7 +487,10 @@ def print_summary(results: dict, page: Path) -> None:
     print(results_table(results))
     print()
     for name, seconds in results["stages"].items():
-        print(f"  {name:24s} {seconds or 0:8.1f} s")
+        if name in results["skipped"]:
+            print(f"  {name:24s}  skipped: {results['skipped'][name]}")
+        else:
+            print(f"  {name:24s} {seconds or 0:8.1f} s")
     total, budget = results["total_seconds"], results["budget_minutes"]
     verdict = "within" if results["within_budget"] else "OVER"
     print(f"  {'total':24s} {total:8.1f} s = {total / 60:.1f} min, {verdict} the budget of "

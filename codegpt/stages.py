@@ -13,6 +13,8 @@ stages' folders it reads::
     sft_data   codegpt sft-data   configs/sft-data/  RUN/sft-data/    Codex-S pairs
     sft        codegpt train      configs/train/     RUN/sft/         Codex-S fine-tuning run
     humaneval  codegpt eval humaneval  configs/eval/ RUN/humaneval/MODEL/tT/  samples, pass@k
+    humaneval_plus, mbpp, mbpp_plus: the same for the other benchmarks (``codegpt.benchmarks``),
+               codegpt eval NAME, in RUN/NAME/MODEL/tT/
 
 The config classes are named as ``module:Class`` and imported only when asked for, so reading
 the table imports no stage.
@@ -22,6 +24,9 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+
+from codegpt.benchmarks import BENCHMARKS
+from codegpt.outputs import eval_command
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,11 @@ class Stage:
     def folder(self) -> str:
         """Its folder in a run folder."""
         return self.name.replace("_", "-")
+
+    @property
+    def benchmark(self) -> str | None:
+        """The benchmark an evaluation stage measures (its folder's name), None for another."""
+        return self.folder if self.command.startswith("eval ") else None
 
     def config_class(self) -> type:
         module, _, name = self.config.partition(":")
@@ -56,9 +66,11 @@ STAGES = (
           "stats.json", {"data_dir": "data"}),
     Stage("sft", "train", TRAIN, "Codex-S fine-tuning", "metrics.jsonl",
           {"data_dir": "sft_data", "tokenizer": "tokenizer", "init_from": "train"}),
-    Stage("humaneval", "eval humaneval", "codegpt.eval.config:EvalConfig", "HumanEval",
-          "results.json", {"tokenizer": "tokenizer"}),
+    *(Stage(name.replace("-", "_"), eval_command(name), "codegpt.eval.config:EvalConfig",
+            b.title, "results.json", {"tokenizer": "tokenizer"})
+      for name, b in BENCHMARKS.items()),
 )
+EVALUATIONS = tuple(s for s in STAGES if s.benchmark)  # one per benchmark, HumanEval first
 BY_NAME = {s.name: s for s in STAGES}
 BY_FOLDER = {s.folder: s for s in STAGES}
 # the models a run trains, by the name evaluation gives them: the stage whose run it is

@@ -20,6 +20,7 @@ from codegpt.outputs import output_state
 from codegpt.reference import ReferenceConfig, results_table, validate
 
 from conftest import REPO
+from test_benchmarks import MBPP_ROWS, write as write_rows
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 PACKAGES = ("json", "email", "http", "logging", "concurrent", "wsgiref", "xmlrpc", "urllib")
@@ -57,6 +58,11 @@ def tiny_config(corpus: Path, run: Path, **changes) -> Path:
                                                            {"temperature": 0.8, "n": 2}],
                       "limit": 3, "sampling": {"max_new_tokens": 8},
                       "sandbox": {"timeout": 3.0}},
+        # MBPP from a local file (the fine-tuned model); HumanEval+ asked for but not here
+        "mbpp": {"problems": str(write_rows(run.parent / "mbpp.jsonl", MBPP_ROWS)),
+                 "models": ["sft"], "runs": [{"temperature": 0.8, "n": 2}], "limit": 2,
+                 "sampling": {"max_new_tokens": 8}, "sandbox": {"timeout": 3.0}},
+        "humaneval_plus": {"models": ["sft"], "runs": [{"temperature": 0.2, "n": 1}]},
     }
     for key, value in changes.items():
         node = cfg
@@ -72,11 +78,20 @@ def tiny_config(corpus: Path, run: Path, **changes) -> Path:
 def reference(config: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "codegpt", "reference", str(config)], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
+                               # no Hub dataset on this machine (an empty datasets cache)
+                               "HF_DATASETS_CACHE": str(config.parent / "no-datasets")})
+
+
+def skips(proc: subprocess.CompletedProcess) -> int:
+    """How many stages a reference run skipped (done before, or without their data)."""
+    return sum(line.startswith("== ") and "skipped" in line for line in proc.stdout.splitlines())
 
 
 STAGES = ["data", "tokenizer", "tokens", "train", "sft_data", "sft", "humaneval/base/t0.2",
-          "humaneval/base/t0.8", "humaneval/sft/t0.2", "humaneval/sft/t0.8", "report"]
+          "humaneval/base/t0.8", "humaneval/sft/t0.2", "humaneval/sft/t0.8",
+          "humaneval-plus/sft/t0.2", "mbpp/sft/t0.8", "report"]
+SKIPPED = "humaneval-plus/sft/t0.2"  # its data is not on the machine
 
 
 @pytest.mark.slow
@@ -87,7 +102,13 @@ def test_reference_runs_every_stage_once_and_reports(corpus, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     timings = json.loads((run / "timings.json").read_text())
     assert list(timings["stages"]) == STAGES
-    assert all(s["status"] == "done" for s in timings["stages"].values())
+    assert all(s["status"] == "done" for k, s in timings["stages"].items() if k != SKIPPED)
+    # a benchmark whose data is not here is skipped, saying how to get it; the rest runs
+    skipped = timings["stages"][SKIPPED]
+    assert skipped["status"] == "skipped" and "HumanEval+ is not on this machine" in \
+        skipped["reason"] and "datasets.load_dataset('evalplus/humanevalplus'" in skipped["reason"]
+    assert f"== {SKIPPED}: skipped: HumanEval+ is not on this machine" in proc.stdout
+    assert not (run / "humaneval-plus").exists()
     for stage, folder in (("data", "data/stats.json"), ("tokens", "tokens/meta.json"),
                           ("sft_data", "sft-data/train.jsonl"), ("report", "report/report.html")):
         assert (run / folder).is_file(), f"{stage}: {folder} missing"
@@ -97,12 +118,23 @@ def test_reference_runs_every_stage_once_and_reports(corpus, tmp_path):
     results = json.loads((run / "results.json").read_text())
     for model in ("base", "sft"):
         m = results["models"][model]
-        assert m["val_loss"] > 0 and m["canonical_bits_per_byte"] > 0
-        assert set(m["temperatures"]) == {"0.2", "0.8"}
-        assert m["temperatures"]["0.8"]["n"] == 2 and "pass@1" in m["temperatures"]["0.8"]
-        assert m["temperatures"]["0.8"]["problems"] == 3
+        he = m["benchmarks"]["humaneval"]
+        assert m["val_loss"] > 0 and he["canonical_bits_per_byte"] > 0
+        assert set(he["temperatures"]) == {"0.2", "0.8"}
+        assert he["temperatures"]["0.8"]["n"] == 2 and "pass@1" in he["temperatures"]["0.8"]
+        assert he["temperatures"]["0.8"]["problems"] == 3
+    # the fine-tuned model on MBPP too: its first 2 problems, n=2, with the likelihood
+    mbpp = results["models"]["sft"]["benchmarks"]["mbpp"]
+    assert mbpp["canonical_bits_per_byte"] > 0 and mbpp["temperatures"]["0.8"]["problems"] == 2
+    assert set(results["models"]["sft"]["benchmarks"]) == {"humaneval", "mbpp"}
+    assert "mbpp" not in results["models"]["base"]["benchmarks"]
+    assert list(results["skipped"]) == [SKIPPED]
+    samples = (run / "mbpp" / "sft" / "t0.8" / "samples.jsonl").read_text().splitlines()
+    assert [json.loads(line)["task_id"] for line in samples] == ["Mbpp/11"] * 2 + ["Mbpp/12"] * 2
+    assert output_state(run / "mbpp" / "sft" / "t0.8", "eval mbpp") == "complete"
     assert results["within_budget"] and results["total_seconds"] > 0
-    assert "| sft |" in results_table(results) and "| base |" in proc.stdout
+    table = results_table(results)
+    assert "| sft | " in table and "| mbpp |" in table and "| base |" in proc.stdout
     # the stage configs are files a user can rerun by hand
     assert yaml.safe_load((run / "configs" / "tokens.yaml").read_text())["tokenizer"] == \
         str(run / "tokenizer")
@@ -111,7 +143,7 @@ def test_reference_runs_every_stage_once_and_reports(corpus, tmp_path):
     started = time.time()
     again = reference(config)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("skipped") == len(STAGES) - 1  # the report is always redrawn
+    assert skips(again) == len(STAGES) - 1  # the report is always redrawn
     assert "$ codegpt" not in again.stdout
     assert time.time() - started < 60
     assert output_state(run, "reference") == "complete"
@@ -120,7 +152,7 @@ def test_reference_runs_every_stage_once_and_reports(corpus, tmp_path):
     (run / "humaneval" / "sft" / "t0.8" / "samples.jsonl").unlink()
     third = reference(config)
     assert third.returncode == 0, third.stderr[-3000:]
-    assert third.stdout.count("skipped") == len(STAGES) - 2
+    assert skips(third) == len(STAGES) - 2
     assert "== humaneval/sft/t0.8 (continuing)" in third.stdout
     assert output_state(run / "humaneval" / "sft" / "t0.8", "eval humaneval") == "complete"
 
@@ -131,10 +163,12 @@ def test_reference_runs_every_stage_once_and_reports(corpus, tmp_path):
     assert "stage train already ran with other settings" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     assert (run / "train" / "checkpoints" / "step_0000008").is_dir()
-    # the report shows every stage: none missing, unreadable or cut short
+    # the report shows every stage: none missing, unreadable or cut short; MBPP beside
+    # HumanEval, and HumanEval+ skipped with why
     page = (run / "report" / "report.html").read_text()
     for word in ("not run", "unreadable", "incomplete", "cannot be shown"):
         assert word not in page, word
+    assert '<section id="mbpp">' in page and "skipped: HumanEval+ is not on this machine" in page
     # each evaluation ran with its eval config, a file a user can rerun by hand
     eval_cfg = yaml.safe_load((run / "configs" / "humaneval-sft-t0.8.yaml").read_text())
     assert eval_cfg["sampling"]["temperature"] == 0.8 and eval_cfg["sampling"]["n"] == 2

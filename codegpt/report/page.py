@@ -14,8 +14,9 @@ import re
 from datetime import datetime, timezone
 
 from codegpt.problems import task_number
+from codegpt.report.plots import pass_at_k_file
 from codegpt.report.run import Eval, Run, TrainRun, funnel_rows, number
-from codegpt.stages import BY_FOLDER, MODELS, STAGES, stage
+from codegpt.stages import BY_FOLDER, MODELS, STAGES, Stage, stage
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 GALLERY_PER_VERDICT = 3       # samples per model shown of each verdict (passed, failed)
@@ -130,6 +131,8 @@ def stage_state(run: Run, folder: str) -> tuple[str, str]:
         return "unreadable", "; ".join(f"{k}: {v}" for k, v in bad.items())
     if stage_value(run, folder) is not None:
         return "ran", "; ".join(f"{k}: {v}" for k, v in bad.items())
+    if not run.present(folder) and run.skipped(folder) is not None:
+        return "skipped", run.skipped(folder)
     if run.present(folder):
         return "incomplete", f"{folder}/ holds no {BY_FOLDER[folder].expect}"
     return "not run", f"no {folder}/ in this run folder"
@@ -140,26 +143,32 @@ def not_run(run: Run, folder: str, what: str = "") -> Html:
     end", "unreadable")."""
     state, why = stage_state(run, folder)
     text = {"incomplete": "not run to the end"}.get(state, state)
-    return el("p", f"{what}{text}: {why}", class_="notrun" if state == "not run" else "warn")
+    return el("p", f"{what}{text}: {why}",
+              class_="notrun" if state in ("not run", "skipped") else "warn")
 
 
-# the page's sections: anchor -> (heading, short name for the navigation)
+# the page's sections: anchor -> (heading, short name for the navigation); then one section
+# per benchmark the run has (its folder as the anchor, its title as the heading)
 SECTIONS = {"stages": ("Stages", "stages"), "data": ("Data funnel (data/)", "data"),
             "tokenizer": ("Tokenizer and token shards", "tokenizer"),
             "sft-data": ("Codex-S data (sft-data/)", "Codex-S data"),
             "training": ("Training: pretraining and Codex-S fine-tuning", "training"),
-            "humaneval": ("HumanEval", "HumanEval")}
+            "benchmarks": ("Benchmarks side by side", "benchmarks")}
 
 
 def section(anchor: str, *body: object) -> Html:
-    return el("section", el("h2", SECTIONS[anchor][0]), *body, id=anchor)
+    title = SECTIONS[anchor][0] if anchor in SECTIONS else BY_FOLDER[anchor].title
+    return el("section", el("h2", title), *body, id=anchor)
 
 
 # --- sections ------------------------------------------------------------------------------------
 
 def overview(run: Run, figs: dict[str, bytes]) -> Html:
     rows = []
+    shown = run.evaluations()
     for s in STAGES:
+        if s.benchmark and s not in shown:
+            continue
         state, why = stage_state(run, s.folder)
         cls = {"ran": "state-ran", "not run": "state-notrun"}.get(state, "state-bad")
         rows.append([s.title, el("code", f"{s.folder}/"), el("span", state, class_=cls), why])
@@ -233,14 +242,15 @@ def tokenizer_section(run: Run, figs: dict[str, bytes]) -> Html:
         rows = [[split, fmt(info.get("documents")), fmt(info.get("tokens")), mb(info.get("bytes")),
                  fmt(info.get("bytes_per_token"), ".3f"), info.get("bytes_source", "—")]
                 for split, info in m["splits"].items()]
-        canon = next((e.results for e in run.evals if number(e.results.get("canonical_tokens"))),
-                     None)
-        if canon:
-            rows.append(["HumanEval canonical solutions", fmt(len(canon.get(
-                "canonical_per_problem") or {})), fmt(canon["canonical_tokens"]),
-                mb(canon.get("canonical_bytes")),
-                fmt((number(canon.get("canonical_bytes")) or 0) / canon["canonical_tokens"], ".3f"),
-                "humaneval results.json"])
+        for s in run.evaluations():  # each benchmark's canonical solutions, where measured
+            canon = next((e.results for e in run.of(s.folder)
+                          if number(e.results.get("canonical_tokens"))), None)
+            if canon:
+                rows.append([f"{s.title} canonical solutions", fmt(len(canon.get(
+                    "canonical_per_problem") or {})), fmt(canon["canonical_tokens"]),
+                    mb(canon.get("canonical_bytes")),
+                    fmt((number(canon.get("canonical_bytes")) or 0) / canon["canonical_tokens"],
+                        ".3f"), f"{s.folder} results.json"])
         notes = [el("p", m["bytes_note"], class_="warn") if m.get("bytes_note") else None]
         if t is not None and t.get("tokenizer_hash") not in (None, m.get("tokenizer_hash")):
             notes.append(el("p", "the shards were made with another tokenizer than tokenizer/ "
@@ -313,57 +323,82 @@ def sft_data_section(run: Run, figs: dict[str, bytes]) -> Html:
         figure(figs, "sft_funnel.png", "Codex-S candidates rejected per reason"))
 
 
-def humaneval_section(run: Run, figs: dict[str, bytes]) -> Html:
+def benchmark_section(s: Stage, run: Run, figs: dict[str, bytes]) -> Html:
+    """One benchmark: its evaluations' figures, per-problem grids and samples."""
+    folder = s.folder
+    evals = run.of(folder)
     bad = [el("p", f"{k}: {v}", class_="warn") for k, v in run.unreadable.items()
-           if k.startswith("humaneval/")]
+           if k.startswith(f"{folder}/")]
     bad += [el("p", f"{k}/ is incomplete: {v}", class_="warn")
-            for k, v in run.incomplete.items() if k.startswith("humaneval/")]
+            for k, v in run.incomplete.items() if k.startswith(f"{folder}/")]
+    if not evals:
+        return section(folder, not_run(run, folder), *bad)
+    return section(folder, *bad, headline(run, evals),
+                   figure(figs, pass_at_k_file(folder), f"{s.title} pass@k against k"),
+                   el("h3", "Per problem"), problem_grids(run, evals),
+                   el("h3", "Samples"), gallery(run, evals))
+
+
+def benchmarks_section(run: Run, figs: dict[str, bytes]) -> Html:
+    """Every benchmark's headline figures in one table, model by model."""
+    shown = run.evaluations()
+    skipped = [not_run(run, s.folder, f"{s.title} ({s.folder}/): ") for s in shown
+               if not run.of(s.folder) and run.skipped(s.folder) is not None]
     if not run.evals:
-        return section("humaneval", not_run(run, "humaneval"), *bad)
-    return section("humaneval", *bad, headline(run),
-                   figure(figs, "pass_at_k.png", "pass@k against k"),
-                   el("h3", "Per problem"), problem_grids(run),
-                   el("h3", "Samples"), gallery(run))
+        return section("benchmarks", el("p", "no evaluation in this run folder",
+                                        class_="notrun"), *skipped)
+    models = list(dict.fromkeys(e.model for e in run.evals))
+    evals = sorted(run.evals, key=lambda e: models.index(e.model))  # stable: benchmark order
+    return section("benchmarks", headline(run, evals, benchmarks=True), *skipped)
 
 
-def model_bits_per_byte(run: Run, e) -> float | None:
-    """The canonical solutions' bits/byte of ``e``'s model: its own, or that of another of the
-    model's evaluations (the likelihood does not depend on the sampling settings, and the
-    reference run measures it once per model)."""
+def model_bits_per_byte(run: Run, e: Eval) -> float | None:
+    """The canonical solutions' bits/byte of ``e``'s model on its benchmark: its own, or that
+    of another of the model's evaluations there (the likelihood does not depend on the
+    sampling settings, and the reference run measures it once per model)."""
     own = e.results.get("canonical_bits_per_byte")
     if own is not None:
         return own
-    return next((o.results["canonical_bits_per_byte"] for o in run.evals
+    return next((o.results["canonical_bits_per_byte"] for o in run.of(e.benchmark)
                  if o.model == e.model and o.results.get("canonical_bits_per_byte") is not None),
                 None)
 
 
-def headline(run: Run) -> Html:
+def headline(run: Run, evals: list[Eval], benchmarks: bool = False) -> Html:
+    """One row per evaluation: pass@k, syntax rate and canonical bits/byte (``benchmarks``:
+    of several benchmarks, each row naming its own), and for a plus set the pass rate of the
+    same samples under the original benchmark's tests (base pass@k)."""
+    plus = any(any(k.startswith("base_pass@") for k in e.results) for e in evals)
     rows = []
-    for e in run.evals:
+    for e in evals:
         r = e.results
         train = run.output(MODELS[e.model]) if e.model in MODELS else None
         n = (f"{r.get('n_per_problem_min')}" if r.get("n_per_problem_min") ==
              r.get("n_per_problem_max") else
              f"{r.get('n_per_problem_min')}–{r.get('n_per_problem_max')}")
-        rows.append([e.model, fmt(e.temperature, "g") if e.temperature is not None else e.label,
+        rows.append([e.model, *([BY_FOLDER[e.benchmark].title] if benchmarks else []),
+                     fmt(e.temperature, "g") if e.temperature is not None else e.label,
                      Num(n) if "n_per_problem_min" in r else "—",
                      fmt(train.last_val, ".4f") if train else "—",
                      fmt(model_bits_per_byte(run, e), ".4f"), pct(r.get("syntax_rate"), 1),
                      *(pct(r.get(f"pass@{k}")) for k in (1, 10, 100)),
+                     *((pct(r.get("base_pass@1")), pct(r.get("base_pass@10"))) if plus else ()),
                      pct(r.get("reranked_pass@1")),
                      "yes" if r.get("complete", True) else
                      f"no: {r.get('problems')} of {r.get('problems_total')} problems",
                      el("code", e.folder)])
+    note = ("val loss is the last of the model's training run (train/ for base, sft/ for "
+            "sft; nats/token on its own val split); canonical bits/byte is the likelihood of the "
+            "benchmark's reference solutions; pass@k needs at least k samples per problem")
+    if plus:
+        note += ("; base pass@k: the same samples under the original benchmark's tests (the "
+                 "gap to pass@k is what the extra tests caught)")
     return join(
-        el("p", "val loss is the last of the model's training run (train/ for base, sft/ for "
-                "sft; nats/token on its own val split); canonical bits/byte is the likelihood "
-                "of the 164 reference solutions; pass@k needs at least k samples per problem.",
-           class_="note"),
-        table(["model", "T", "samples/problem", "val loss", "canonical bits/byte",
-               "syntax rate", "pass@1", "pass@10", "pass@100", "reranked pass@1", "complete",
-               "folder"],
-              rows))
+        el("p", note + ".", class_="note"),
+        table(["model", *(["benchmark"] if benchmarks else []), "T", "samples/problem",
+               "val loss", "canonical bits/byte", "syntax rate", "pass@1", "pass@10",
+               "pass@100", *(["base pass@1", "base pass@10"] if plus else []),
+               "reranked pass@1", "complete", "folder"], rows))
 
 
 def pass_color(rate: float) -> str:
@@ -381,7 +416,7 @@ def cell(text: str, sub: str, title: str, rate: float | None) -> Html:
     return el("div", el("b", text), el("small", sub), class_="cell", style=style, title=title)
 
 
-def problem_grids(run: Run) -> Html:
+def problem_grids(run: Run, evals: list[Eval]) -> Html:
     """One cell per problem for each model and temperature: colour = share of samples passed,
     number below = the canonical solution's bits/byte (hover a cell for both in words)."""
     legend = el("div", *(cell(f"{r:.0%}", "", "share of samples passed", r)
@@ -390,11 +425,12 @@ def problem_grids(run: Run) -> Html:
     out = [el("p", "colour: share of a problem's samples that passed; small number: "
                    "bits/byte of its canonical solution under the model; hover for details.",
               class_="note"), legend]
-    for e in run.evals:
+    for e in evals:
         canon = e.results.get("canonical_per_problem") or next(
-            (o.results.get("canonical_per_problem") for o in run.evals
+            (o.results.get("canonical_per_problem") for o in evals
              if o.model == e.model and o.results.get("canonical_per_problem")), {})
-        tasks = sorted(set(run.problems) | set(e.per_problem) | set(canon), key=task_number)
+        problems = run.problems.get(e.benchmark, {})
+        tasks = sorted(set(problems) | set(e.per_problem) | set(canon), key=task_number)
         cells = []
         for t in tasks:
             n, c = e.per_problem.get(t, (0, 0))
@@ -453,7 +489,7 @@ def pick_samples(evals: list[Eval], n: int = GALLERY_PER_VERDICT) -> list[tuple[
 def sample_card(run: Run, e: Eval, s: dict) -> Html:
     ok = s.get("passed") is True
     verdict = "passed" if ok else str(s.get("result", "no verdict"))
-    prompt = str(run.problems.get(s["task_id"], {}).get("prompt", ""))
+    prompt = str(run.problems.get(e.benchmark, {}).get(s["task_id"], {}).get("prompt", ""))
     if len(prompt) > PROMPT_CHARS:
         prompt = "…" + prompt[-PROMPT_CHARS:]
     completion = s["completion"]
@@ -469,16 +505,16 @@ def sample_card(run: Run, e: Eval, s: dict) -> Html:
               class_=f"sample {'passed' if ok else 'failed'}")
 
 
-def gallery(run: Run) -> Html:
-    models = list(dict.fromkeys(e.model for e in run.evals))
+def gallery(run: Run, evals: list[Eval]) -> Html:
+    models = list(dict.fromkeys(e.model for e in evals))
     out = [el("p", f"up to {GALLERY_PER_VERDICT} passed and {GALLERY_PER_VERDICT} failed samples "
                    "per model; grey: the prompt, yellow: the model's completion.",
               class_="note")]
     for model in models:
-        evals = [e for e in run.evals if e.model == model]
-        picks = pick_samples(evals)
+        of_model = [e for e in evals if e.model == model]
+        picks = pick_samples(of_model)
         out.append(el("h3", f"model {model}"))
-        if not any(e.samples for e in evals):
+        if not any(e.samples for e in of_model):
             out.append(el("p", "no samples.jsonl", class_="notrun"))
         elif not any(s.get("passed") is True for _, s in picks):
             out.append(el("p", "no sample passed", class_="note"))
@@ -489,14 +525,17 @@ def gallery(run: Run) -> Html:
 def render(run: Run, figs: dict[str, bytes]) -> str:
     name = run.dir.resolve().name
     present = sum(run.present(s.folder) for s in STAGES)
-    nav = el("nav", *(el("a", short, href=f"#{a}") for a, (_, short) in SECTIONS.items()))
+    benchmarks = run.evaluations()
+    nav = el("nav", *(el("a", short, href=f"#{a}") for a, (_, short) in SECTIONS.items()),
+             *(el("a", s.title, href=f"#{s.folder}") for s in benchmarks))
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = join(el("h1", f"codegpt report: {name}"),
                 el("p", f"run folder {name}/ · {present} of {len(STAGES)} stages present · "
                         f"generated {when}", class_="sub"),
                 nav, *(make(run, figs) for make in (
                     overview, data_section, tokenizer_section, sft_data_section,
-                    training_section, humaneval_section)))
+                    training_section, benchmarks_section)),
+                *(benchmark_section(s, run, figs) for s in benchmarks))
     head = join(Html('<meta charset="utf-8">'),
                 Html(f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">'),
                 Html('<meta name="viewport" content="width=device-width, initial-scale=1">'),

@@ -127,7 +127,12 @@ def throughput_png(runs: list[tuple[str, TrainRun]]) -> bytes | None:
     return png(fig)
 
 
-def pass_at_k_png(evals: list[Eval]) -> bytes | None:
+def pass_at_k_file(benchmark: str) -> str:
+    """The file name of a benchmark's pass@k figure (HumanEval's kept its first name)."""
+    return "pass_at_k.png" if benchmark == "humaneval" else f"pass_at_k_{benchmark}.png"
+
+
+def pass_at_k_png(evals: list[Eval], title: str = "HumanEval") -> bytes | None:
     """pass@k against k: a line per model and temperature (colour: model, style: temperature)."""
     evals = [e for e in evals if e.pass_curve]
     if not evals:
@@ -150,7 +155,7 @@ def pass_at_k_png(evals: list[Eval]) -> bytes | None:
     ax.set_ylim(0, max(5.0, top * 1.15))
     ax.set_xlabel("k")
     ax.set_ylabel("pass@k (%)")
-    ax.set_title("HumanEval pass@k")
+    ax.set_title(f"{title} pass@k")
     ax.grid(alpha=0.3)
     ax.legend()
     return png(fig)
@@ -164,5 +169,6 @@ def figures(run: Run) -> dict[str, bytes]:
             "sft_funnel.png": sft_funnel_png(run.sft_data) if run.sft_data else None,
             "training.png": training_png(runs),
             "throughput.png": throughput_png(runs),
-            "pass_at_k.png": pass_at_k_png(run.evals)}
+            **{pass_at_k_file(s.folder): pass_at_k_png(run.of(s.folder), s.title)
+               for s in run.evaluations()}}
     return {name: data for name, data in made.items() if data is not None}

