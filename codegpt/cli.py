@@ -371,7 +371,7 @@ COMMANDS = (
             config_arguments("sft"), run_sft_data),
     Command("train", "train a model (the same as `accelerate launch train.py ...`)",
             config_arguments("train"), run_train),
-    Command("reference", "the reference run: every stage, raw files to a HumanEval report, "
+    Command("reference", "the reference run: every stage, raw files to a report, "
             "in one folder (make reference)", config_arguments("reference"), run_reference),
     Command("show-config", "print a training config resolved with overrides",
             lambda p: (config_arguments("train")(p),
@@ -383,7 +383,8 @@ COMMANDS = (
             run_plot),
     Command("report", "a pipeline run folder as one self-contained HTML page with its plots",
             lambda p: (p.add_argument("run_dir", help="the run folder (data/, tokenizer/, "
-                                      "tokens/, train/, sft-data/, sft/, humaneval/)"),
+                                      "tokens/, train/, sft-data/, sft/, humaneval/, mbpp/, "
+                                      "...)"),
                        p.add_argument("--out", help="output folder (default RUN_DIR/report)")),
             run_report),
     Command("sample", "sample completions of a prompt from a checkpoint", sample_arguments,

@@ -170,7 +170,8 @@ def overview(run: Run, figs: dict[str, bytes]) -> Html:
         if s.benchmark and s not in shown:
             continue
         state, why = stage_state(run, s.folder)
-        cls = {"ran": "state-ran", "not run": "state-notrun"}.get(state, "state-bad")
+        cls = {"ran": "state-ran", "not run": "state-notrun", "skipped": "state-notrun"}.get(
+            state, "state-bad")
         rows.append([s.title, el("code", f"{s.folder}/"), el("span", state, class_=cls), why])
     body = [table(["stage", "folder", "state", "note"], rows)]
     if run.timings is not None:
