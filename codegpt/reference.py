@@ -222,17 +222,21 @@ def validate(cfg: ReferenceConfig) -> list:
     from data_prep.pipeline import build_sources  # the data extra (datatrove)
 
     run = Path(cfg.out_dir)
-    raws = [(s.name, s.config_class(), stage_raw(cfg, s.name, run)) for s in PIPELINE]
-    raws += [(s.name, s.config_class(), raw) for s, raw in eval_raws(cfg, run).values()]
+    raws = [(s.name, s.config_class(), stage_raw(cfg, s.name, run), False) for s in PIPELINE]
+    raws += [(s.name, s.config_class(), raw, True) for s, raw in eval_raws(cfg, run).values()]
+    # a benchmark that evaluates no model: its section's keys are checked all the same
+    raws += [(s.name, s.config_class(), {**section_raw(cfg, s.name, s.benchmark),
+                                         "out_dir": str(run / s.folder)}, False)
+             for s in EVALUATIONS if not eval_plan(cfg, s).models]
     evals = []
-    for name, cls, raw in raws:
+    for name, cls, raw, runs in raws:
         if name == "sft":
             raw.pop("init_from")
         try:
             stage_cfg = config_from_raw(cls, raw)
             if name == "data":
                 build_sources(stage_cfg.sources)
-            if stage(name).benchmark:
+            if runs:
                 evals.append(stage_cfg)
         except ConfigError as e:
             raise ConfigError(f"reference config, section {name}: {e}") from e

