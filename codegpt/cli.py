@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Callable
 
 from codegpt.benchmarks import BENCHMARKS
-from codegpt.checkpoint import load_checkpoint_and_tokenizer
+from codegpt.checkpoint import fim_training, load_checkpoint_and_tokenizer
 from codegpt.config import (CONFIG_ROOT, ConfigError, check_device, check_override, load_config,
                             to_dict, yaml_text)
 from codegpt.errors import CodegptError
 from codegpt.eval.config import DTYPE_NAMES, EvalConfig, SamplingSection
-from codegpt.eval.generate import generate
+from codegpt.eval.generate import generate, infill
 from codegpt.eval.humaneval import evaluate, problem_set
 from codegpt.export import export_hf
 from codegpt.outputs import eval_command, is_disk_full, writing_in_place
@@ -33,6 +33,8 @@ from codegpt.tokenizer.encode import TokenizeConfig, tokenize
 from codegpt.train.config import TrainConfig
 from codegpt.train.plot import plot_run
 from codegpt.train.trainer import PREEMPTED_EXIT_CODE, train
+
+log = logging.getLogger(__name__)
 
 EXIT_BAD_INPUT = 2
 
@@ -204,6 +206,12 @@ def sample_arguments(p: argparse.ArgumentParser) -> None:
                    help="no token healing (by default the prompt's last piece is backed off "
                         "and regenerated, as training tokenized it)")
     p.add_argument("--no-stop", action="store_true", help="do not stop at Codex's stop strings")
+    p.add_argument("--suffix", default=None,
+                   help="infill: the text after the gap (--prompt is the text before it); the "
+                        "model writes the middle, up to <|endoftext|> or --max-new-tokens")
+    p.add_argument("--fim-mode", choices=("auto", "psm", "spm"), default="auto",
+                   help="the infilling prompt's order: psm (prefix first), spm (suffix first); "
+                        "auto: psm, or spm for a model trained only on spm")
 
 
 def run_sample(args) -> int:
@@ -214,12 +222,39 @@ def run_sample(args) -> int:
                                top_k=args.top_k, max_new_tokens=args.max_new_tokens,
                                seed=args.seed, heal=not args.no_heal,
                                **({"stop": []} if args.no_stop else {}))
-    out = generate(loaded.model, loaded.tokenizer, [prompt], sampling)[0]
+    if args.suffix is None:
+        out = generate(loaded.model, loaded.tokenizer, [prompt], sampling)[0]
+        suffix = ""
+    else:
+        suffix = args.suffix.encode().decode("unicode_escape") if args.escapes else args.suffix
+        spm = fim_mode(fim_training(loaded.folder), args.fim_mode, loaded.folder) == "spm"
+        out = infill(loaded.model, loaded.tokenizer, [(prompt, suffix)], sampling, spm=spm)[0]
     for i, c in enumerate(out):
         print(f"--- sample {i} (mean logp {c.mean_logp:.3f}, {len(c.token_ids)} tokens, "
               f"{c.finish_reason})")
-        print(prompt + c.text)
+        print(prompt + c.text + suffix)
     return 0
+
+
+def fim_mode(trained: dict | None, asked: str, folder) -> str:
+    """The infilling order to prompt a model with: what it was trained on (``fim_training``),
+    PSM where it learned both; a model that never learned FIM infills only when asked by name
+    (with a warning), and an order it never saw is refused."""
+    if trained is None:
+        if asked == "auto":
+            raise ConfigError(f"{folder} was not trained to fill in the middle (data.fim_rate=0 "
+                              "along its init_from chain): train with data.fim_rate > 0, or "
+                              "force an order with --fim-mode psm|spm")
+        log.warning("%s was not trained to fill in the middle: its middles mean little", folder)
+        return asked
+    spm_rate = trained["fim_spm_rate"]
+    if asked == "auto":
+        return "spm" if spm_rate >= 1 else "psm"
+    if (asked == "spm" and spm_rate <= 0) or (asked == "psm" and spm_rate >= 1):
+        raise ConfigError(f"{folder} was trained on fill-in-the-middle with fim_spm_rate="
+                          f"{spm_rate:g} (in {trained['checkpoint']}): it never saw {asked} "
+                          f"order; use --fim-mode {'psm' if asked == 'spm' else 'spm'}")
+    return asked
 
 
 # --flag of `codegpt eval humaneval` -> the key of its config it sets (a value flag), or

@@ -80,3 +80,32 @@ def test_sparse_model_is_refused_and_cli_reports_errors(exported, tmp_path, caps
     assert main(argv) == 2 and "sparse attention" in capsys.readouterr().err
     argv[2] = str(tmp_path / "nope")
     assert main(argv) == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_exported_model_infills_like_codegpt_sample(exported):
+    """The exported folder's tokenizer knows the FIM tokens as special tokens: the PSM prompt
+    written as text gives the ids codegpt builds, and greedy generation the same middle."""
+    from codegpt.eval.generate import fim_prompt_ids, infill
+    from codegpt.tokenizer.bpe import FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX
+
+    _, tok, model, out = exported
+    hf, _ = load_hf(out)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
+    specials = (FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD)
+    assert set(specials) <= set(hf_tok.all_special_tokens)
+    assert [hf_tok.convert_tokens_to_ids(t) for t in specials] == \
+        [tok.token_to_id(t) for t in specials]
+    pairs = [("def add(a, b):\n    ", "\n    return c\n"), ("import os\n\n", "\nprint(x)\n")]
+    ours = infill(model, tok, pairs, n=1, max_new_tokens=12, temperature=0)
+    for (prefix, suffix), [c] in zip(pairs, ours):
+        text = f"{FIM_PREFIX}{prefix}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}"
+        ids = hf_tok(text)["input_ids"]
+        assert ids == fim_prompt_ids(tok, prefix, suffix, False, model.config.block_size, 12)
+        x = torch.tensor([ids])
+        theirs = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
+                             max_new_tokens=12, eos_token_id=hf_tok.eos_token_id,
+                             pad_token_id=hf_tok.eos_token_id)[0, len(ids):].tolist()
+        if hf_tok.eos_token_id in theirs:
+            theirs = theirs[:theirs.index(hf_tok.eos_token_id)]
+        assert theirs == c.token_ids
+        assert hf_tok.decode(theirs, skip_special_tokens=True) == c.text

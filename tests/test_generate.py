@@ -33,7 +33,7 @@ from codegpt.model import GPT, ModelConfig
 from codegpt.tokenizer.bpe import (EOT, SPECIAL_TOKENS, TokenizerConfig, fast_encoder,
                                    load_tokenizer, tokenizer_hash, train_bpe, train_tokenizer)
 from codegpt.train import checkpoint as ckpt
-from codegpt.train.config import TrainConfig
+from codegpt.train.config import DataSection, TrainConfig
 
 PROMPTS = ["def add(a, b):\n    return", "import os\n", "class Point:\n    def __init__(self"]
 
@@ -54,12 +54,16 @@ def make_tokenizer(root: Path, vocab_size: int = 400, other: bool = False) -> Pa
 
 
 def make_checkpoint(root: Path, vocab_size: int, seed: int = 0, tokenizer: Path | None = None,
-                    step: int = 1, **model_kw) -> tuple[Path, GPT]:
+                    step: int = 1, fim: tuple[float, float] | None = None,
+                    **model_kw) -> tuple[Path, GPT]:
     """A random (untrained) model saved as a training checkpoint would be; with ``tokenizer``,
-    recording that tokenizer's hash as the trainer does (without, as an older checkpoint)."""
+    recording that tokenizer's hash as the trainer does (without, as an older checkpoint);
+    ``fim``: its config says it trained with (data.fim_rate, data.fim_spm_rate)."""
     torch.manual_seed(seed)
     kw = dict(n_layer=2, n_head=4, d_model=32, block_size=64, vocab_size=vocab_size)
-    cfg = TrainConfig(model=ModelConfig(**{**kw, **model_kw}))
+    data = DataSection(fim_rate=fim[0], fim_spm_rate=fim[1]) if fim else DataSection()
+    cfg = TrainConfig(model=ModelConfig(**{**kw, **model_kw}), data=data,
+                      tokenizer=str(tokenizer or "") if fim else "")
     model = GPT(cfg.model)
     with torch.no_grad():  # untrained LayerNorms are all ones / zeros: make them matter
         for name, p in model.named_parameters():
@@ -470,3 +474,79 @@ def test_special_token_text_in_a_prompt_is_text(setup, monkeypatch):
     [[c]] = generate(model, tok, SPECIAL_TEXTS[3:], max_new_tokens=20, temperature=0, stop=())
     assert seen == [shard_ids(tok_dir, SPECIAL_TEXTS[3])]
     assert (c.finish_reason, c.text, c.token_ids) == ("eot", "x = 1", x)
+
+
+# --- infilling ----------------------------------------------------------------------------------
+
+def test_infill_prompts_are_laid_out_as_training_laid_out_fim(setup):
+    """PSM: <|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|>; SPM: <|fim_prefix|>
+    <|fim_suffix|> suffix <|fim_middle|> prefix; prefix and suffix encoded each on its own, a
+    special token's text in them as text. Too long: the prefix keeps its end, the suffix its
+    start."""
+    from codegpt.eval.generate import fim_prompt_ids
+    from codegpt.tokenizer.bpe import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+
+    _, tok, _, _ = setup
+    pre, mid, suf = (tok.token_to_id(t) for t in (FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX))
+    enc = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
+    prefix, suffix = "def f(x):\n    y = '<|fim_middle|>'\n", "\n    return y\n"
+    assert fim_prompt_ids(tok, prefix, suffix, False, 512, 16) == \
+        [pre, *enc(prefix), suf, *enc(suffix), mid]
+    assert fim_prompt_ids(tok, prefix, suffix, True, 512, 16) == \
+        [pre, suf, *enc(suffix), mid, *enc(prefix)]
+    assert enc(prefix).count(mid) == 0
+    long_pre, long_suf = "x = 1\n" * 200, "y = 2\n" * 200
+    ids = fim_prompt_ids(tok, long_pre, long_suf, False, 64, 16)  # room: 64 - 16 - 3 = 45
+    s, m = ids.index(suf), ids.index(mid)
+    assert len(ids) == 48 and ids[1:s] == enc(long_pre)[-(s - 1):] and \
+        ids[s + 1:m] == enc(long_suf)[:m - s - 1] and m - s - 1 >= 22
+
+
+def test_infill_greedy_is_the_model_s_own_greedy_middle_and_ends_at_eot(setup, monkeypatch):
+    from codegpt.eval.generate import fim_prompt_ids, infill
+
+    _, tok, _, model = setup
+    pairs = [("def f(x):\n    ", "\n    return y\n"), ("import os\n", "")]
+    out = infill(model, tok, pairs, n=1, max_new_tokens=10, temperature=0)
+    for (prefix, suffix), [c] in zip(pairs, out):
+        ids = fim_prompt_ids(tok, prefix, suffix, False, model.config.block_size, 10)
+        expect = greedy_reference(model, ids, 10)
+        eot = tok.token_to_id(EOT)
+        if eot in expect:
+            expect = expect[:expect.index(eot)]
+            assert c.finish_reason == "eot"
+        else:
+            assert c.finish_reason == "length"  # the limit cut the middle
+        assert c.token_ids == expect and c.text == tok.decode(expect)
+    # sampled middles are a function of (seed, i) and the pair, as completions are
+    a = infill(model, tok, pairs, n=3, max_new_tokens=6, temperature=1.0, seed=5)
+    b = infill(model, tok, pairs[:1], n=3, max_new_tokens=6, temperature=1.0, seed=5)
+    assert [c.token_ids for c in a[0]] == [c.token_ids for c in b[0]]
+    # a middle ends at <|endoftext|>; the Codex stop strings do not apply to it
+    x = tok.encode("x = 1\ndef g", add_special_tokens=False).ids
+    cfg = ModelConfig(n_layer=1, n_head=1, d_model=8, block_size=64,
+                      vocab_size=tok.get_vocab_size())
+    scripted_model = scripted(monkeypatch, cfg, [x + [tok.token_to_id(EOT)] + x])
+    [[c]] = infill(scripted_model, tok, [("a", "b")], n=1, max_new_tokens=40, temperature=0)
+    assert c.finish_reason == "eot" and c.text == "x = 1\ndef g"
+
+
+def test_cli_sample_infills_in_the_order_the_model_learned(setup, tmp_path, capsys):
+    tok_dir, tok, folder, _ = setup
+    argv = ["sample", "--checkpoint", str(folder), "--tokenizer", str(tok_dir),
+            "--prompt", "def f(x):\\n    ", "--suffix", "\\n    return y\\n", "--escapes",
+            "--n", "1", "--max-new-tokens", "4", "--temperature", "0"]
+    assert main(argv) == 2  # a model that never learned FIM: said, unless an order is forced
+    assert "was not trained to fill in the middle" in capsys.readouterr().err
+    assert main([*argv, "--fim-mode", "psm"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--- sample") == 1 and out.startswith("--- sample 0") and \
+        out.rstrip("\n").endswith("    return y")
+    for spm_rate, asked, code in ((1.0, "auto", 0), (1.0, "psm", 2), (0.0, "spm", 2),
+                                  (0.5, "spm", 0)):
+        fim_folder, _ = make_checkpoint(tmp_path / f"fim{spm_rate}", tok.get_vocab_size(),
+                                        tokenizer=tok_dir, fim=(0.5, spm_rate))
+        argv[2] = str(fim_folder)
+        assert main([*argv, "--fim-mode", asked]) == code, (spm_rate, asked)
+        err = capsys.readouterr().err
+        assert code == 0 or f"never saw {asked} order" in err

@@ -26,7 +26,8 @@ from codegpt.eval.healing import Healer, split_last_piece
 from codegpt.eval.sampling import (cut_at_stop, kept_tokens, pick_tokens, sample_generator,
                                    stop_window)
 from codegpt.model import GPT, KVCache
-from codegpt.tokenizer.bpe import EOT
+from codegpt.tokenizer.bpe import EOT, FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX
+from codegpt.train.fim import Fim
 
 log = logging.getLogger(__name__)
 
@@ -190,38 +191,90 @@ def generate(model: GPT, tokenizer, prompts: list[str], sampling: SamplingSectio
     token_ids and mean_logp count only tokens that hold a byte of the completion.
     """
     s = dataclasses.replace(sampling or SamplingSection(), **settings)
-    n, batch_size, max_new_tokens = s.n, s.batch_size, s.max_new_tokens
-    if n < 1 or batch_size < 1:
-        raise ValueError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
-    seed = s.seed if seed is None else seed
-    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * len(prompts)
-    if len(seeds) != len(prompts):
-        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-    temperature, top_p, top_k, heal = s.temperature, s.top_p, s.top_k, s.heal
-    device = torch.device(device) if device is not None else model.wte.weight.device
-    was_training = model.training
-    model.eval()
+    seeds = _seeds(s, seed, len(prompts))
+    max_new_tokens = s.max_new_tokens
     stop = tuple(x for x in (s.stop or ()) if x)
     eot_id = None if ignore_eot else tokenizer.token_to_id(EOT)
-    heads, tails = zip(*(split_last_piece(tokenizer, p) if heal else (p, "") for p in prompts))
-    healer = Healer(tokenizer) if any(tails) else None
+    heads, tails = zip(*(split_last_piece(tokenizer, p) if s.heal else (p, "") for p in prompts))
     encoded = encode_prompts(tokenizer, list(heads), model.config.block_size, max_new_tokens,
                              warn=warn_truncation)
+    return _sample(model, tokenizer, encoded, list(tails), s, seeds, device, stop, eot_id)
+
+
+def _seeds(s: SamplingSection, seed: int | list[int] | None, count: int) -> list[int]:
+    """One seed per prompt: ``seed`` (one for all, or a list) or ``s.seed``."""
+    if s.n < 1 or s.batch_size < 1:
+        raise ValueError(f"n and batch_size must be >= 1, got n={s.n}, "
+                         f"batch_size={s.batch_size}")
+    seed = s.seed if seed is None else seed
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * count
+    if len(seeds) != count:
+        raise ValueError(f"{len(seeds)} seeds for {count} prompts")
+    return seeds
+
+
+def _sample(model: GPT, tokenizer, encoded: list[list[int]], tails: list[str],
+            s: SamplingSection, seeds: list[int], device, stop: tuple[str, ...],
+            eot_id: int | None) -> list[list[Completion]]:
+    """``s.n`` completions of each encoded prompt (``tails``: each one's healed last piece)."""
+    n = s.n
+    device = torch.device(device) if device is not None else model.wte.weight.device
+    healer = Healer(tokenizer) if any(tails) else None
+    was_training = model.training
+    model.eval()
     # prompts of similar length batch together (less padding); within a prompt, by sample
-    items = sorted(((len(encoded[p]), p, i) for p in range(len(prompts)) for i in range(n)))
-    results: list[list[Completion | None]] = [[None] * n for _ in prompts]
-    for start in range(0, len(items), batch_size):
-        end = min(start + batch_size, len(items))
+    items = sorted(((len(encoded[p]), p, i) for p in range(len(encoded)) for i in range(n)))
+    results: list[list[Completion | None]] = [[None] * n for _ in encoded]
+    for start in range(0, len(items), s.batch_size):
+        end = min(start + s.batch_size, len(items))
         rows = [_Row(p, i, [], [], sample_generator(seeds[p], i), tails[p])
                 for _, p, i in items[start:end]]
         done = _generate_batch(model, tokenizer, [encoded[r.prompt] for r in rows], rows,
-                               max_new_tokens=max_new_tokens, temperature=temperature,
-                               top_p=top_p, top_k=top_k, stop=stop, eot_id=eot_id, device=device,
-                               healer=healer)
+                               max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                               top_p=s.top_p, top_k=s.top_k, stop=stop, eot_id=eot_id,
+                               device=device, healer=healer)
         for r, text, reason in done:
             results[r.prompt][r.sample] = _completion(tokenizer, healer, r, text, reason)
     model.train(was_training)
     return results  # type: ignore[return-value]
+
+
+def fim_prompt_ids(tokenizer, prefix: str, suffix: str, spm: bool, block: int,
+                   max_new_tokens: int) -> list[int]:
+    """The infilling prompt as training laid it out (``codegpt.train.fim``): PSM
+    ``<|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|>``, or SPM
+    ``<|fim_prefix|> <|fim_suffix|> suffix <|fim_middle|> prefix``; the model writes the
+    middle next. Prefix and suffix are encoded as text, each on its own (as training cut
+    them). Where they do not fit beside the middle's budget (``encode_prompts``' rule), the
+    prefix keeps its end and the suffix its start, each at least half of the room."""
+    fim = Fim(0.0, 0.0, *(tokenizer.token_to_id(t) for t in
+                          (EOT, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD)))
+    pre, suf = (tokenizer.encode(t, add_special_tokens=False).ids for t in (prefix, suffix))
+    room = max(0, block - min(max(max_new_tokens, 0), block // 2) - 3)
+    if len(pre) + len(suf) > room:
+        n_suf = min(len(suf), max(room // 2, room - len(pre)))
+        pre, suf = pre[len(pre) - (room - n_suf):] if room > n_suf else [], suf[:n_suf]
+        log.warning("the prefix and suffix are longer than %d tokens: kept the prefix's last %d "
+                    "and the suffix's first %d", room, len(pre), len(suf))
+    return fim.layout(pre, suf, [], spm)
+
+
+def infill(model: GPT, tokenizer, pairs: list[tuple[str, str]],
+           sampling: SamplingSection | None = None, *, spm: bool = False,
+           seed: int | list[int] | None = None, device=None, **settings
+           ) -> list[list[Completion]]:
+    """``sampling.n`` middles of every (prefix, suffix) pair: result[p][i] is sample i of
+    pairs[p], a function of (seed, i) and the pair alone, as ``generate``'s are. The prompt is
+    ``fim_prompt_ids``' (PSM, or SPM with ``spm``). A middle ends at <|endoftext|> (the end the
+    model learned for it; ``sampling.stop`` does not apply) or after ``max_new_tokens``
+    (finish_reason "length": the middle is cut). No token healing: training cut the text into
+    prefix, middle and suffix at characters and encoded each on its own, as here."""
+    s = dataclasses.replace(sampling or SamplingSection(), **settings)
+    seeds = _seeds(s, seed, len(pairs))
+    encoded = [fim_prompt_ids(tokenizer, prefix, suffix, spm, model.config.block_size,
+                              s.max_new_tokens) for prefix, suffix in pairs]
+    return _sample(model, tokenizer, encoded, [""] * len(pairs), s, seeds, device, (),
+                   tokenizer.token_to_id(EOT))
 
 
 def _completion(tokenizer, healer: Healer | None, r: _Row, text: str, reason: str) -> Completion:

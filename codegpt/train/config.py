@@ -40,6 +40,11 @@ class DataSection:
     format: str = setting("tokens", choices=DATA_FORMATS)
     val_every: int = setting(0, ge=0)      # validation every N steps (0: never)
     val_sequences: int = setting(64, ge=1)  # sequences (sft: pairs) of the val split scored
+    # fill-in-the-middle (codegpt.train.fim): the share of the documents of each train window
+    # cut into prefix, middle and suffix (0: off; val stays left to right), and the share of
+    # those laid out suffix first (SPM) instead of prefix first (PSM)
+    fim_rate: float = setting(0.0, ge=0, le=1)
+    fim_spm_rate: float = setting(0.5, ge=0, le=1)
 
 
 @dataclass
@@ -102,6 +107,12 @@ class TrainConfig:
         if self.data.format == "sft" and not self.tokenizer:
             raise ValueError("data.format=sft needs tokenizer=FOLDER: the tokenizer the pairs are "
                              "encoded with, the one the model was pretrained with")
+        if self.data.fim_rate and self.data.format != "tokens":
+            raise ValueError("data.fim_rate applies to pretraining on token shards "
+                             "(data.format=tokens), not to Codex-S pairs: set it to 0")
+        if self.data.fim_rate and not self.tokenizer:
+            raise ValueError("data.fim_rate needs tokenizer=FOLDER: the transform decodes and "
+                             "re-encodes text with the tokenizer the shards were made with")
 
     @property
     def seq_len(self) -> int:

@@ -18,6 +18,7 @@ from codegpt.errors import ConfigError
 from codegpt.model import ModelConfig
 from codegpt.train.batches import TrainData, open_token_data
 from codegpt.train.config import ARCHITECTURE_KEYS, TrainConfig
+from codegpt.train.fim import Fim, FimWindows, make_codec
 from codegpt.train.sft import open_sft_data
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,14 @@ def open_data(cfg: TrainConfig) -> TrainData:
     with_val = cfg.data.val_every > 0
     if cfg.data.format == "sft":
         return open_sft_data(cfg.data_dir, cfg.tokenizer, cfg.seq_len, with_val)
-    return open_token_data(cfg.data_dir, cfg.tokenizer, cfg.seq_len, with_val)
+    data = open_token_data(cfg.data_dir, cfg.tokenizer, cfg.seq_len, with_val)
+    if cfg.data.fim_rate:  # train windows only: val loss stays left to right
+        fim = Fim(cfg.data.fim_rate, cfg.data.fim_spm_rate)
+        log.info("fill-in-the-middle: %.0f%% of the train windows' documents (%.0f%% of those "
+                 "in SPM order); val stays left to right", 100 * fim.rate, 100 * fim.spm_rate)
+        data = data._replace(train=FimWindows(data.train, fim, make_codec(cfg.tokenizer),
+                                              cfg.run.seed))
+    return data
 
 
 def data_source(cfg: TrainConfig) -> str:
