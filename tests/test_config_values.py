@@ -22,7 +22,7 @@ from codegpt.cli import main
 from codegpt.config import (ConfigError, apply_renames, field_check, from_dict, load_config,
                             parse_overrides, setting, to_dict)
 from codegpt.errors import DataError, ShardError
-from codegpt.eval.config import EvalConfig
+from codegpt.eval.config import EvalConfig, InfillConfig
 from codegpt.reference import (EVAL_PATH_KEYS, PATH_KEYS, EvalPlan, ReferenceConfig, SamplingRun,
                                stage_config_classes)
 from codegpt.sft_data import SftDataConfig
@@ -39,6 +39,7 @@ COMMANDS = [("prep", "default", PrepConfig), ("tokenizer", "default", TokenizerC
             ("tokenize", "default", TokenizeConfig), ("sft-data", "default", SftDataConfig),
             ("train", "smoke", TrainConfig), ("show-config", "smoke", TrainConfig),
             ("reference", "cpu", ReferenceConfig), ("eval humaneval", "humaneval", EvalConfig),
+            ("eval infilling", "infilling", InfillConfig),
             ("reference", "cpu", EvalPlan)]  # the humaneval section's models and runs
 
 

@@ -14,7 +14,7 @@ import yaml
 
 from codegpt.cli import main
 from codegpt.config import ConfigError, find_named_config, load_config, to_dict
-from codegpt.eval.config import EvalConfig, SamplingSection
+from codegpt.eval.config import EvalConfig, InfillConfig, SamplingSection
 from codegpt.reference import ReferenceConfig, eval_raws, validate
 from codegpt.tokenizer.bpe import load_tokenizer
 
@@ -89,7 +89,7 @@ def test_every_shipped_eval_config_loads_and_flags_are_overrides(model):
     run, tok = model
     paths = [f"checkpoint={run}", f"tokenizer={tok}"]
     for path in sorted(find_named_config("eval", "humaneval").parent.glob("*.yaml")):
-        cfg = load_config(EvalConfig, path, paths)
+        cfg = load_config(InfillConfig if path.stem == "infilling" else EvalConfig, path, paths)
         assert cfg.sampling.n >= 1 and cfg.out_dir
     pass1 = load_config(EvalConfig, "humaneval", paths)
     assert (pass1.sampling.temperature, pass1.sampling.top_p, pass1.sampling.n,

@@ -21,7 +21,8 @@ PACKAGES = ("codegpt", "data_prep")
 # lowest first; a module belongs to the layer of its longest matching prefix
 LAYERS = (
     ("base", ("codegpt.errors", "codegpt.io", "codegpt.config", "codegpt.outputs",
-              "codegpt.stages", "codegpt.problems", "codegpt.benchmarks")),
+              "codegpt.stages", "codegpt.problems", "codegpt.benchmarks",
+              "codegpt.infilling")),
     ("formats", ("codegpt.documents", "codegpt.pairs", "codegpt.model", "codegpt.sandbox")),
     ("prep", ("data_prep",)),
     ("tokenizer", ("codegpt.tokenizer",)),

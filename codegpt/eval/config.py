@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from codegpt.benchmarks import BENCHMARKS
+from codegpt.infilling import SETS as INFILLING_SETS
 from codegpt.config import DEVICE, setting
 from codegpt.sandbox import PACKAGES
 from codegpt.errors import ConfigError
@@ -96,3 +97,21 @@ class EvalConfig:
         if not (self.samples or self.checkpoint and self.tokenizer):
             raise ConfigError("give --samples FILE, or --checkpoint DIR and --tokenizer DIR "
                               "(samples=, checkpoint=, tokenizer=)")
+
+
+FIM_MODES = ("auto", "psm", "spm", "l2r")
+
+
+@dataclass
+class InfillConfig(EvalConfig):
+    """``codegpt eval infilling``: the eval config with an infilling set and how to prompt."""
+
+    # single-line | multi-line (codegpt.infilling): derived from HumanEval, or problems=FILE in
+    # the human-eval-infilling layout (task_id, prompt, suffix, test, entry_point,
+    # canonical_solution where known)
+    benchmark: str = setting("single-line", choices=tuple(INFILLING_SETS))
+    out_dir: str = "runs/eval/infilling"
+    # auto: the order the model learned (PSM where it learned both), or left to right for a
+    # model that never learned FIM; psm | spm; l2r: the prefix completed left to right and cut
+    # at the end of its first line (the baseline without FIM)
+    fim_mode: str = setting("auto", choices=FIM_MODES)

