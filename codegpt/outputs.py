@@ -120,7 +120,7 @@ STAGES: dict[str, Stage] = {
     "report": Stage("report", ("report.html", "*.png"),
                     lambda f: (f / "report.html").is_file(), key="--out", folder="report"),
     "reference": Stage("reference", ("configs", "data", "tokenizer", "tokens", "train",
-                                     "sft-data", "sft", *BENCHMARKS, "report", "timings.json",
+                                     "sft-data", "sft", *BENCHMARKS, "infilling", "report", "timings.json",
                                      "results.json", ".*" + LOCK_SUFFIX, ".*" + STAGING + "*",
                                      ".*" + REPLACED + "*", ".replaced"),
                        lambda f: (f / "timings.json").is_file(), folder="reference"),

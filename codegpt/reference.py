@@ -63,11 +63,13 @@ PIPELINE = tuple(s for s in STAGES if not s.benchmark)  # the stages before eval
 # the paths between stages, which the run sets (a section may not); evaluation's also
 PATH_KEYS = ("data_dir", "tokenizer", "out_dir", "init_from")
 EVAL_PATH_KEYS = (*PATH_KEYS, "checkpoint", "samples")
-RUN_KEYS = ("temperature", "n")  # the sampling keys each of an evaluation section's runs sets
+RUN_KEYS = ("temperature", "n")
+MIDDLE_KEYS = ("middle_fim_bits_per_byte", "middle_l2r_bits_per_byte")  # the sampling keys each of an evaluation section's runs sets
 # which models each benchmark evaluates, at which temperatures and n, unless its section says:
 # HumanEval both models; MBPP the Codex-S model; the plus sets none (their data is seldom local)
 PLANS = {"humaneval": {}, "mbpp": {"models": ["sft"], "runs": [{"temperature": 0.1, "n": 5}]},
-         "humaneval_plus": {"models": []}, "mbpp_plus": {"models": []}}
+         "humaneval_plus": {"models": []}, "mbpp_plus": {"models": []},
+         "infilling": {"runs": [{"temperature": 0.2, "n": 1}]}}
 
 
 @dataclass
@@ -119,6 +121,8 @@ class ReferenceConfig:
     humaneval_plus: dict = _section("humaneval_plus")
     mbpp: dict = _section("mbpp")
     mbpp_plus: dict = _section("mbpp_plus")
+    # HumanEval infilling (the eval infilling config's keys over configs/eval/infilling.yaml)
+    infilling: dict = _section("infilling")
 
     STAGE = "reference"
 
@@ -449,10 +453,14 @@ def collect_results(run: Path, cfg: ReferenceConfig) -> dict:
                 res = json.loads(path.read_text())
                 if bench["canonical_bits_per_byte"] is None:
                     bench["canonical_bits_per_byte"] = res.get("canonical_bits_per_byte")
+                for key in MIDDLE_KEYS:  # infilling: the middles' likelihood, once per model
+                    if res.get(key) is not None:
+                        bench[key] = res[key]
                 bench["temperatures"][f"{sr.temperature:g}"] = {
                     "n": sr.n, "syntax_rate": res.get("syntax_rate"),
                     "problems": res.get("problems"),
-                    **{k: v for k, v in res.items() if k.startswith(("pass@", "base_pass@"))}}
+                    **{k: v for k, v in res.items()
+                       if k.startswith(("pass@", "base_pass@", "exact_match"))}}
             if bench["temperatures"] or bench["canonical_bits_per_byte"] is not None:
                 entry["benchmarks"][s.benchmark] = bench
     total = sum(v for v in stages.values() if v)
@@ -474,16 +482,27 @@ def results_table(results: dict) -> str:
             return "–"
         return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
 
+    infill = ["", "| model | infilling (single-line) | T | n | pass@1 | exact match | syntax rate "
+              "| middle bits/byte with the suffix | left to right |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for model, m in results["models"].items():
         for bench, b in m["benchmarks"].items():
             for t, r in b["temperatures"].items():
+                if bench == "infilling":
+                    infill.append(
+                        f"| {model} | {r.get('problems')} tasks | {t} | {r['n']} | "
+                        f"{fmt(r.get('pass@1'), True)} | {fmt(r.get('exact_match'), True)} | "
+                        f"{fmt(r['syntax_rate'], True)} | "
+                        f"{fmt(b.get('middle_fim_bits_per_byte'))} | "
+                        f"{fmt(b.get('middle_l2r_bits_per_byte'))} |")
+                    continue
                 rows.append(
                     f"| {model} | {fmt(m['val_loss'])} | {bench} | "
                     f"{fmt(b.get('canonical_bits_per_byte'))} | {t} | {r['n']} | "
                     f"{fmt(r['syntax_rate'], True)} | "
                     + " | ".join(fmt(r.get(k), True) for k in ("pass@1", "pass@10", "pass@100",
                                                                "base_pass@1")) + " |")
-    return "\n".join(rows)
+    return "\n".join(rows + (infill if len(infill) > 3 else []))
 
 
 def print_summary(results: dict, page: Path) -> None:

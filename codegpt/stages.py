@@ -15,6 +15,7 @@ stages' folders it reads::
     humaneval  codegpt eval humaneval  configs/eval/ RUN/humaneval/MODEL/tT/  samples, pass@k
     humaneval_plus, mbpp, mbpp_plus: the same for the other benchmarks (``codegpt.benchmarks``),
                codegpt eval NAME, in RUN/NAME/MODEL/tT/
+    infilling  codegpt eval infilling  configs/eval/ RUN/infilling/MODEL/tT/  middles, pass@k
 
 The config classes are named as ``module:Class`` and imported only when asked for, so reading
 the table imports no stage.
@@ -69,6 +70,8 @@ STAGES = (
     *(Stage(name.replace("-", "_"), eval_command(name), "codegpt.eval.config:EvalConfig",
             b.title, "results.json", {"tokenizer": "tokenizer"})
       for name, b in BENCHMARKS.items()),
+    Stage("infilling", "eval infilling", "codegpt.eval.config:InfillConfig",
+          "HumanEval infilling", "results.json", {"tokenizer": "tokenizer"}),
 )
 EVALUATIONS = tuple(s for s in STAGES if s.benchmark)  # one per benchmark, HumanEval first
 BY_NAME = {s.name: s for s in STAGES}

@@ -138,13 +138,18 @@ def test_the_reference_run_passes_its_humaneval_section_as_an_eval_config(tmp_pa
                                                "humaneval.sampling.top_k=7"])
     raws = eval_raws(cfg, tmp_path / "run")
     assert list(raws) == ["humaneval/base/t0.2", "humaneval/base/t0.8", "humaneval/sft/t0.2",
-                          "humaneval/sft/t0.8", "mbpp/sft/t0.1"]
+                          "humaneval/sft/t0.8", "mbpp/sft/t0.1", "infilling/base/t0.2",
+                          "infilling/sft/t0.2"]
     evals = validate(cfg)
     mbpp = evals[4]  # the MBPP section over configs/eval/mbpp.yaml: the fine-tuned model
     assert (mbpp.benchmark, mbpp.sampling.temperature, mbpp.sampling.n, mbpp.checkpoint,
             mbpp.sampling.stop[1], mbpp.out_dir) == (
         "mbpp", 0.1, 5, str(tmp_path / "run" / "sft"), "\nassert",
         str(tmp_path / "run" / "mbpp" / "sft" / "t0.1"))
+    infill = evals[5]  # the infilling section over configs/eval/infilling.yaml
+    assert (type(infill).__name__, infill.benchmark, infill.limit, infill.sampling.n,
+            infill.checkpoint) == ("InfillConfig", "single-line", 300, 1,
+                                   str(tmp_path / "run" / "train"))
     with pytest.raises(ConfigError, match=r"mbpp.sampling.n is set for each run by mbpp.runs"):
         load_config(ReferenceConfig, "cpu", ["mbpp.sampling.n=3"])
     with pytest.raises(ConfigError, match=r"mbpp_plus.models\[0\] must be one of base, sft"):

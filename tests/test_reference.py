@@ -47,7 +47,8 @@ def tiny_config(corpus: Path, run: Path, **changes) -> Path:
         "tokens": {"config": "default", "val_fraction": 0.2},
         "train": {"config": "smoke", "model": {"block_size": 256}, "batch":
                   {"global_batch_tokens": 1024, "micro_batch_size": 4},
-                  "run": {"max_steps": 8}, "data": {"val_every": 4, "val_sequences": 8},
+                  "run": {"max_steps": 8}, "data": {"val_every": 4, "val_sequences": 8,
+                                                    "fim_rate": 0.5},
                   "checkpoint": {"every": 4, "keep_last": 2}},
         "sft_data": {"config": "default", "max_chars": 500, "doctest_timeout": 2.0},
         "sft": {"run": {"max_steps": 3}, "data": {"format": "sft", "val_every": 3,
@@ -63,6 +64,9 @@ def tiny_config(corpus: Path, run: Path, **changes) -> Path:
                  "models": ["sft"], "runs": [{"temperature": 0.8, "n": 2}], "limit": 2,
                  "sampling": {"max_new_tokens": 8}, "sandbox": {"timeout": 3.0}},
         "humaneval_plus": {"models": ["sft"], "runs": [{"temperature": 0.2, "n": 1}]},
+        # single-line infilling of both models: the fine-tuned one learned FIM from pretraining
+        "infilling": {"limit": 3, "sampling": {"max_new_tokens": 8},
+                      "sandbox": {"timeout": 3.0}},
     }
     for key, value in changes.items():
         node = cfg
@@ -90,7 +94,8 @@ def skips(proc: subprocess.CompletedProcess) -> int:
 
 STAGES = ["data", "tokenizer", "tokens", "train", "sft_data", "sft", "humaneval/base/t0.2",
           "humaneval/base/t0.8", "humaneval/sft/t0.2", "humaneval/sft/t0.8",
-          "humaneval-plus/sft/t0.2", "mbpp/sft/t0.8", "report"]
+          "humaneval-plus/sft/t0.2", "mbpp/sft/t0.8", "infilling/base/t0.2",
+          "infilling/sft/t0.2", "report"]
 SKIPPED = "humaneval-plus/sft/t0.2"  # its data is not on the machine
 
 
@@ -126,7 +131,14 @@ def test_reference_runs_every_stage_once_and_reports(corpus, tmp_path):
     # the fine-tuned model on MBPP too: its first 2 problems, n=2, with the likelihood
     mbpp = results["models"]["sft"]["benchmarks"]["mbpp"]
     assert mbpp["canonical_bits_per_byte"] > 0 and mbpp["temperatures"]["0.8"]["problems"] == 2
-    assert set(results["models"]["sft"]["benchmarks"]) == {"humaneval", "mbpp"}
+    assert set(results["models"]["sft"]["benchmarks"]) == {"humaneval", "mbpp", "infilling"}
+    for model in ("base", "sft"):  # infilling with and without the suffix: both learned FIM
+        inf = results["models"][model]["benchmarks"]["infilling"]
+        assert inf["middle_fim_bits_per_byte"] > 0 and inf["middle_l2r_bits_per_byte"] > 0
+        assert inf["temperatures"]["0.2"]["problems"] == 3
+        assert "exact_match" in inf["temperatures"]["0.2"]
+        r = json.loads((run / "infilling" / model / "t0.2" / "results.json").read_text())
+        assert r["fim_order"] == "psm" and r["fim_trained"]["fim_rate"] == 0.5
     assert "mbpp" not in results["models"]["base"]["benchmarks"]
     assert list(results["skipped"]) == [SKIPPED]
     samples = (run / "mbpp" / "sft" / "t0.8" / "samples.jsonl").read_text().splitlines()
@@ -135,6 +147,7 @@ def test_reference_runs_every_stage_once_and_reports(corpus, tmp_path):
     assert results["within_budget"] and results["total_seconds"] > 0
     table = results_table(results)
     assert "| sft | " in table and "| mbpp |" in table and "| base |" in proc.stdout
+    assert "| infilling (single-line) |" in table
     # the stage configs are files a user can rerun by hand
     assert yaml.safe_load((run / "configs" / "tokens.yaml").read_text())["tokenizer"] == \
         str(run / "tokenizer")

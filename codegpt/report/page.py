@@ -365,11 +365,22 @@ def model_bits_per_byte(run: Run, e: Eval) -> float | None:
                 None)
 
 
+def middle(run: Run, e: Eval, how: str) -> float | None:
+    """An infilling evaluation's canonical middles' bits/byte (``how``: fim, with the suffix;
+    l2r, without), or that of another of the model's infilling evaluations (measured once per
+    model)."""
+    key = f"middle_{how}_bits_per_byte"
+    return next((o.results[key] for o in [e, *run.of(e.benchmark)]
+                 if o.model == e.model and o.results.get(key) is not None), None)
+
+
 def headline(run: Run, evals: list[Eval], benchmarks: bool = False) -> Html:
     """One row per evaluation: pass@k, syntax rate and canonical bits/byte (``benchmarks``:
     of several benchmarks, each row naming its own), and for a plus set the pass rate of the
     same samples under the original benchmark's tests (base pass@k)."""
     plus = any(any(k.startswith("base_pass@") for k in e.results) for e in evals)
+    infill = any("middle_l2r_bits_per_byte" in e.results or "exact_match" in e.results
+                 for e in evals)
     rows = []
     for e in evals:
         r = e.results
@@ -384,6 +395,8 @@ def headline(run: Run, evals: list[Eval], benchmarks: bool = False) -> Html:
                      fmt(model_bits_per_byte(run, e), ".4f"), pct(r.get("syntax_rate"), 1),
                      *(pct(r.get(f"pass@{k}")) for k in (1, 10, 100)),
                      *((pct(r.get("base_pass@1")), pct(r.get("base_pass@10"))) if plus else ()),
+                     *((pct(r.get("exact_match"), 1), fmt(middle(run, e, "fim"), ".4f"),
+                        fmt(middle(run, e, "l2r"), ".4f")) if infill else ()),
                      pct(r.get("reranked_pass@1")),
                      "yes" if r.get("complete", True) else
                      f"no: {r.get('problems')} of {r.get('problems_total')} problems",
@@ -394,11 +407,17 @@ def headline(run: Run, evals: list[Eval], benchmarks: bool = False) -> Html:
     if plus:
         note += ("; base pass@k: the same samples under the original benchmark's tests (the "
                  "gap to pass@k is what the extra tests caught)")
+    if infill:
+        note += ("; infilling: exact match is the share of middles equal to the canonical one, "
+                 "and the canonical middles' bits/byte is given with the suffix (the FIM "
+                 "prompt) and left to right (the prefix alone)")
     return join(
         el("p", note + ".", class_="note"),
         table(["model", *(["benchmark"] if benchmarks else []), "T", "samples/problem",
                "val loss", "canonical bits/byte", "syntax rate", "pass@1", "pass@10",
                "pass@100", *(["base pass@1", "base pass@10"] if plus else []),
+               *(["exact match", "middle bits/byte with suffix", "left to right"]
+                 if infill else []),
                "reranked pass@1", "complete", "folder"], rows))
 
 
@@ -417,6 +436,11 @@ def cell(text: str, sub: str, title: str, rate: float | None) -> Html:
     return el("div", el("b", text), el("small", sub), class_="cell", style=style, title=title)
 
 
+# where an evaluation's per-problem likelihood is: the canonical solutions, or an infilling
+# set's canonical middles (with the suffix, else left to right)
+PER_PROBLEM = ("canonical_per_problem", "middle_fim_per_problem", "middle_l2r_per_problem")
+
+
 def problem_grids(run: Run, evals: list[Eval]) -> Html:
     """One cell per problem for each model and temperature: colour = share of samples passed,
     number below = the canonical solution's bits/byte (hover a cell for both in words)."""
@@ -427,9 +451,8 @@ def problem_grids(run: Run, evals: list[Eval]) -> Html:
                    "bits/byte of its canonical solution under the model; hover for details.",
               class_="note"), legend]
     for e in evals:
-        canon = e.results.get("canonical_per_problem") or next(
-            (o.results.get("canonical_per_problem") for o in evals
-             if o.model == e.model and o.results.get("canonical_per_problem")), {})
+        canon = next((o.results[key] for key in PER_PROBLEM for o in [e, *evals]
+                      if o.model == e.model and o.results.get(key)), {})
         problems = run.problems.get(e.benchmark, {})
         tasks = sorted(set(problems) | set(e.per_problem) | set(canon), key=task_number)
         cells = []
@@ -490,7 +513,8 @@ def pick_samples(evals: list[Eval], n: int = GALLERY_PER_VERDICT) -> list[tuple[
 def sample_card(run: Run, e: Eval, s: dict) -> Html:
     ok = s.get("passed") is True
     verdict = "passed" if ok else str(s.get("result", "no verdict"))
-    prompt = str(run.problems.get(e.benchmark, {}).get(s["task_id"], {}).get("prompt", ""))
+    problem = run.problems.get(e.benchmark, {}).get(s["task_id"], {})
+    prompt, suffix = str(problem.get("prompt", "")), str(problem.get("suffix", ""))
     if len(prompt) > PROMPT_CHARS:
         prompt = "…" + prompt[-PROMPT_CHARS:]
     completion = s["completion"]
@@ -501,8 +525,11 @@ def sample_card(run: Run, e: Eval, s: dict) -> Html:
     meta = el("div", el("b", s["task_id"]), f" · {e.name} · ",
               el("span", verdict, class_="verdict"),
               f" · mean logp {logp:.3f}" if logp is not None else None, class_="meta")
+    if len(suffix) > PROMPT_CHARS:
+        suffix = suffix[:PROMPT_CHARS] + "…"
     return el("div", meta, el("pre", el("span", prompt, class_="prompt"),
-                              el("span", completion, class_="completion")),
+                              el("span", completion, class_="completion"),
+                              el("span", suffix, class_="prompt") if suffix else None),
               class_=f"sample {'passed' if ok else 'failed'}")
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from codegpt.benchmarks import load_benchmark
+from codegpt.infilling import SETS as INFILLING_SETS, load_infilling
 from codegpt.errors import CodegptError, DataError, EvalError, ReportError, ShardError
 from codegpt.eval.humaneval import summarize
 from codegpt.eval.samples import read_samples
@@ -52,6 +53,7 @@ MODEL_ORDER = tuple(MODELS)            # models of an evaluation folder shown fi
 MEASURE_TOKENS = 20_000_000            # at most this many tokens per split measured for bytes
 # the evaluations' stages (one per benchmark) are marked per evaluation folder, not as a whole
 EVALUATION = stage("humaneval")        # always shown; another benchmark where the run has it
+INFILLING = stage("infilling")         # its problems are an infilling set's
 
 # what a stage's file that is there but cannot be read (or holds values of unexpected types)
 # raises: its section says so. Anything else is a bug and propagates.
@@ -502,14 +504,15 @@ def read_evals(run: Run, s: Stage = EVALUATION) -> list[Eval]:
 def read_eval(model: str, label: str, folder: Path, benchmark: str = EVALUATION.folder) -> Eval:
     path = folder / "results.json"
     results, file = read_json(path), path.name
-    for key in ("temperature", "canonical_tokens", "canonical_bytes", "canonical_bits_per_byte"):
+    for key in ("temperature", "canonical_tokens", "canonical_bytes", "canonical_bits_per_byte",
+                "exact_match", "middle_fim_bits_per_byte", "middle_l2r_bits_per_byte"):
         optional(results, key, "a number", file, null=True)
     for key in results:
         if re.fullmatch(r"(base_|reranked_)?pass@\d+", key):
             optional(results, key, "a number", file, null=True)
-    for task, info in (optional(results, "canonical_per_problem", "an object", file,
-                                null=True) or {}).items():
-        expect(info, "an object", file, f"canonical_per_problem.{task}")
+    for key in ("canonical_per_problem", "middle_fim_per_problem", "middle_l2r_per_problem"):
+        for task, info in (optional(results, key, "an object", file, null=True) or {}).items():
+            expect(info, "an object", file, f"{key}.{task}")
     m = re.fullmatch(r"t(\d+(?:\.\d+)?)", label)
     temperature = float(m.group(1)) if m else number(results.get("temperature"))
     samples = read_samples(folder / "samples.jsonl") if (folder / "samples.jsonl").is_file() \
@@ -538,6 +541,10 @@ def benchmark_problems(benchmark: str, evals: list[Eval]) -> dict[str, dict]:
     named = [str(e.results.get("problems_file") or "") for e in evals]
     local = next((f for f in named if f and Path(f).is_file()), "")
     try:
+        if benchmark == INFILLING.folder:  # the set its results name, derived or from a file
+            sets = [e.results.get("infilling_set") for e in evals]
+            name = next((x for x in sets if x in INFILLING_SETS), "single-line")
+            return load_infilling(name, local)
         return load_benchmark(benchmark, local, offline=True)
     except DataError as e:
         log.warning("report: %s problems unavailable (%s): no prompts in the gallery",
