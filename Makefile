@@ -83,7 +83,7 @@ demo: install $(DEMO)/tokens/meta.json
 	$(VENV)/bin/codegpt plot $(DEMO)/train
 	$(VENV)/bin/codegpt sample --checkpoint $(DEMO)/train --tokenizer $(DEMO)/tokenizer \
 		--escapes --prompt 'def add(a, b):\n    ' --suffix '\n    return c\n' \
-		--temperature 0 --max-new-tokens 16
+		--temperature 0 --max-new-tokens 16 --fim-mode psm
 	$(VENV)/bin/codegpt eval humaneval --checkpoint $(DEMO)/train \
 		--tokenizer $(DEMO)/tokenizer --out $(DEMO)/humaneval --n 2 --max-new-tokens 48
 
