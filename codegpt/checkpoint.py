@@ -214,9 +214,18 @@ def checkpoint_config(folder: str | Path) -> dict:
 
 def fim_training(folder: str | Path, depth: int = 8) -> dict | None:
     """How the model of a checkpoint learned fill-in-the-middle: ``{"fim_rate", "fim_spm_rate",
-    "checkpoint"}`` of the first run along its ``init_from`` chain (itself, then the checkpoint
-    it was fine-tuned from, ...) that trained with ``data.fim_rate`` > 0; None if none did (or
-    the chain's configs are gone)."""
+    "checkpoint"}`` of the run that trained it with ``data.fim_rate`` > 0, as the checkpoint
+    records it (the trainer writes it, inherited through ``init_from``), or else of the first
+    such run along its ``init_from`` chain (itself, then the checkpoint it was fine-tuned from,
+    ...: checkpoints from before the record); None if none did (or the chain is gone)."""
+    try:
+        extra = load_trainer_state(Path(folder)).extra
+    except (OSError, ValueError, KeyError):
+        extra = {}
+    if "fim" in extra:
+        fim = extra["fim"]
+        return fim if isinstance(fim, dict) and isinstance(fim.get("fim_rate"), (int, float)) \
+            and isinstance(fim.get("fim_spm_rate"), (int, float)) else None
     for _ in range(depth):
         try:
             raw = checkpoint_config(folder)

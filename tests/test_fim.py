@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from codegpt.checkpoint import fim_training
 from codegpt.config import load_config
 from codegpt.errors import ConfigError
 from codegpt.tokenizer.bpe import (EOT, FIM_MIDDLE, FIM_PAD, FIM_PREFIX, FIM_SUFFIX, TokenizerConfig,
@@ -229,3 +230,16 @@ def test_a_killed_run_with_fim_resumes_bit_exactly(shards, tmp_path):
     assert a == b  # bit-identical floats
     assert "fim_rate: 0.5" in (straight / "config.yaml").read_text()
     assert load_tokenizer(tok).token_to_id(FIM_PREFIX) == PRE
+    # a run started from it without FIM records what its start learned, and keeps that record
+    # when the first run's folder is gone
+    tuned = tmp_path / "tuned"
+    proc = run_cli([str(SMOKE), f"data_dir={data}", f"tokenizer={tok}", f"out_dir={tuned}",
+                    f"init_from={straight}", *args[:3], "run.max_steps=2", "data.val_every=0",
+                    "batch.global_batch_tokens=1024", "batch.micro_batch_size=4"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    straight.rename(tmp_path / "gone")
+    last = sorted((tuned / "checkpoints").iterdir())[-1]
+    assert fim_training(last) == {"fim_rate": 0.5, "fim_spm_rate": 0.5,
+                                  "checkpoint": str(straight)}
+    assert fim_training(sorted((tmp_path / "gone" / "checkpoints").iterdir())[-1])["fim_rate"] \
+        == 0.5

@@ -70,6 +70,12 @@ class Trainer:
 
         data = open_data(cfg)
         self.init_from = resolve_start(cfg, data)
+        # how the model learned fill-in-the-middle, recorded in every checkpoint: this run's
+        # rates, or those of the checkpoint it starts from (a fine-tuned model keeps what its
+        # pretraining taught it, even when that run's folder is gone)
+        self.fim = ({"fim_rate": cfg.data.fim_rate, "fim_spm_rate": cfg.data.fim_spm_rate,
+                     "checkpoint": str(cfg.out_dir)} if cfg.data.fim_rate
+                    else cp.fim_training(self.init_from) if self.init_from else None)
         if acc.is_main_process:
             log_data(cfg, data)
         self.global_batch, self.accum = plan_batch(cfg.batch.global_batch_tokens, cfg.seq_len,
@@ -184,7 +190,7 @@ class Trainer:
         checkpoint at all times."""
         self.ckpts.save(self.step, self.tokens_seen,
                         {"global_batch": self.global_batch, "accum": self.accum,
-                         "elapsed_s": self.budget.elapsed()})
+                         "elapsed_s": self.budget.elapsed(), "fim": self.fim})
         if self.accelerator.is_main_process:
             self._write_status("running")
 
