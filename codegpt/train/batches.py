@@ -6,11 +6,12 @@ those (a function of the world size). So the set of sequences behind every optim
 is the same for 1 or N processes, no two ranks read the same sequence, and the position is two
 integers (epoch, cursor) that go into the checkpoint — no iterator state to replay.
 
-What is drawn from is anything with ``len``, ``seq_len`` and ``batch(indices, epoch)``: the
-trainer gives it (inputs, targets) pairs of [b, T] arrays — ``TokenWindows`` over token shards,
-``codegpt.train.fim.FimWindows`` (the same with fill-in-the-middle, whose random draws depend on
-the epoch), or ``codegpt.train.sft.SftExamples`` — where a target of ``IGNORE_INDEX`` takes no
-loss.
+What is drawn from is anything with ``len``, ``seq_len`` and ``batch(indices)``: the trainer
+gives it (inputs, targets) pairs of [b, T] arrays — ``TokenWindows`` over token shards,
+``codegpt.train.fim.FimWindows`` (the same with fill-in-the-middle), or
+``codegpt.train.sft.SftExamples`` — where a target of ``IGNORE_INDEX`` takes no loss. Examples
+whose random draws depend on the epoch say so (``draws_per_epoch``) and are given it:
+``batch(indices, epoch)``.
 """
 
 from __future__ import annotations
@@ -38,8 +39,7 @@ class Examples(Protocol):
 
     def __len__(self) -> int: ...
 
-    def batch(self, indices: Sequence[int], epoch: int = 0
-              ) -> np.ndarray | tuple[np.ndarray, ...]: ...
+    def batch(self, indices: Sequence[int]) -> np.ndarray | tuple[np.ndarray, ...]: ...
 
 
 class TrainData(NamedTuple):
@@ -63,7 +63,7 @@ class TokenWindows:
     def __len__(self) -> int:
         return len(self.index)
 
-    def batch(self, indices: Sequence[int], epoch: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def batch(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         windows = self.index.batch(indices)  # [b, T + 1]
         return windows[:, :-1], windows[:, 1:]
 
@@ -141,8 +141,10 @@ class DistributedBatches:
         """This rank's micro-batches for the next update: ``accum`` of ``data.batch``'s results
         as tensors (an (inputs, targets) pair of [b, T] from the trainer's data)."""
         ids = self.global_indices().reshape(self.accum, self.world_size, self.micro_batch)
-        epoch = self.position.epoch  # the epoch those examples were drawn from
-        return [as_tensors(self.data.batch(ids[a, self.rank], epoch))
+        # examples whose draws depend on the epoch get the one these were drawn from
+        epoch = {"epoch": self.position.epoch} if getattr(self.data, "draws_per_epoch",
+                                                          False) else {}
+        return [as_tensors(self.data.batch(ids[a, self.rank], **epoch))
                 for a in range(self.accum)]
 
     def state_dict(self) -> dict:

@@ -122,6 +122,8 @@ class FimWindows:
     """``TokenWindows`` with the FIM transform: (inputs, targets) pairs whose padding takes no
     loss. A window's draws depend only on (seed, epoch, its number)."""
 
+    draws_per_epoch = True  # DistributedBatches passes the epoch to ``batch``
+
     def __init__(self, windows: TokenWindows, fim: Fim, codec: Codec, seed: int):
         self.windows = windows
         self.fim = fim

@@ -72,7 +72,7 @@ class SftExamples:
         """Example i's tokens and the index of its first loss token."""
         return self.ids[self.starts[i]: self.starts[i + 1]], int(self.first_loss[i])
 
-    def batch(self, indices: Sequence[int], epoch: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def batch(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """(inputs, targets) of [len(indices), seq_len]: target j is token j + 1 where that is
         a loss token, else IGNORE_INDEX; inputs past the example are eot."""
         inputs = np.full((len(indices), self.seq_len), self.eot_id, dtype=np.int64)
