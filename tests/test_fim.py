@@ -138,6 +138,8 @@ def test_a_special_token_s_text_in_a_source_file_stays_text(shards):
     assert not np.isin(ids, list(SPECIAL_ID.values())).any()
     assert codec.decode_bytes(ids).decode() == LITERAL
     fim = Fim(1.0, 0.0)
+    assert fim.piece(np.asarray(codec.encode("😀"))[:1], np.random.default_rng(0),
+                     codec) is None  # not whole characters: left as it is
     for seed in range(20):
         out = fim.piece(ids, np.random.default_rng(seed), codec)
         assert [out.count(i) for i in (PRE, SUF, MID, END, PAD)] == [1, 1, 1, 0, 0]
@@ -188,9 +190,12 @@ def test_the_same_step_gives_the_same_batch_on_one_or_two_processes(shards):
     assert np.array_equal(fim.batch(ids, epoch=1)[0], fim.batch(ids, epoch=1)[0])
     off = FimWindows(src, Fim(0.0, 0.5), make_codec(tok), seed=11)
     assert np.array_equal(off.batch(ids)[0], src.batch(ids)[0])
+    before = (fim.pieces, fim.transformed)
     half = fim.batch(np.arange(len(src)))[0]
     transformed = (half == PRE).any(axis=1).mean()
     assert 0.3 < transformed < 0.95  # about half the pieces, and most windows hold one
+    share = (fim.transformed - before[1]) / (fim.pieces - before[0])
+    assert 0.4 < share < 0.6  # the share of pieces the loader counted as transformed
 
 
 def test_fim_needs_token_shards_and_a_tokenizer(tmp_path):

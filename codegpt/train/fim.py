@@ -79,16 +79,23 @@ class Fim:
     suffix: int = SPECIAL_ID[FIM_SUFFIX]
     pad: int = SPECIAL_ID[FIM_PAD]
 
-    def window(self, ids: np.ndarray, rng: np.random.Generator, codec: Codec) -> np.ndarray:
+    def window(self, ids: np.ndarray, rng: np.random.Generator, codec: Codec,
+               counts=None) -> np.ndarray:
         """One window transformed: its pieces between ``<|endoftext|>`` ids, each with
-        probability ``rate``, then cut or padded back to its length."""
+        probability ``rate``, then cut or padded back to its length. ``counts`` (an object with
+        ``pieces`` and ``transformed``) is told how many pieces there were and were changed."""
         length = len(ids)
         parts: list[np.ndarray | list[int]] = []
         start = 0
         for end in [*np.flatnonzero(ids == self.eot).tolist(), length]:
             piece = ids[start:end]
             if len(piece) and rng.random() < self.rate:
-                piece = self.piece(piece, rng, codec)
+                changed = self.piece(piece, rng, codec)
+                if counts is not None:
+                    counts.transformed += changed is not None
+                piece = piece if changed is None else changed
+            if counts is not None:
+                counts.pieces += len(piece) > 0
             parts.append(piece)
             if end < length:
                 parts.append([self.eot])
@@ -98,14 +105,16 @@ class Fim:
             out = np.concatenate([out, np.full(length - len(out), self.pad, dtype=np.int64)])
         return out
 
-    def piece(self, ids: np.ndarray, rng: np.random.Generator, codec: Codec) -> list[int]:
-        """One document piece in PSM or SPM order (as it was where its bytes are not text)."""
+    def piece(self, ids: np.ndarray, rng: np.random.Generator, codec: Codec
+              ) -> list[int] | None:
+        """One document piece in PSM or SPM order; None where its bytes are not text (a
+        character cut at the window's edge), so it stays as it was."""
         spm = rng.random() < self.spm_rate
         cut = rng.random(2)  # two positions, uniform over the text's characters
         try:
             text = codec.decode_bytes(ids).decode("utf-8")
-        except UnicodeDecodeError:  # a character cut at the window's edge
-            return ids.tolist()
+        except UnicodeDecodeError:
+            return None
         lo, hi = sorted(int(c * (len(text) + 1)) for c in cut)
         prefix, middle, suffix = (codec.encode(t) for t in (text[:lo], text[lo:hi], text[hi:]))
         return self.layout(prefix, suffix, middle, spm)
@@ -130,6 +139,8 @@ class FimWindows:
         self.codec = codec
         self.seed = seed
         self.seq_len = windows.seq_len
+        self.transformed = 0  # document pieces transformed so far (this process)
+        self.pieces = 0       # document pieces seen so far
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -139,7 +150,7 @@ class FimWindows:
         out = np.stack([
             self.fim.window(w.astype(np.int64),
                             np.random.default_rng([FIM_STREAM, self.seed, epoch, int(i)]),
-                            self.codec)
+                            self.codec, self)
             for i, w in zip(indices, windows)])
         inputs, targets = out[:, :-1], out[:, 1:].copy()
         targets[targets == self.fim.pad] = IGNORE_INDEX
