@@ -99,13 +99,7 @@ def canonical_likelihood(model: GPT, tokenizer, problems: dict[str, dict],
         per[task_id] = solution_likelihood(model, tokenizer, p["prompt"], p["canonical_solution"],
                                            joint)
     model.train(was_training)
-    total = Likelihood(tokens=sum(v.tokens for v in per.values()),
-                       bytes=sum(v.bytes for v in per.values()),
-                       nats=sum(v.nats for v in per.values()))
-    return {"canonical_nats_per_token": total.nats_per_token,
-            "canonical_bits_per_byte": total.bits_per_byte,
-            "canonical_tokens": total.tokens, "canonical_bytes": total.bytes,
-            "canonical_per_problem": {t: v.as_dict() for t, v in per.items()}}
+    return _summary(per, "canonical")
 
 
 def checkpoint_likelihood(checkpoint, tokenizer, problems: dict[str, dict], device: str = "cpu",
@@ -117,6 +111,8 @@ def checkpoint_likelihood(checkpoint, tokenizer, problems: dict[str, dict], devi
 
 
 def _summary(per: dict[str, Likelihood], prefix: str) -> dict:
+    """Token- and byte-weighted totals over the problems, and each problem's figures, under
+    ``PREFIX_`` keys (``canonical_bits_per_byte``, ``middle_fim_per_problem``, ...)."""
     total = Likelihood(tokens=sum(v.tokens for v in per.values()),
                        bytes=sum(v.bytes for v in per.values()),
                        nats=sum(v.nats for v in per.values()))

@@ -353,23 +353,12 @@ def benchmarks_section(run: Run, figs: dict[str, bytes]) -> Html:
     return section("benchmarks", headline(run, evals, benchmarks=True), *skipped)
 
 
-def model_bits_per_byte(run: Run, e: Eval) -> float | None:
-    """The canonical solutions' bits/byte of ``e``'s model on its benchmark: its own, or that
-    of another of the model's evaluations there (the likelihood does not depend on the
-    sampling settings, and the reference run measures it once per model)."""
-    own = e.results.get("canonical_bits_per_byte")
-    if own is not None:
-        return own
-    return next((o.results["canonical_bits_per_byte"] for o in run.of(e.benchmark)
-                 if o.model == e.model and o.results.get("canonical_bits_per_byte") is not None),
-                None)
-
-
-def middle(run: Run, e: Eval, how: str) -> float | None:
-    """An infilling evaluation's canonical middles' bits/byte (``how``: fim, with the suffix;
-    l2r, without), or that of another of the model's infilling evaluations (measured once per
-    model)."""
-    key = f"middle_{how}_bits_per_byte"
+def per_model(run: Run, e: Eval, key: str) -> float | None:
+    """A likelihood figure (``key`` of results.json) of ``e``'s model on its benchmark: ``e``'s
+    own, or that of another of the model's evaluations there (the likelihood does not depend on
+    the sampling settings, and the reference run measures it once per model): the canonical
+    solutions' bits/byte, or an infilling set's canonical middles' with the suffix or without
+    (``middle_fim_bits_per_byte``, ``middle_l2r_bits_per_byte``)."""
     return next((o.results[key] for o in [e, *run.of(e.benchmark)]
                  if o.model == e.model and o.results.get(key) is not None), None)
 
@@ -392,11 +381,11 @@ def headline(run: Run, evals: list[Eval], benchmarks: bool = False) -> Html:
                      fmt(e.temperature, "g") if e.temperature is not None else e.label,
                      Num(n) if "n_per_problem_min" in r else "—",
                      fmt(train.last_val, ".4f") if train else "—",
-                     fmt(model_bits_per_byte(run, e), ".4f"), pct(r.get("syntax_rate"), 1),
+                     fmt(per_model(run, e, "canonical_bits_per_byte"), ".4f"), pct(r.get("syntax_rate"), 1),
                      *(pct(r.get(f"pass@{k}")) for k in (1, 10, 100)),
                      *((pct(r.get("base_pass@1")), pct(r.get("base_pass@10"))) if plus else ()),
-                     *((pct(r.get("exact_match"), 1), fmt(middle(run, e, "fim"), ".4f"),
-                        fmt(middle(run, e, "l2r"), ".4f")) if infill else ()),
+                     *((pct(r.get("exact_match"), 1), fmt(per_model(run, e, "middle_fim_bits_per_byte"), ".4f"),
+                        fmt(per_model(run, e, "middle_l2r_bits_per_byte"), ".4f")) if infill else ()),
                      pct(r.get("reranked_pass@1")),
                      "yes" if r.get("complete", True) else
                      f"no: {r.get('problems')} of {r.get('problems_total')} problems",
