@@ -391,7 +391,9 @@ class Reference:
         with writing_in_place(self.run, "reference") as place:
             self.timings = Timings(self.run)
             results, page = self.stages()
-            place.complete([self.run / "results.json", self.run / "timings.json", page])
+            # absolute: a relative out_dir's paths are the working directory's, not the run's
+            place.complete([place.folder / "results.json", place.folder / "timings.json",
+                            page.resolve()])
         print_summary(results, page)
         return results
 

@@ -277,3 +277,25 @@ def test_an_outdated_stage_output_is_kept_until_its_replacement_is_complete(tmp_
     ref.stage("train", "train", "cfg", old, ["codegpt", "train"])
     assert output_state(old, "train") == "complete" and "new" in (old / "status.json").read_text()
     assert not (run / ".replaced").exists() or not list((run / ".replaced").iterdir())
+
+
+def test_a_run_folder_given_relative_to_the_working_directory_is_marked_complete(
+        tmp_path, monkeypatch):
+    """out_dir: runs/reference (as the shipped configs say): the run's results, timings and
+    report are found where they are, not under the run folder a second time."""
+    from codegpt import reference as ref_module
+    from codegpt.outputs import output_state
+
+    monkeypatch.chdir(tmp_path)
+    ref = ref_module.Reference(ReferenceConfig(out_dir="runs/ref"), "test")
+
+    def stages():
+        (ref.run / "report").mkdir(parents=True)
+        for name in ("results.json", "timings.json", "report/report.html"):
+            (ref.run / name).write_text("{}")
+        return {}, ref.run / "report" / "report.html"
+
+    monkeypatch.setattr(ref, "stages", stages)
+    monkeypatch.setattr(ref_module, "print_summary", lambda results, page: None)
+    ref.run_pipeline()
+    assert output_state(tmp_path / "runs" / "ref", "reference") == "complete"
