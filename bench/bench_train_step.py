@@ -1,9 +1,12 @@
-"""Training-step throughput: codegpt's GPT against transformers' GPT2LMHeadModel, same shape.
+"""Training-step throughput: codegpt's GPT against the transformers class it exports to
+(GPT2LMHeadModel for GPT-3's architecture, LlamaForCausalLM for the llama-* presets), same
+shape.
 
 Both models get the same batch, the same AdamW settings and a full step (forward, backward,
 clip, optimizer step), measured in one process, alternating rounds so machine noise hits both.
 
     python -m bench.bench_train_step                          # CPU, GPT-3 125M shape
+    python -m bench.bench_train_step --size llama-125m        # against LlamaForCausalLM
     python -m bench.bench_train_step --device cuda --size gpt3-350m --batch 8 --seq-len 2048 \
         --dtype bf16 --compile                                # GPU, with MFU
 
@@ -20,6 +23,7 @@ import torch
 
 from bench.common import bench_parser, command_line, cpu_name, write_report
 from codegpt.config import CONFIG_ROOT, from_dict, read_yaml
+from codegpt.export import hf_architecture, hf_config
 from codegpt.model import GPT, ModelConfig
 from codegpt.train.flops import flops_per_token, peak_flops
 from codegpt.train.optim import build_optimizer
@@ -38,22 +42,18 @@ def build_ours(cfg: ModelConfig, device, fused: bool):
 
 
 def build_hf(cfg: ModelConfig, device, fused: bool):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    """The transformers model ``codegpt export`` would write for ``cfg`` (GPT-2 or Llama),
+    untrained, with SDPA attention and AdamW over the same grouping as ours."""
+    from transformers import AutoModelForCausalLM
 
     fused_kw = {"fused": True} if fused else {}
-
-    hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.d_model,
-                        n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
-                        attn_pdrop=0.0, activation_function="gelu_new", tie_word_embeddings=True)
+    hf_cfg = hf_config(cfg)
     hf_cfg._attn_implementation = "sdpa"
-    model = GPT2LMHeadModel(hf_cfg).to(device)
-    # the codeparrot training script's grouping: no decay on biases and LayerNorm weights
-    no_decay = ("bias", "ln_1.weight", "ln_2.weight", "ln_f.weight")
+    model = AutoModelForCausalLM.from_config(hf_cfg).to(device)
+    # the codeparrot training script's grouping: no decay on biases and norm gains
     groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-         "weight_decay": 0.1},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
-         "weight_decay": 0.0},
+        {"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": 0.1},
+        {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0},
     ]
     opt = torch.optim.AdamW(groups, lr=3e-4, betas=(0.9, 0.95), eps=1e-8, **fused_kw)
 
@@ -164,6 +164,7 @@ def main() -> None:
         "device": device_name,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "reference": hf_architecture(cfg),
         "shape": {"size": args.size, "n_layer": cfg.n_layer, "d_model": cfg.d_model,
                   "n_head": cfg.n_head, "vocab": args.vocab, "seq_len": args.seq_len,
                   "batch": args.batch},

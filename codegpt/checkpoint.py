@@ -155,7 +155,7 @@ def load_model_state(folder: Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise CheckpointError(f"checkpoint {folder}: model.safetensors cannot be read ({e})") from e
     for tied, source in TIED_KEYS.items():
-        if source in state:
+        if source in state and tied not in state:  # a tied head is saved once, as its source
             state[tied] = state[source]
     return state
 

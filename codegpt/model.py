@@ -1,10 +1,16 @@
-"""A GPT-3-style decoder: the whole forward pass on one screen.
+"""A GPT-3-style decoder, and the options of the models that followed it: the forward pass on
+two screens.
 
-Token + learned position embeddings, pre-LayerNorm blocks of causal self-attention and a GELU
-MLP of 4x width, a final LayerNorm, and an output head tied to the token embedding. Attention
-goes through ``F.scaled_dot_product_attention`` so PyTorch picks the fastest kernel (flash,
-memory-efficient or math) for the device. GPT-3 alternated dense layers with locally banded
-sparse ones; ``sparse_attention=True`` does the same, with the band given by ``local_window``.
+By default it is GPT-3's: token + learned position embeddings, pre-LayerNorm blocks of causal
+self-attention and a GELU MLP of 4x width, a final LayerNorm, and an output head tied to the
+token embedding. Attention goes through ``F.scaled_dot_product_attention`` so PyTorch picks the
+fastest kernel (flash, memory-efficient or math) for the device. GPT-3 alternated dense layers
+with locally banded sparse ones; ``sparse_attention=True`` does the same, with the band given
+by ``local_window``.
+
+The later options each pick a module, so the forward is the same for all of them: rotary
+positions (``positions``), RMSNorm (``norm``), SwiGLU or squared-ReLU MLPs (``mlp``), QK-norm,
+no biases, an untied head, zero-initialised residual projections and a logit soft-cap.
 
 Inference runs the same modules with a key/value cache (``GPT.forward_cached``); decoding many
 samples against shared prompts lives in ``codegpt.eval.decode``.
@@ -42,12 +48,44 @@ class ModelConfig:
     # GPT-3: even layers dense, odd layers attend only to the previous ``local_window`` tokens.
     sparse_attention: bool = False
     local_window: int = setting(128, ge=1)
+    # After GPT-3 (the defaults are GPT-3's). learned: a position embedding added to the
+    # tokens'; rotary: queries and keys rotated by their position (RoPE, base rope_theta).
+    positions: str = setting("learned", choices=("learned", "rotary"))
+    rope_theta: float = setting(10000.0, gt=0)
+    norm: str = setting("layernorm", choices=("layernorm", "rmsnorm"))
+    norm_eps: float = setting(1e-5, gt=0)
+    # gelu: GPT-3's; swiglu: silu(x W) * (x V), Llama's; relu2: relu(x W)^2, modded-nanogpt's
+    mlp: str = setting("gelu", choices=("gelu", "swiglu", "relu2"))
+    # the MLP's hidden width; 0: 4 d_model, or for swiglu 8/3 d_model rounded up to a multiple
+    # of 64 (about the same parameters as 4 d_model without a gate)
+    mlp_hidden: int = setting(0, ge=0)
+    qk_norm: bool = False          # RMSNorm of each head's queries and keys (before rotary)
+    tie_embeddings: bool = True    # the output head is the token embedding
+    zero_init_proj: bool = False   # residual projections start at zero (each block starts as
+                                   # the identity) instead of GPT-2's N(0, 0.02/sqrt(2L))
+    logit_softcap: float = setting(0.0, ge=0)  # logits = c tanh(logits / c); 0: none
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head != 0:
             raise ValueError(
                 f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}"
             )
+        if self.positions == "rotary" and self.head_dim % 2:
+            raise ValueError(f"model.positions=rotary needs an even head size; d_model/n_head = "
+                             f"{self.d_model}/{self.n_head} = {self.head_dim}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        """The MLP's hidden width (the gate's and the up projection's each, for swiglu)."""
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":
+            return 64 * math.ceil(8 * self.d_model / 3 / 64)
+        return 4 * self.d_model
 
     @property
     def padded_vocab_size(self) -> int:
@@ -61,6 +99,59 @@ class ModelConfig:
 def dropout(p: float) -> nn.Module:
     """nn.Dropout, or nothing at all when p == 0 (GPT-3 pretraining used none)."""
     return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
+def norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
+    """The model's normalisation over the last ``dim`` (d_model) features."""
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(dim or cfg.d_model, eps=cfg.norm_eps)
+    return nn.LayerNorm(dim or cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+class LearnedPositions(nn.Embedding):
+    """GPT-3's positions: a learned vector per position, added to the token embedding."""
+
+    def add(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return x + self(pos)
+
+    def rotation(self, pos: torch.Tensor) -> None:
+        return None
+
+
+class RotaryPositions(nn.Module):
+    """Rotary positions (RoPE, Su et al. 2021), in the rotate-half layout of Llama's
+    ``transformers`` code: feature i of a head is paired with feature i + head_dim/2, and the
+    pair is rotated by pos * theta^(-2i/head_dim). No parameters; the cos/sin tables of every
+    position are computed once in float32 (not saved in checkpoints)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.head_dim
+        inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d)
+        angles = torch.outer(torch.arange(cfg.block_size).float(), inv_freq)  # [T, d/2]
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def add(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def rotation(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) [B or 1, 1, T, head_dim/2] of positions pos [T] or [B, T]."""
+        pos = pos.view(-1, pos.shape[-1])
+        return self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)
+
+
+Rotation = tuple[torch.Tensor, torch.Tensor] | None
+
+
+def rotate(x: torch.Tensor, rot: Rotation) -> torch.Tensor:
+    """Queries or keys x [B, H, T, head_dim] rotated by ``rot`` (RotaryPositions.rotation);
+    unchanged with learned positions (None)."""
+    if rot is None:
+        return x
+    cos, sin = rot
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
 
 
 def banded_causal_mask(seq_len: int, window: int, device=None, start: int = 0) -> torch.Tensor:
@@ -80,21 +171,29 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)  # fused q, k, v
         self.c_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.c_proj.residual_scaled = True  # marks the GPT-2 1/sqrt(2L) init
+        qk = (lambda: nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)) if cfg.qk_norm else nn.Identity
+        self.q_norm, self.k_norm = qk(), qk()
         self.resid_drop = dropout(cfg.dropout)
 
-    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys and values [B, H, T, C/H] of x [B, T, C], from one fused projection."""
+    def qkv(self, x: torch.Tensor, rot: Rotation = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values [B, H, T, C/H] of x [B, T, C], from one fused projection;
+        queries and keys normalised (QK-norm) and rotated (rotary positions) where the model
+        does that."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        return tuple(t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in self.c_attn(x).split(C, dim=2))
+        return rotate(self.q_norm(q), rot), rotate(self.k_norm(k), rot), v
 
-    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    def forward(self, x: torch.Tensor, rot: Rotation = None,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None,
                 start_pos: int = 0) -> torch.Tensor:
-        """x [B, T, C] at positions start_pos... With ``kv`` (k, v caches [B, H, max_len, C/H])
-        the new keys/values are written at start_pos and the queries attend to every cached
-        position up to their own (within the band of a sparse layer)."""
+        """x [B, T, C] at positions start_pos.. (rotated by ``rot``, see ``qkv``). With ``kv``
+        (k, v caches [B, H, max_len, C/H]) the new keys/values are written at start_pos and the
+        queries attend to every cached position up to their own (within the band of a sparse
+        layer)."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x)
+        q, k, v = self.qkv(x, rot)
         end = start_pos + T
         if kv is not None:
             k_cache, v_cache = kv
@@ -117,33 +216,69 @@ class CausalSelfAttention(nn.Module):
         return banded_causal_mask(end, self.window or end, device, start=start)
 
 
+def gelu(h: torch.Tensor) -> torch.Tensor:
+    # The tanh approximation is GPT-2/3's GELU; one fused kernel instead of six pointwise ops.
+    return F.gelu(h, approximate="tanh")
+
+
+def relu2(h: torch.Tensor) -> torch.Tensor:
+    return F.relu(h).square()
+
+
+def swiglu(h: torch.Tensor) -> torch.Tensor:
+    gate, up = h.chunk(2, dim=-1)  # c_fc holds the gate's rows, then the up projection's
+    return F.silu(gate) * up
+
+
+ACTIVATIONS = {"gelu": gelu, "relu2": relu2, "swiglu": swiglu}
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.d_model, 4 * cfg.d_model, bias=cfg.bias)
-        self.c_proj = nn.Linear(4 * cfg.d_model, cfg.d_model, bias=cfg.bias)
+        width = cfg.ffn_hidden * (2 if cfg.mlp == "swiglu" else 1)
+        self.c_fc = nn.Linear(cfg.d_model, width, bias=cfg.bias)
+        self.act = ACTIVATIONS[cfg.mlp]
+        self.c_proj = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=cfg.bias)
         self.c_proj.residual_scaled = True
         self.drop = dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The tanh approximation is GPT-2/3's GELU; one fused kernel instead of six pointwise ops.
-        return self.drop(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.drop(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block (the unit FSDP wraps)."""
+    """Pre-norm transformer block (the unit FSDP wraps)."""
 
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.ln_1 = norm(cfg)
         self.attn = CausalSelfAttention(cfg, layer)
-        self.ln_2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.ln_2 = norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    def forward(self, x: torch.Tensor, rot: Rotation = None,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None,
                 start_pos: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), kv, start_pos)
+        x = x + self.attn(self.ln_1(x), rot, kv, start_pos)
         return x + self.mlp(self.ln_2(x))
+
+
+class NoCap(nn.Module):
+    def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return logits
+
+
+class SoftCap(nn.Module):
+    """The logit soft-cap of Gemma 2 and modded-nanogpt: c tanh(logits / c), in float32; the
+    padded ids (``mask``: -inf) stay at -inf."""
+
+    def __init__(self, cap: float):
+        super().__init__()
+        self.cap = cap
+
+    def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.cap * torch.tanh(logits.float() / self.cap) + mask
 
 
 class GPT(nn.Module):
@@ -153,12 +288,15 @@ class GPT(nn.Module):
             raise ValueError("model.vocab_size must be set (> 0) before building the model")
         self.config = cfg
         self.wte = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.d_model)
+        self.wpe = (LearnedPositions(cfg.block_size, cfg.d_model) if cfg.positions == "learned"
+                    else RotaryPositions(cfg))
         self.drop = dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.ln_f = norm(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # weight tying
+        self.softcap = SoftCap(cfg.logit_softcap) if cfg.logit_softcap else NoCap()
         # -inf on padded ids, added inside the head's GEMM (addmm) at no cost: the loss over all
         # padded columns equals the loss over the real vocabulary, with no slice-and-copy of the
         # [B, T, V] logits. Not persistent: checkpoints hold only learned weights.
@@ -169,8 +307,10 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """GPT-2/3 init: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2L)."""
-        resid_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        """GPT-2/3 init: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2L)
+        (zero with model.zero_init_proj); norms' gains one, biases zero."""
+        cfg = self.config
+        resid_std = 0.0 if cfg.zero_init_proj else 0.02 / math.sqrt(2 * cfg.n_layer)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 std = resid_std if getattr(module, "residual_scaled", False) else 0.02
@@ -179,15 +319,15 @@ class GPT(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            elif isinstance(module, nn.LayerNorm):
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 nn.init.ones_(module.weight)
-                if module.bias is not None:
+                if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count (tied head counted once); ``non_embedding`` drops position embeddings."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.wpe.weight.numel() if non_embedding else n
+        return n - sum(p.numel() for p in self.wpe.parameters()) if non_embedding else n
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """idx, targets: [B, T] token ids. Returns (logits [B, T, vocab_size], loss or None)."""
@@ -195,7 +335,7 @@ class GPT(nn.Module):
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds model.block_size={self.config.block_size}")
         x = self.trunk(idx)  # [B, T, C]
-        logits = F.linear(x, self.lm_head.weight, self.vocab_mask)  # [B, T, V padded]
+        logits = self.padded_logits(x)  # [B, T, V padded]
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(B * T, -1).float(), targets.reshape(B * T),
@@ -204,17 +344,23 @@ class GPT(nn.Module):
 
     def trunk(self, idx: torch.Tensor, cache: KVCache | None = None,
               start_pos: int = 0) -> torch.Tensor:
-        """Final-LayerNorm activations [B, T, C] of tokens idx [B, T] at positions start_pos..,
+        """Final-norm activations [B, T, C] of tokens idx [B, T] at positions start_pos..,
         each layer's keys/values also written into ``cache`` when there is one."""
         pos = torch.arange(start_pos, start_pos + idx.shape[1], device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # [B, T, C]
+        x = self.drop(self.wpe.add(self.wte(idx), pos))  # [B, T, C]
+        rot = self.wpe.rotation(pos)
         for block, kv in zip(self.blocks, cache or [None] * len(self.blocks)):
-            x = block(x, kv, start_pos)
+            x = block(x, rot, kv, start_pos)
         return self.ln_f(x)
 
+    def padded_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [..., padded vocab] of final-norm activations x [..., C], -inf on the padded
+        ids."""
+        return self.softcap(F.linear(x, self.lm_head.weight, self.vocab_mask), self.vocab_mask)
+
     def head(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits [..., vocab_size] of final-LayerNorm activations x [..., C]."""
-        return F.linear(x, self.lm_head.weight, self.vocab_mask)[..., : self.config.vocab_size]
+        """Logits [..., vocab_size] of final-norm activations x [..., C]."""
+        return self.padded_logits(x)[..., : self.config.vocab_size]
 
     def new_kv_cache(self, batch: int, max_len: int | None = None, device=None,
                      dtype: torch.dtype | None = None) -> KVCache:

@@ -1,9 +1,11 @@
-"""Export to a Hugging Face GPT-2 folder: same logits, same greedy tokens, offline loading."""
+"""Export to a Hugging Face folder (GPT-2, Llama, Qwen3): same logits, same greedy tokens,
+offline loading; options no transformers class has are refused by name."""
 
 
 import pytest
 import torch
 
+from architectures import OPTIONS
 from codegpt.cli import main
 from codegpt.export import ExportError, export_hf
 from codegpt.eval.generate import generate
@@ -109,3 +111,61 @@ def test_exported_model_infills_like_codegpt_sample(exported):
             theirs = theirs[:theirs.index(hf_tok.eos_token_id)]
         assert theirs == c.token_ids
         assert hf_tok.decode(theirs, skip_special_tokens=True) == c.text
+
+
+# option sets and the transformers class each exports to
+EXPORTS = {
+    "gpt3 untied": ({"tie_embeddings": False}, "GPT2LMHeadModel"),
+    "gpt3 wider MLP": ({"mlp_hidden": 48, "norm_eps": 1e-6}, "GPT2LMHeadModel"),
+    "llama": (OPTIONS["llama"], "LlamaForCausalLM"),
+    "llama tied, biases": ({**OPTIONS["llama"], "bias": True, "tie_embeddings": True,
+                           "rope_theta": 500.0}, "LlamaForCausalLM"),
+    "qwen3": ({**OPTIONS["llama"], "qk_norm": True, "zero_init_proj": True},
+              "Qwen3ForCausalLM"),
+}
+
+
+@pytest.mark.parametrize("options,arch", EXPORTS.values(), ids=EXPORTS.keys())
+def test_each_architecture_exports_to_its_transformers_class_with_our_logits(
+        exported, tmp_path, options, arch):
+    tok_dir, tok, _, _ = exported
+    folder, model = make_checkpoint(tmp_path / "ckpt", tok.get_vocab_size(), seed=2,
+                                    moved=True, **options)
+    out = export_hf(folder, tok_dir, tmp_path / "hf")
+    hf, info = load_hf(out)
+    assert type(hf).__name__ == arch
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    tied = hf.lm_head.weight.data_ptr() == hf.get_input_embeddings().weight.data_ptr()
+    assert tied == model.config.tie_embeddings
+    x = torch.randint(0, model.config.vocab_size, (2, model.config.block_size))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, model(x)[0], atol=1e-4, rtol=0)
+    ours = generate(model, tok, PROMPTS[:2], n=1, max_new_tokens=12, temperature=0, stop=(),
+                    ignore_eot=True, heal=False)
+    for prompt, [c] in zip(PROMPTS[:2], ours):
+        ids = torch.tensor([tok.encode(prompt, add_special_tokens=False).ids])
+        hf.generation_config.eos_token_id = None  # it may pick end-of-text, and not stop there
+        theirs = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=12, pad_token_id=0)
+        assert theirs[0, ids.shape[1]:].tolist() == c.token_ids
+
+
+REFUSED = {
+    "relu2": ({"mlp": "relu2"}, "model.mlp=relu2"),
+    "rmsnorm with learned positions": ({"norm": "rmsnorm"}, "model.norm=rmsnorm"),
+    "qk_norm with learned positions": ({"qk_norm": True}, "model.qk_norm=True"),
+    "rotary with LayerNorm": ({"positions": "rotary", "mlp": "swiglu"}, "model.norm=layernorm"),
+    "rotary with GELU": ({"positions": "rotary", "norm": "rmsnorm"}, "model.mlp=gelu"),
+    "softcap": ({**OPTIONS["llama"], "logit_softcap": 30.0}, "model.logit_softcap"),
+    "qk_norm with biases": ({**OPTIONS["llama"], "qk_norm": True, "bias": True}, "model.bias"),
+}
+
+
+@pytest.mark.parametrize("options,named", REFUSED.values(), ids=REFUSED.keys())
+def test_an_option_no_transformers_class_has_is_refused_by_name(exported, tmp_path, options,
+                                                                 named):
+    tok_dir, tok, _, _ = exported
+    folder, _ = make_checkpoint(tmp_path / "ckpt", tok.get_vocab_size(), **options)
+    with pytest.raises(ExportError, match=named.replace(".", r"\.")):
+        export_hf(folder, tok_dir, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

@@ -1,11 +1,13 @@
 import pytest
 
+from architectures import OPTIONS
 from codegpt.train.flops import flops_per_token, mfu, n_params, peak_flops
 from codegpt.model import GPT, ModelConfig
 
 
-def test_analytic_param_count_matches_the_module():
-    cfg = ModelConfig(n_layer=3, d_model=96, n_head=4, block_size=64, vocab_size=1000)
+@pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
+def test_analytic_param_count_matches_the_module(options):
+    cfg = ModelConfig(n_layer=3, d_model=96, n_head=4, block_size=64, vocab_size=1000, **options)
     model = GPT(cfg)
     assert n_params(cfg, include_position=True) == model.num_params()
     assert n_params(cfg) == model.num_params(non_embedding=True)

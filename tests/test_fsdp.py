@@ -39,12 +39,13 @@ REL = 1e-5       # FSDP vs 1 process, per-step loss and val loss (measured: up t
 TIMEOUT = 180    # a hung collective fails the test instead of blocking CI
 
 
-def train(token_dir, run_dir, fsdp: bool) -> subprocess.CompletedProcess:
+def train(token_dir, run_dir, fsdp: bool, *extra: str) -> subprocess.CompletedProcess:
     """train.py on 1 process, or on 2 under FSDP. On a timeout the launcher gets SIGTERM first:
     torch's elastic agent then ends its workers (which run in sessions of their own, so killing
     the launcher alone would leave them blocked in a collective)."""
     cmd = (ACCELERATE if fsdp else [sys.executable]) + [
-        str(REPO / "train.py"), str(SMOKE), f"data_dir={token_dir}", f"out_dir={run_dir}", *ARGS]
+        str(REPO / "train.py"), str(SMOKE), f"data_dir={token_dir}", f"out_dir={run_dir}", *ARGS,
+        *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -148,3 +149,26 @@ def test_fsdp_checkpoint_holds_full_weights_the_eval_commands_load(runs, token_d
             n = loss_tokens(y)
             total, n_total = total + loss.double().item() * n, n_total + n
     assert total / n_total == pytest.approx(losses(fsdp, "val_loss")[6], rel=REL)
+
+
+# Llama's architecture (the llama-* presets' options) at the smoke size, trained with Muon
+# Muon's Newton-Schulz iterations run in bfloat16, which turns the 1e-7 differences of sharded
+# gradient sums into loss differences of up to 2.3e-5 (measured); each rank orthogonalising only
+# its own shard of a matrix instead would differ by 3e-3 at step 2 and 9e-3 at step 3 (measured
+# by splitting each matrix in two rows-wise in one process), so REL_MUON tells the two apart.
+REL_MUON = 2e-4
+LLAMA_MUON = ["model.positions=rotary", "model.norm=rmsnorm", "model.mlp=swiglu",
+              "model.bias=false", "model.qk_norm=true", "model.tie_embeddings=false",
+              "optim.name=muon"]
+
+
+@pytest.mark.slow
+def test_fsdp_with_llama_s_architecture_and_muon_matches_one_process(token_dir, tmp_path):
+    """Muon orthogonalises whole matrices: under FSDP2 each rank holds a shard of each, and the
+    update must still be the unsharded one's (the losses match one process's)."""
+    one, fsdp = tmp_path / "one", tmp_path / "fsdp"
+    train(token_dir, one, False, *LLAMA_MUON)
+    proc = train(token_dir, fsdp, True, *LLAMA_MUON)
+    assert "FSDP2: parameters sharded" in proc.stderr, proc.stderr[-3000:]
+    assert_close(losses(fsdp), losses(one), range(1, 7), rel=REL_MUON)
+    assert_close(losses(fsdp, "val_loss"), losses(one, "val_loss"), (3, 6), rel=REL_MUON)

@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from architectures import OPTIONS, perturb
+
 from codegpt.checkpoint import load_checkpoint_model
 from codegpt.cli import main
 from codegpt.config import yaml_text
@@ -54,26 +56,29 @@ def make_tokenizer(root: Path, vocab_size: int = 400, other: bool = False) -> Pa
 
 
 def make_checkpoint(root: Path, vocab_size: int, seed: int = 0, tokenizer: Path | None = None,
-                    step: int = 1, fim: tuple[float, float] | None = None,
+                    step: int = 1, fim: tuple[float, float] | None = None, moved: bool = False,
                     **model_kw) -> tuple[Path, GPT]:
     """A random (untrained) model saved as a training checkpoint would be; with ``tokenizer``,
     recording that tokenizer's hash as the trainer does (without, as an older checkpoint);
-    ``fim``: its config says it trained with (data.fim_rate, data.fim_spm_rate)."""
+    ``fim``: its config says it trained with (data.fim_rate, data.fim_spm_rate); ``moved``:
+    every weight moved off its initial value (``architectures.perturb``)."""
     torch.manual_seed(seed)
     kw = dict(n_layer=2, n_head=4, d_model=32, block_size=64, vocab_size=vocab_size)
     data = DataSection(fim_rate=fim[0], fim_spm_rate=fim[1]) if fim else DataSection()
     cfg = TrainConfig(model=ModelConfig(**{**kw, **model_kw}), data=data,
                       tokenizer=str(tokenizer or "") if fim else "")
     model = GPT(cfg.model)
-    with torch.no_grad():  # untrained LayerNorms are all ones / zeros: make them matter
+    with torch.no_grad():  # untrained norms are all ones / zeros: make them matter
         for name, p in model.named_parameters():
-            if "ln" in name:
+            if "ln" in name or "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
+    if moved:
+        perturb(model, seed=seed)
     folder = ckpt.save_checkpoint(
         root, step, model_state=model.state_dict(), optim_state={"state": {}, "param_groups": []},
         sched_state={}, trainer_state={"step": step, "data": {}, "tokens_seen": 0, "world_size": 1},
         config_yaml=yaml_text(cfg), rank=0,
-        barrier=lambda: None, keep_last=3,
+        barrier=lambda: None, keep_last=3, tied=cfg.model.tie_embeddings,
         tokenizer_hash=tokenizer_hash(tokenizer) if tokenizer else None)
     return folder, model.eval()
 
@@ -121,14 +126,14 @@ def decode_rows(model, prompts, rows, gen, groups, drop_at=None, keep=None):
     return torch.stack(out, 1)  # [B, S, V]: logits before gen[:, t]
 
 
-@pytest.mark.parametrize("sparse", [False, True])
-def test_decoding_against_prompts_matches_the_full_forward(sparse):
+@pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
+def test_decoding_against_prompts_matches_the_full_forward(options):
     """Shared prompts (n samples each) and one prompt per row, of different lengths, right-
     padded: each row's logits are those of the full forward of its own prompt + tokens, also
-    after rows are dropped mid-way."""
+    after rows are dropped mid-way, for every architecture option."""
     torch.manual_seed(0)
-    model = GPT(ModelConfig(n_layer=2, n_head=4, d_model=32, block_size=32, vocab_size=100,
-                            sparse_attention=sparse, local_window=4)).eval()
+    model = perturb(GPT(ModelConfig(n_layer=2, n_head=4, d_model=32, block_size=32,
+                                    vocab_size=100, **options))).eval()
     prompts = [torch.randint(0, 100, (n,)).tolist() for n in (7, 3, 5)]
     gen = torch.randint(0, 100, (5, 10))
 

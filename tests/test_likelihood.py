@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from architectures import OPTIONS, perturb
+
 from codegpt.tokenizer.offsets import first_scored_token
 from codegpt.eval.likelihood import (Likelihood, canonical_likelihood,
                                      solution_likelihood, token_logprobs)
@@ -24,10 +26,10 @@ def tok(tok_dir):
     return load_tokenizer(tok_dir)
 
 
-def model_for(tok, block: int = 32) -> GPT:
+def model_for(tok, block: int = 32, **options) -> GPT:
     torch.manual_seed(0)
-    return GPT(ModelConfig(n_layer=2, n_head=2, d_model=32, block_size=block,
-                           vocab_size=tok.get_vocab_size())).eval()
+    return perturb(GPT(ModelConfig(n_layer=2, n_head=2, d_model=32, block_size=block,
+                                   vocab_size=tok.get_vocab_size(), **options))).eval()
 
 
 @torch.no_grad()
@@ -46,8 +48,9 @@ def test_a_text_that_fits_is_scored_as_the_full_forward_does(tok):
         assert got == pytest.approx(reference_logprobs(model, ids, first), abs=1e-5)
 
 
-def test_a_long_text_is_scored_once_per_token_with_at_least_half_a_block_of_context(tok):
-    model = model_for(tok, block=16)
+@pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
+def test_a_long_text_is_scored_once_per_token_with_at_least_half_a_block_of_context(tok, options):
+    model = model_for(tok, block=16, **options)
     ids = tok.encode("import os\n" * 30).ids
     assert len(ids) > 3 * 16
     got = token_logprobs(model, ids, 5)

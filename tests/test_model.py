@@ -2,7 +2,9 @@
 import pytest
 import torch
 
+from architectures import OPTIONS, perturb
 from codegpt.config import CONFIG_ROOT, from_dict, read_yaml
+from codegpt.errors import ConfigError
 from codegpt.model import GPT, CausalSelfAttention, ModelConfig, banded_causal_mask
 
 # GPT-3 table 2.1 (Brown et al. 2020), with GPT-2's 50257-token vocabulary and 2048 context.
@@ -83,13 +85,16 @@ def test_banded_layers_alternate_and_only_see_the_window():
     assert not torch.allclose(dense(x)[:, 4:], dense(x2)[:, 4:])
 
 
-@pytest.mark.parametrize("sparse,window", [(False, 4), (True, 4), (True, 12)])
-def test_kv_cache_matches_the_full_forward(sparse, window):
+CACHED = {**OPTIONS, "long band": {"sparse_attention": True, "local_window": 12}}
+
+
+@pytest.mark.parametrize("options", CACHED.values(), ids=CACHED.keys())
+def test_kv_cache_matches_the_full_forward(options):
     """Chunks and single tokens through the cache give the training forward's logits, for
-    dense layers and for bands shorter and longer than the chunks; ``head_pos`` picks one
-    position per row."""
+    every architecture option, and for bands shorter and longer than the chunks; ``head_pos``
+    picks one position per row."""
     torch.manual_seed(0)
-    model = GPT(tiny(sparse_attention=sparse, local_window=window)).eval()
+    model = perturb(GPT(tiny(**options))).eval()
     x = torch.randint(0, 100, (3, 20))
     with torch.no_grad():
         full, _ = model(x)
@@ -140,3 +145,100 @@ def test_dropout_acts_only_in_training_mode():
     assert not torch.equal(model(x)[0], model(x)[0])
     model.eval()
     assert torch.equal(model(x)[0], model(x)[0])
+
+
+def test_options_build_the_modules_they_name():
+    cfg = tiny(positions="rotary", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False,
+               tie_embeddings=False, logit_softcap=5.0)
+    model = GPT(cfg)
+    assert not any("wpe" in name for name, _ in model.named_parameters())  # no learned positions
+    block = model.blocks[0]
+    assert isinstance(block.ln_1, torch.nn.RMSNorm) and isinstance(model.ln_f, torch.nn.RMSNorm)
+    assert isinstance(block.attn.q_norm, torch.nn.RMSNorm)
+    assert block.attn.q_norm.weight.shape == (cfg.head_dim,)
+    # SwiGLU: gate and up projections of 8/3 d rounded up to 64, about 4d's parameters
+    assert cfg.ffn_hidden == 128 and block.mlp.c_fc.weight.shape == (256, 32)
+    assert tiny(mlp="swiglu", mlp_hidden=40).ffn_hidden == 40
+    assert tiny(mlp="relu2").ffn_hidden == 4 * 32
+    assert all(m.bias is None for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert model.lm_head.weight is not model.wte.weight
+
+
+def test_zero_init_starts_every_block_as_the_identity():
+    torch.manual_seed(0)
+    model = GPT(tiny(zero_init_proj=True))
+    for block in model.blocks:
+        assert torch.all(block.attn.c_proj.weight == 0) and torch.all(block.mlp.c_proj.weight == 0)
+    x = torch.randint(0, 100, (2, 8))
+    emb = model.wpe.add(model.wte(x), torch.arange(8))
+    torch.testing.assert_close(model(x)[0], model.head(model.ln_f(emb)))
+    _, loss = model(x, x)
+    loss.backward()  # the zero matrices still get gradients, so they move
+    assert model.blocks[0].mlp.c_proj.weight.grad.abs().sum() > 0
+
+
+def test_softcap_bounds_the_logits_and_padded_ids_stay_out():
+    torch.manual_seed(0)
+    model = perturb(GPT(tiny(logit_softcap=2.0)), scale=1.0)
+    logits, loss = model(torch.randint(0, 100, (2, 8)), torch.randint(0, 100, (2, 8)))
+    assert logits.abs().max() <= 2.0 and torch.isfinite(loss)
+    padded = model.padded_logits(model.trunk(torch.randint(0, 100, (1, 4))))
+    assert padded.shape[-1] == 128 and torch.all(padded[..., 100:] == float("-inf"))
+
+
+def test_rotary_attention_depends_on_relative_positions_only():
+    """The same tokens at positions shifted by 9 get the same logits (a query-key score sees
+    only their distance), and the order of the tokens still matters: in one layer, the last
+    token's logits would not change under a reordering of the tokens before it without the
+    rotation."""
+    torch.manual_seed(0)
+    model = perturb(GPT(tiny(positions="rotary", block_size=64, n_layer=1))).eval()
+    x = torch.randint(0, 100, (1, 12))
+    reordered = torch.cat([x[:, :-1].flip(1), x[:, -1:]], 1)
+    with torch.no_grad():
+        at0 = model(x)[0]
+        rotation = model.wpe.rotation
+        model.wpe.rotation = lambda pos: rotation(pos + 9)
+        at9 = model(x)[0]
+        model.wpe.rotation = lambda pos: None
+        unrotated = model(x)[0], model(reordered)[0]
+        del model.wpe.rotation
+        rotated = model(reordered)[0]
+    torch.testing.assert_close(at9, at0, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(unrotated[1][0, -1], unrotated[0][0, -1], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(rotated[0, -1], at0[0, -1], atol=1e-3)
+
+
+def test_bad_option_values_are_clear_errors():
+    with pytest.raises(ConfigError, match="model.positions"):
+        from_dict(ModelConfig, {"positions": "alibi"}, prefix="model.")
+    with pytest.raises(ConfigError, match="model.mlp"):
+        from_dict(ModelConfig, {"mlp": "geglu"}, prefix="model.")
+    with pytest.raises(ConfigError, match="model.logit_softcap"):
+        from_dict(ModelConfig, {"logit_softcap": -1.0}, prefix="model.")
+    with pytest.raises(ValueError, match="even head size"):
+        ModelConfig(d_model=12, n_head=4, positions="rotary")
+
+
+def test_presets_beside_gpt3_s_keep_its_sizes_and_name_their_architecture():
+    """gpt3-* presets are GPT-3's architecture exactly (every option at its default); llama-*
+    presets have GPT-3's sizes with Llama's architecture (they export as Llama); speedrun-*
+    presets use every speedrun option."""
+    from codegpt.export import hf_architecture
+
+    defaults = ModelConfig()
+    options = ("positions", "norm", "mlp", "qk_norm", "bias", "tie_embeddings",
+               "zero_init_proj", "logit_softcap", "sparse_attention")
+    for name in GPT3_PARAMS:
+        cfg = load_size(name, vocab_size=50257)
+        assert all(getattr(cfg, k) == getattr(defaults, k) for k in options), name
+        llama = name.replace("gpt3-", "llama-")
+        if (CONFIG_ROOT / "model" / f"{llama}.yaml").is_file():
+            lcfg = load_size(llama, vocab_size=50257)
+            assert hf_architecture(lcfg) == "LlamaForCausalLM"
+            with torch.device("meta"):
+                count = GPT(lcfg).num_params()
+            assert abs(count - GPT3_PARAMS[name]) / GPT3_PARAMS[name] < 0.03, (llama, count)
+    for name in ("speedrun-125m", "speedrun-350m"):
+        cfg = load_size(name, vocab_size=50257)
+        assert cfg.qk_norm and cfg.zero_init_proj and cfg.logit_softcap and cfg.mlp == "relu2"

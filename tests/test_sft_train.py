@@ -75,7 +75,8 @@ def pretrained(run_dir: Path, tokenizer: Path, tokenizer_path: str | None = None
         optim_state={"state": {}, "param_groups": []}, sched_state={},
         trainer_state={"step": 7, "data": {}, "tokens_seen": 0, "world_size": 1},
         config_yaml=yaml.safe_dump(to_dict(cfg), sort_keys=False), rank=0,
-        barrier=lambda: None, keep_last=3, tokenizer_hash=tokenizer_hash(tokenizer))
+        barrier=lambda: None, keep_last=3, tokenizer_hash=tokenizer_hash(tokenizer),
+        tied=cfg.model.tie_embeddings)
     return run_dir
 
 
@@ -194,6 +195,32 @@ def test_first_step_is_the_checkpoints_global_token_mean_for_any_micro_batch_spl
         assert first["loss"] == pytest.approx(expected, rel=1e-5), micro
         assert first["grad_norm"] == pytest.approx(expected_norm, rel=1e-4), micro
         assert first["loss_tokens"] == int((y != IGNORE_INDEX).sum())
+
+
+def test_fine_tuning_a_model_of_the_new_options_with_muon_keeps_its_architecture(env, tmp_path):
+    """Codex-S from a checkpoint with rotary, RMSNorm, SwiGLU, QK-norm, no biases and an untied
+    head: the run's model is the checkpoint's (no model key given), its first loss is the
+    checkpoint's own mean loss on the batch, and Muon trains it."""
+    options = dict(positions="rotary", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False,
+                   tie_embeddings=False)
+    start = pretrained(tmp_path / "modern", env.tok, **options)
+    run = tmp_path / "sft"
+    cfg = load_config(TrainConfig, SFT_YAML, [*overrides(env, run, "run.max_steps=2"),
+                                              f"model.init_from={start}", "optim.name=muon"])
+    data = open_sft_data(str(env.pairs), str(env.tok), 64, with_val=False)
+    batches = DistributedBatches(data.train, GLOBAL_BATCH, GLOBAL_BATCH, 0, 1, cfg.run.seed)
+    x, y = data.train.batch(batches.global_indices())
+    model, mcfg = load_checkpoint_model(start)
+    assert all(getattr(mcfg, k) == v for k, v in options.items())
+    with torch.no_grad():
+        expected = float(token_mean_loss(model, x, y))
+    Trainer(cfg).fit()
+    records = step_records(run)
+    assert records[1]["loss"] == pytest.approx(expected, rel=1e-5)
+    tuned, tuned_cfg = load_checkpoint_model(run)
+    assert all(getattr(tuned_cfg, k) == v for k, v in options.items())
+    assert not torch.equal(tuned.lm_head.weight, model.lm_head.weight)
+    assert not torch.equal(tuned.blocks[0].mlp.c_fc.weight, model.blocks[0].mlp.c_fc.weight)
 
 
 def test_a_checkpoint_of_another_tokenizer_or_model_is_refused(env, tmp_path):

@@ -243,6 +243,43 @@ def test_resuming_with_changed_settings_says_so_and_a_changed_architecture_is_re
     assert "Traceback" not in refused.stderr
 
 
+# every architecture option at once (dense and banded layers), trained with Muon
+MODERN = ["optim.name=muon", "model.positions=rotary", "model.norm=rmsnorm", "model.mlp=swiglu",
+          "model.qk_norm=true", "model.bias=false", "model.tie_embeddings=false",
+          "model.zero_init_proj=true", "model.logit_softcap=30", "model.sparse_attention=true",
+          "model.local_window=32"]
+
+
+def test_a_muon_run_with_every_option_resumes_bit_exact_and_keeps_its_optimizer(
+        token_dir, tmp_path):
+    """A run stopped after step 3 and resumed from that checkpoint gives the uninterrupted
+    run's losses, gradient norms and final weights bit for bit: Muon's momentum and AdamW's
+    moments are both in the checkpoint. Resuming it with another optimizer is refused."""
+    args = [*MODERN, "run.max_steps=6", "checkpoint.every=3", "data.val_every=3"]
+    straight = tmp_path / "straight"
+    check_ok(run_cli(smoke_args(token_dir, straight, *args)))
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(straight / "checkpoints" / "step_0000003",
+                    resumed / "checkpoints" / "step_0000003")
+    proc = run_cli(smoke_args(token_dir, resumed, *args))
+    check_ok(proc)
+    assert "resumed from" in proc.stderr
+    assert losses(resumed) == {k: v for k, v in losses(straight).items() if k > 3}
+    assert losses(resumed, "grad_norm") == {k: v for k, v in losses(straight, "grad_norm").items()
+                                            if k > 3}
+    assert losses(resumed, "val_loss") == {6: losses(straight, "val_loss")[6]}
+    from safetensors.torch import load_file
+    a, b = (load_file(str(run / "checkpoints" / "step_0000006" / "model.safetensors"))
+            for run in (straight, resumed))
+    assert "lm_head.weight" in a and a.keys() == b.keys()  # the untied head is saved
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    refused = run_cli(smoke_args(token_dir, resumed, *args[1:], "optim.name=adamw",
+                                 "run.max_steps=7"))
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "optim.name=adamw but the checkpoint" in refused.stderr.strip().splitlines()[-1]
+
+
 def test_config_changes_and_the_resume_check(tmp_path, caplog):
     """config_changes: every dotted key whose value differs, with (old, new), keys either side
     lacks included. check_resume_config: silent for the same config, one warning otherwise, an

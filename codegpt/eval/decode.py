@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from codegpt.model import GPT, CausalSelfAttention, KVCache, ModelConfig
+from codegpt.model import GPT, CausalSelfAttention, KVCache, ModelConfig, Rotation
 
 # (prompt p, first row a, end row b): rows a:b continue prompt p
 Groups = list[tuple[int, int, int]]
@@ -40,12 +40,13 @@ def prefill(model: GPT, idx: torch.Tensor, lengths: torch.Tensor, cache: KVCache
     return model.forward_cached(idx, cache, 0, head_pos=lengths.to(idx.device) - 1)
 
 
-def attend(attn: CausalSelfAttention, x: torch.Tensor, prefix_k: torch.Tensor,
+def attend(attn: CausalSelfAttention, x: torch.Tensor, rot: Rotation, prefix_k: torch.Tensor,
            prefix_v: torch.Tensor, groups: Groups | None, k_cache: torch.Tensor,
            v_cache: torch.Tensor, step: int, prefix_ok: torch.Tensor | None,
            own_ok: torch.Tensor | None) -> torch.Tensor:
     """One decoding step of ``attn`` for rows continuing prompts. x [B, 1, C] is each row's
-    newest token; prefix_k/v [P, H, T0, C/H] hold the P prompts' keys/values (right-padded to
+    newest token (``rot``: the rotation of its position, see ``CausalSelfAttention.qkv``);
+    prefix_k/v [P, H, T0, C/H] hold the P prompts' keys/values (right-padded to
     T0); ``groups`` says which rows continue which prompt, or None when row r continues prompt
     r; k/v_cache [B, H, S, C/H] hold each row's own generated keys/values, written at ``step``.
     ``prefix_ok`` [B, T0] / ``own_ok`` [step + 1] say which prompt / own keys a row may see
@@ -53,7 +54,7 @@ def attend(attn: CausalSelfAttention, x: torch.Tensor, prefix_k: torch.Tensor,
     B, _, C = x.shape
     d = C // attn.n_head
     T0 = prefix_k.shape[2]
-    q, k, v = (t.squeeze(2) for t in attn.qkv(x))  # each [B, H, d]
+    q, k, v = (t.squeeze(2) for t in attn.qkv(x, rot))  # each [B, H, d]
     k_cache[:, :, step] = k
     v_cache[:, :, step] = v
     ks, vs = k_cache[:, :, : step + 1], v_cache[:, :, : step + 1]
@@ -124,10 +125,11 @@ def decode_step(model: GPT, tokens: torch.Tensor, prefix: KVCache, groups: Group
         raise ValueError(f"position {last} exceeds the KV cache "
                          f"(model.block_size={model.config.block_size})")
     dense, banded = visible_keys(model.config, prefix_len, T0, step, last)
-    x = (model.wte(tokens) + model.wpe(pos)).unsqueeze(1)  # [B, 1, C]
+    x = model.wpe.add(model.wte(tokens), pos).unsqueeze(1)  # [B, 1, C]
+    rot = model.wpe.rotation(pos[:, None])
     for block, (pk, pv), (k_cache, v_cache) in zip(model.blocks, prefix, cache):
         prefix_ok, own_ok = dense if block.attn.window is None else banded
-        x = x + attend(block.attn, block.ln_1(x), pk, pv, groups, k_cache, v_cache, step,
+        x = x + attend(block.attn, block.ln_1(x), rot, pk, pv, groups, k_cache, v_cache, step,
                        prefix_ok, own_ok)
         x = x + block.mlp(block.ln_2(x))
     return model.head(model.ln_f(x[:, 0]))

@@ -87,13 +87,15 @@ def write_manifest(folder: Path) -> dict:
 
 def save_checkpoint(root: Path, step: int, *, model_state: dict | None, optim_state: dict | None,
                     sched_state: dict | None, trainer_state: dict | None, config_yaml: str | None,
-                    rank: int, barrier, keep_last: int, tokenizer_hash: str | None = None) -> Path:
+                    rank: int, barrier, keep_last: int, tokenizer_hash: str | None = None,
+                    tied: bool = True) -> Path:
     """Collective save: every rank calls it; rank 0 writes the shared files.
 
     ``model_state`` etc. are the full (gathered) states, needed on rank 0 only.
     ``barrier`` synchronises ranks (a no-op for one process). ``tokenizer_hash`` (the hash of
     the tokenizer the training ids come from, when known) goes into trainer_state.json, which
-    the manifest covers; ``checkpoint_tokenizer_hash`` reads it back.
+    the manifest covers; ``checkpoint_tokenizer_hash`` reads it back. ``tied``: the output head
+    is the token embedding, saved once (as the embedding).
     """
     root = Path(root)
     tmp = root / f"{TMP_PREFIX}{step_dir_name(step)}"
@@ -107,7 +109,7 @@ def save_checkpoint(root: Path, step: int, *, model_state: dict | None, optim_st
         _write(tmp / "rng" / f"rank_{rank:05d}.pt", lambda p: torch.save(rng_state(), p))
         if rank == 0:
             tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()
-                       if k not in TIED_KEYS}
+                       if not (tied and k in TIED_KEYS)}
             _write(tmp / "model.safetensors", lambda p: save_file(tensors, str(p)))
             _write(tmp / "optimizer.pt", lambda p: torch.save(optim_state, p))
             _write(tmp / "scheduler.pt", lambda p: torch.save(sched_state, p))
@@ -251,7 +253,7 @@ class CheckpointManager:
             # an earlier codegpt's LambdaLR added its base lr to every group; this optimizer's
             # groups have no such key, which set_optimizer_state_dict refuses
             group.pop("initial_lr", None)
-        set_optimizer_state_dict(self.model, self.optim.optimizer, optim_sd,
+        set_optimizer_state_dict(self.model, self.optim.optimizers, optim_sd,
                                  options=self._options)
         if state.world_size != acc.num_processes:
             log.warning("checkpoint was written by %d process(es), resuming on %d: the data order "
@@ -277,7 +279,7 @@ class CheckpointManager:
         the checkpoint's folder."""
         acc = self.accelerator
         model_sd = get_model_state_dict(self.model, options=self._options)
-        optim_sd = get_optimizer_state_dict(self.model, self.optim.optimizer,
+        optim_sd = get_optimizer_state_dict(self.model, self.optim.optimizers,
                                             options=self._options)
         trainer_state = {"step": step, "data": self.batches.state_dict(),
                          "tokens_seen": tokens_seen, "world_size": acc.num_processes,
@@ -287,7 +289,7 @@ class CheckpointManager:
             sched_state=self.optim.schedule_state(step), trainer_state=trainer_state,
             config_yaml=yaml_text(self.config), rank=acc.process_index,
             barrier=acc.wait_for_everyone, keep_last=self.section.keep_last,
-            tokenizer_hash=self.tokenizer_hash)
+            tokenizer_hash=self.tokenizer_hash, tied=self.config.model.tie_embeddings)
         self.last = path
         if acc.is_main_process:
             log.info("saved checkpoint %s", path)

@@ -17,7 +17,9 @@ DATA_FORMATS = ("tokens", "sft")
 # Model keys that decide the weights' shapes or what they compute: a run that starts from a
 # checkpoint has the checkpoint's values (dropout and the like may differ).
 ARCHITECTURE_KEYS = ("n_layer", "n_head", "d_model", "block_size", "vocab_size",
-                     "pad_vocab_multiple", "bias", "sparse_attention", "local_window")
+                     "pad_vocab_multiple", "bias", "sparse_attention", "local_window",
+                     "positions", "rope_theta", "norm", "norm_eps", "mlp", "mlp_hidden",
+                     "qk_norm", "tie_embeddings", "logit_softcap")
 
 
 @dataclass
@@ -55,6 +57,10 @@ class BatchSection:
 
 @dataclass
 class OptimSection:
+    # adamw: AdamW on every parameter. muon: torch.optim.Muon on the blocks' weight matrices
+    # (orthogonalised momentum, Jordan et al. 2024), AdamW (the keys below) on the rest:
+    # embeddings, the head, norms' gains and biases.
+    name: str = setting("adamw", choices=("adamw", "muon"))
     lr: float = setting(6e-4, gt=0)             # the peak, after warmup
     beta1: float = setting(0.9, ge=0, lt=1)     # AdamW's (torch refuses beta outside [0, 1))
     beta2: float = setting(0.95, ge=0, lt=1)
@@ -65,6 +71,12 @@ class OptimSection:
     warmup_steps: int = setting(10, ge=0)
     min_lr_ratio: float = setting(0.1, ge=0, le=1)  # the cosine's floor, a share of lr
     fused: bool = True            # fused AdamW kernel (CPU and GPU)
+    muon_lr: float = setting(0.02, gt=0)         # Muon's peak; its schedule is lr's, scaled
+    muon_momentum: float = setting(0.95, ge=0, lt=1)
+    muon_weight_decay: float = setting(0.0, ge=0)
+    # original: the update scaled by sqrt(max(1, rows/cols)) (Keller Jordan's); match_rms_adamw:
+    # 0.2 sqrt(max(rows, cols)), so that AdamW's lr and weight decay carry over (Moonshot's)
+    muon_adjust_lr: str = setting("original", choices=("original", "match_rms_adamw"))
 
 
 @dataclass

@@ -35,24 +35,31 @@ def cpu_name() -> str:
 
 
 def n_params(cfg: ModelConfig, include_position: bool = False) -> int:
-    """Parameters of the decoder counted analytically (tied head once)."""
-    d, L, V = cfg.d_model, cfg.n_layer, cfg.padded_vocab_size
+    """Parameters of the decoder counted analytically (a tied head once)."""
+    d, L, V, h = cfg.d_model, cfg.n_layer, cfg.padded_vocab_size, cfg.ffn_hidden
     b = 1 if cfg.bias else 0
+    norm = d + (b * d if cfg.norm == "layernorm" else 0)     # gain (and LayerNorm's bias)
+    gates = 2 if cfg.mlp == "swiglu" else 1
     per_layer = (
-        2 * (d + b * d)                       # two LayerNorms
+        2 * norm                              # two norms
         + d * 3 * d + b * 3 * d               # qkv
+        + (2 * cfg.head_dim if cfg.qk_norm else 0)
         + d * d + b * d                       # attention output
-        + d * 4 * d + b * 4 * d               # MLP in
-        + 4 * d * d + b * d                   # MLP out
+        + gates * (d * h + b * h)             # MLP in (gate and up for swiglu)
+        + h * d + b * d                       # MLP out
     )
-    n = V * d + L * per_layer + d + b * d     # embeddings, blocks, final LayerNorm
-    return n + (cfg.block_size * d if include_position else 0)
+    head = 0 if cfg.tie_embeddings else V * d
+    n = V * d + L * per_layer + norm + head   # embeddings, blocks, final norm, untied head
+    learned = cfg.positions == "learned"
+    return n + (cfg.block_size * d if include_position and learned else 0)
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
-    """Training FLOPs per token: 6N + 12·L·d·T (N without position embeddings)."""
+    """Training FLOPs per token: 6N + 12·L·d·T (N without position embeddings; an untied
+    head's input embedding is a lookup, not a matmul, so it counts once like a tied one)."""
     T = seq_len or cfg.block_size
-    return 6.0 * n_params(cfg) + 12.0 * cfg.n_layer * cfg.d_model * T
+    n = n_params(cfg) - (0 if cfg.tie_embeddings else cfg.padded_vocab_size * cfg.d_model)
+    return 6.0 * n + 12.0 * cfg.n_layer * cfg.d_model * T
 
 
 def peak_flops(device_name: str | None) -> float | None:

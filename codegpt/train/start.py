@@ -155,6 +155,12 @@ def check_resume_config(folder: Path, cfg: TrainConfig, warn: bool = True) -> No
                               f"from holds a model with {key}={old}: a resumed run keeps its "
                               f"weights' shape; resume with model.{key}={old}, or start a new "
                               "run (another out_dir, or run.resume=never)")
+    old, new = changes.get("optim.name", (None, None))
+    if new is not None and (old, new) != (ABSENT, "adamw"):  # an older codegpt's run is AdamW's
+        was = "adamw" if old == ABSENT else old
+        raise ConfigError(f"optim.name={new} but the checkpoint {folder} this run resumes from "
+                          f"holds the state of optim.name={was}: resume with optim.name={was}, "
+                          "or start a new run from its weights (init_from, another out_dir)")
     if changes and warn:
         log.warning("resuming from %s with changed settings: %s", folder,
                     ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items()))
