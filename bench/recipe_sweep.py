@@ -1,19 +1,25 @@
-"""The CPU recipe search: which model size, context, batch and learning rate give the lowest
-HumanEval canonical-solution bits per byte for a fixed budget of training time.
+"""The CPU recipe search: which architecture, optimizer, model size, context, vocabulary, batch
+and learning rate give the lowest HumanEval canonical-solution bits per byte for a fixed budget
+of training time.
 
 Each trial is a training config plus overrides (a YAML file of trials, see
-bench/recipe_trials.yaml). For each trial the sweep
+bench/recipe_trials.yaml and bench/recipe_trials_2026.yaml). For each trial the sweep
 
-1. gives it the same training compute: ``--budget-minutes`` of a quiet machine that does
-   ``--flops-per-second`` (by default measured once, in CPU time, on the first trial's model),
-   divided by the trial's training FLOPs per token, is its token budget. Equal FLOPs rather than
-   equal wall time keeps trials comparable when they share a busy machine; a small model's
-   matmuls run somewhat less efficiently, so it gets a little more than its real time would buy;
+1. gives it its budget, by ``--equal``:
+   - ``time`` (the default): ``--budget-minutes`` of this machine's time when quiet. The
+     trial's own training throughput (its model, optimizer, precision and ``run.compile``) is
+     measured first in CPU time, so a busy machine does not shrink it; times that throughput is
+     its token budget. An option that learns more per token but runs slower is charged for it.
+     A compiled trial is measured in wall time (inductor compiles in other processes), and its
+     compilation is taken off its budget;
+   - ``flops``: the same training compute for every trial, ``--budget-minutes`` of a quiet
+     machine that does ``--flops-per-second`` (by default measured once on the first trial's
+     model) divided by the trial's FLOPs per token;
 2. trains it for the updates that budget buys, through ``codegpt train``, as a user would;
 3. scores the canonical solutions' bits per byte (``codegpt.eval.likelihood``) and reads the
-   last val loss.
+   last val loss. Each row also holds the trial's tokens, FLOPs and parameters.
 
-    python -m bench.recipe_sweep --trials bench/recipe_trials.yaml --budget-minutes 5
+    python -m bench.recipe_sweep --trials bench/recipe_trials_2026.yaml --budget-minutes 5
 
 Prints a table and writes runs/bench/recipe_sweep.json (or --out); the runs go under --runs.
 A finished trial (its run finished and scored) is not run again.
@@ -38,7 +44,7 @@ from codegpt.model import GPT
 from codegpt.train.config import TrainConfig
 from codegpt.train.flops import flops_per_token, n_params
 from codegpt.train.metrics import read_metrics
-from codegpt.train.optim import build_optimizer
+from codegpt.train.optim import ScheduledOptimizer
 
 NAME = "recipe_sweep"
 
@@ -48,13 +54,18 @@ def trial_config(trial: dict, run_dir: Path, extra: list[str] = ()) -> tuple[str
     return trial["config"], [*overrides, f"out_dir={run_dir}", *extra]
 
 
-def cpu_throughput(cfg: TrainConfig, steps: int = 4) -> float:
-    """Training tokens per second of a quiet machine, from CPU time: the process's CPU seconds
-    per step divided by the threads torch uses (what wall time would be with nothing else
-    running), so trials measured on a busy machine stay comparable."""
+def cpu_throughput(cfg: TrainConfig, steps: int = 4) -> tuple[float, float]:
+    """(training tokens per second of a quiet machine, seconds of compilation) for the model,
+    optimizer, precision and ``run.compile`` of ``cfg``. Eager: from CPU time, the process's CPU
+    seconds per step divided by the threads torch uses (what wall time would be with nothing
+    else running), so trials measured on a busy machine stay comparable. Compiled: from wall
+    time, since inductor compiles in worker processes; the compilation is the first steps'
+    time beyond the steady steps'."""
     torch.manual_seed(0)
     model = GPT(cfg.model)
-    opt = build_optimizer(model, cfg.optim.lr, (0.9, 0.95), 1e-8, 0.1, cfg.optim.fused)
+    opt = ScheduledOptimizer(model, cfg.optim, 100)
+    opt.set_lr(1)
+    forward = torch.compile(model) if cfg.run.compile else model
     micro = cfg.batch.micro_batch_size
     x = torch.randint(0, cfg.model.vocab_size, (micro, cfg.seq_len))
     bf16 = cfg.run.precision == "bf16"
@@ -62,18 +73,22 @@ def cpu_throughput(cfg: TrainConfig, steps: int = 4) -> float:
     def step():
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with ctx:
-            _, loss = model(x, x)
+            _, loss = forward(x, x)
         loss.backward()
         opt.step()
-        opt.zero_grad(set_to_none=True)
 
+    clock = time.perf_counter if cfg.run.compile else time.process_time
+    threads = 1 if cfg.run.compile else torch.get_num_threads()
+    t0 = clock()
     step()
     step()
-    t0 = time.process_time()
+    first = (clock() - t0) / threads
+    t0 = clock()
     for _ in range(steps):
         step()
-    seconds = (time.process_time() - t0) / torch.get_num_threads()
-    return steps * micro * cfg.seq_len / seconds
+    per_step = (clock() - t0) / threads / steps
+    compile_s = max(0.0, first - 2 * per_step) if cfg.run.compile else 0.0
+    return micro * cfg.seq_len / per_step, compile_s
 
 
 def score(run_dir: Path, tokenizer: str) -> dict:
@@ -96,14 +111,17 @@ def main() -> None:
                     help="quiet-machine training time each trial gets")
     ap.add_argument("--runs", type=Path, default=Path("runs/sweep"))
     ap.add_argument("--only", nargs="*", help="run only these trials")
+    ap.add_argument("--equal", choices=("time", "flops"), default="time",
+                    help="each trial gets the same quiet-machine time (default) or FLOPs")
     ap.add_argument("--flops-per-second", type=float, default=0.0,
-                    help="the quiet machine's training FLOP/s (0: measure on the first trial)")
+                    help="--equal flops: the quiet machine's training FLOP/s (0: measure on the "
+                         "first trial)")
     args = ap.parse_args()
     trials = yaml.safe_load(args.trials.read_text())["trials"]
     report = {"benchmark": NAME, "command": command_line(NAME), "date": date.today().isoformat(),
               "cpu": cpu_name(), "threads": torch.get_num_threads(),
-              "budget_minutes": args.budget_minutes, "flops_per_second": args.flops_per_second,
-              "trials": []}
+              "budget_minutes": args.budget_minutes, "equal": args.equal,
+              "flops_per_second": args.flops_per_second, "trials": []}
     if args.out.exists():
         report["trials"] = json.loads(args.out.read_text()).get("trials", [])
     done = {t["name"] for t in report["trials"]}
@@ -118,29 +136,39 @@ def main() -> None:
             meta = json.loads((Path(cfg.data_dir) / "meta.json").read_text())
             cfg.model.vocab_size = meta["vocab_size"]
         fpt = flops_per_token(cfg.model, cfg.seq_len)
-        if not report["flops_per_second"]:
-            report["flops_per_second"] = cpu_throughput(cfg) * fpt
-        tps = report["flops_per_second"] / fpt
+        seconds, compile_s = args.budget_minutes * 60, 0.0
+        if args.equal == "time":
+            tps, compile_s = cpu_throughput(cfg)
+            seconds = max(0.0, seconds - compile_s)
+        else:
+            if not report["flops_per_second"]:
+                report["flops_per_second"] = cpu_throughput(cfg)[0] * fpt
+            tps = report["flops_per_second"] / fpt
         tokens_per_step = cfg.batch.global_batch_tokens
-        steps = max(1, int(args.budget_minutes * 60 * tps / tokens_per_step))
-        print(f"[{name}] {tps:,.0f} tokens/s at {report['flops_per_second'] / 1e9:.0f} GFLOP/s: "
+        steps = max(1, int(seconds * tps / tokens_per_step))
+        print(f"[{name}] {tps:,.0f} tokens/s ({tps * fpt / 1e9:.1f} GFLOP/s"
+              f"{f', {compile_s:.0f} s compiling' if compile_s else ''}): "
               f"{steps} updates of {tokens_per_step:,} tokens", flush=True)
         cmd = [sys.executable, "-m", "codegpt", "train", config, *overrides,
                f"run.max_steps={steps}", f"data.val_every={steps}", "checkpoint.every=0",
                "checkpoint.keep_last=1"]
         subprocess.run(cmd, check=True)
         row = {"name": name, "note": trial.get("note", ""), "set": trial.get("set", {}),
-               "flops_per_token": fpt, "tokens_per_s": round(tps), "steps": steps, "tokens": steps * tokens_per_step,
+               "flops_per_token": fpt, "tokens_per_s": round(tps), "compile_s": round(compile_s, 1),
+               "steps": steps, "tokens": steps * tokens_per_step,
+               "flops": steps * tokens_per_step * fpt,
                "params": n_params(cfg.model, include_position=True),
                **score(run_dir, cfg.tokenizer)}
         report["trials"].append(row)
         write_report(report, args.out)
         print(json.dumps(row), flush=True)
-    print(f"\n{'trial':14s} {'tok/s':>7s} {'steps':>6s} {'tokens':>10s} {'val':>6s} {'bits/B':>7s}")
+    print(f"\n{'trial':22s} {'tok/s':>7s} {'steps':>6s} {'tokens':>10s} {'PFLOP':>6s} {'val':>6s} "
+          f"{'bits/B':>7s}")
     for r in report["trials"]:
         val = f"{r['val_loss']:.3f}" if r["val_loss"] is not None else "-"
-        print(f"{r['name']:14s} {r['tokens_per_s']:7,d} {r['steps']:6d} {r['tokens']:10,d} "
-              f"{val:>6s} {r['canonical_bits_per_byte']:7.3f}")
+        flops = r.get("flops", r["tokens"] * r["flops_per_token"])
+        print(f"{r['name']:22s} {r['tokens_per_s']:7,d} {r['steps']:6d} {r['tokens']:10,d} "
+              f"{flops / 1e15:6.2f} {val:>6s} {r['canonical_bits_per_byte']:7.3f}")
     print(f"wrote {write_report(report, args.out)}")
 
 
