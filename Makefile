@@ -13,11 +13,12 @@ EVAL_CONFIG ?= configs/eval/humaneval.yaml
 ARGS ?=
 RUNS ?= runs
 
-.PHONY: install test test-fast demo reference data tokenizer tokens train eval bench-train bench-prep bench-tokenizer bench-generate bench-sandbox bench-fim clean help
+.PHONY: install test test-slow test-all demo reference data tokenizer tokens train eval bench-train bench-prep bench-tokenizer bench-generate bench-sandbox bench-fim clean help
 
 help:
 	@echo "make install   create $(VENV) and install codegpt with dev extras"
-	@echo "make test      run the test suite on CPU"
+	@echo "make test      run the test suite on CPU (under 10 minutes on 2 cores)"
+	@echo "make test-slow run the slow tests: multi-process runs, whole pipelines"
 	@echo "make demo      run the pipeline end to end on CPU: prep, tokenizer, shards, train, plot, eval"
 	@echo "make reference the reference run: every stage to a HumanEval report (30 min on 2 cores)"
 	@echo "make data      data prep with DATA_CONFIG=$(DATA_CONFIG) ARGS='section.field=value ...'"
@@ -48,10 +49,13 @@ endif
 install: $(VENV)/.installed
 
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
-
-test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 data: install
 	$(VENV)/bin/codegpt prep $(DATA_CONFIG) $(ARGS)
