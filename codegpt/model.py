@@ -117,11 +117,11 @@ class RMSNorm(nn.Module):
                 * self.weight).type_as(x)
 
 
-def norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
-    """The model's normalisation over the last ``dim`` (d_model) features."""
+def norm(cfg: ModelConfig) -> nn.Module:
+    """The model's normalisation over the d_model features."""
     if cfg.norm == "rmsnorm":
-        return RMSNorm(dim or cfg.d_model, cfg.norm_eps)
-    return nn.LayerNorm(dim or cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+        return RMSNorm(cfg.d_model, cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
 
 
 class LearnedPositions(nn.Embedding):

@@ -321,6 +321,17 @@ def test_config_changes_and_the_resume_check(tmp_path, caplog):
         check_resume_config(tmp_path, cfg)
     assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
         f"model.local_window: '{ABSENT}' -> {cfg.model.local_window!r}"]
+    # a key codegpt gained later: its absence means GPT-3's value, which the run must keep
+    saved_as(cfg, drop="positions")
+    with pytest.raises(ConfigError, match=r"^model.positions=rotary but the checkpoint .* "
+                                          r"positions=learned: a resumed run keeps"):
+        check_resume_config(tmp_path, load_config(TrainConfig, SMOKE, [
+            f"out_dir={tmp_path}", "model.positions=rotary"]))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        check_resume_config(tmp_path, cfg)
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+        f"model.positions: '{ABSENT}' -> 'learned'"]
 
 
 def test_time_budget_counts_earlier_processes_and_is_read_at_fixed_points():

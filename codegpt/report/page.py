@@ -370,6 +370,10 @@ def headline(run: Run, evals: list[Eval], benchmarks: bool = False) -> Html:
     plus = any(any(k.startswith("base_pass@") for k in e.results) for e in evals)
     infill = any("middle_l2r_bits_per_byte" in e.results or "exact_match" in e.results
                  for e in evals)
+
+    def bits(e: Eval, what: str) -> str:  # canonical, middle_fim or middle_l2r bits/byte
+        return fmt(per_model(run, e, f"{what}_bits_per_byte"), ".4f")
+
     rows = []
     for e in evals:
         r = e.results
@@ -381,11 +385,11 @@ def headline(run: Run, evals: list[Eval], benchmarks: bool = False) -> Html:
                      fmt(e.temperature, "g") if e.temperature is not None else e.label,
                      Num(n) if "n_per_problem_min" in r else "—",
                      fmt(train.last_val, ".4f") if train else "—",
-                     fmt(per_model(run, e, "canonical_bits_per_byte"), ".4f"), pct(r.get("syntax_rate"), 1),
+                     bits(e, "canonical"), pct(r.get("syntax_rate"), 1),
                      *(pct(r.get(f"pass@{k}")) for k in (1, 10, 100)),
                      *((pct(r.get("base_pass@1")), pct(r.get("base_pass@10"))) if plus else ()),
-                     *((pct(r.get("exact_match"), 1), fmt(per_model(run, e, "middle_fim_bits_per_byte"), ".4f"),
-                        fmt(per_model(run, e, "middle_l2r_bits_per_byte"), ".4f")) if infill else ()),
+                     *((pct(r.get("exact_match"), 1), bits(e, "middle_fim"), bits(e, "middle_l2r"))
+                       if infill else ()),
                      pct(r.get("reranked_pass@1")),
                      "yes" if r.get("complete", True) else
                      f"no: {r.get('problems')} of {r.get('problems_total')} problems",

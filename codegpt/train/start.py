@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 ABSENT = "(absent)"  # the value of a key a config lacks, in ``config_changes``
 RESUME_IGNORED_KEYS = ("run.resume",)  # how a run finds its checkpoint, not what it trains
+# Keys codegpt gained after it wrote checkpoints: an older checkpoint's config lacks them, and
+# their absence means their default (GPT-3's architecture, AdamW), which a resumed run keeps.
+IMPLIED_BY_ABSENCE = (*(f"model.{k}" for k in ("positions", "rope_theta", "norm", "norm_eps",
+                                               "mlp", "mlp_hidden", "qk_norm", "tie_embeddings",
+                                               "logit_softcap")), "optim.name")
 
 
 def open_data(cfg: TrainConfig) -> TrainData:
@@ -138,29 +143,40 @@ def config_changes(old: dict, new: dict) -> dict[str, tuple]:
             if k not in a or k not in b or a[k] != b[k]}
 
 
+def resume_fixed(key: str, old) -> str | None:
+    """Why a resumed run may not change ``key`` from the checkpoint's ``old`` value (the end of
+    the error's sentence), or None where it may."""
+    if key.startswith("model.") and key[len("model."):] in ARCHITECTURE_KEYS:
+        name = key[len("model."):]
+        return (f"holds a model with {name}={old}: a resumed run keeps its weights' shape; "
+                f"resume with {key}={old}, or start a new run (another out_dir, or "
+                "run.resume=never)")
+    if key == "optim.name":
+        return (f"holds the state of optim.name={old}: resume with optim.name={old}, or start "
+                "a new run from its weights (init_from, another out_dir)")
+    return None
+
+
 def check_resume_config(folder: Path, cfg: TrainConfig, warn: bool = True) -> None:
     """A run that resumes from ``folder`` with other settings than the checkpoint's run (its
     config.yaml) says so: one warning listing every changed key with its old and new value
     (``warn``: on the main process); a changed key that shapes the weights (``ARCHITECTURE_KEYS``)
-    is a ConfigError naming it (one the checkpoint's config lacks, from an older codegpt, is only
-    listed). The same config (a requeue) says nothing."""
+    or names the optimizer whose state it holds is a ConfigError naming it. One the
+    checkpoint's config lacks, from an older codegpt, is only listed, unless its absence means
+    a value (``IMPLIED_BY_ABSENCE``) and the run asks for another. The same config (a requeue)
+    says nothing."""
     saved = cp.checkpoint_config(folder)
     now = yaml.safe_load(yaml_text(cfg))  # as config.yaml holds it
     changes = {k: v for k, v in config_changes(saved, now).items()
                if k not in RESUME_IGNORED_KEYS}
-    for key in ARCHITECTURE_KEYS:
-        old, new = changes.get(f"model.{key}", (ABSENT, None))
-        if old != ABSENT:
-            raise ConfigError(f"model.{key}={new} but the checkpoint {folder} this run resumes "
-                              f"from holds a model with {key}={old}: a resumed run keeps its "
-                              f"weights' shape; resume with model.{key}={old}, or start a new "
-                              "run (another out_dir, or run.resume=never)")
-    old, new = changes.get("optim.name", (None, None))
-    if new is not None and (old, new) != (ABSENT, "adamw"):  # an older codegpt's run is AdamW's
-        was = "adamw" if old == ABSENT else old
-        raise ConfigError(f"optim.name={new} but the checkpoint {folder} this run resumes from "
-                          f"holds the state of optim.name={was}: resume with optim.name={was}, "
-                          "or start a new run from its weights (init_from, another out_dir)")
+    defaults = flat_config(yaml.safe_load(yaml_text(TrainConfig())))
+    for key, (old, new) in changes.items():
+        if old == ABSENT and key in IMPLIED_BY_ABSENCE:
+            old = defaults[key]
+        why = resume_fixed(key, old)
+        if why and old != ABSENT and old != new:
+            raise ConfigError(f"{key}={new} but the checkpoint {folder} this run resumes from "
+                              f"{why}")
     if changes and warn:
         log.warning("resuming from %s with changed settings: %s", folder,
                     ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items()))
