@@ -6,7 +6,12 @@ Each trial is a training config plus overrides (a YAML file of trials, see
 bench/recipe_trials.yaml and bench/recipe_trials_2026.yaml). For each trial the sweep
 
 1. gives it its budget, by ``--equal``:
-   - ``time`` (the default): ``--budget-minutes`` of this machine's time when quiet. The
+   - ``wall`` (the default): ``--budget-minutes`` of wall time, as ``run.max_minutes``: the
+     trial trains until its clock runs out, its lr's cosine decaying over the minutes, exactly
+     as the reference run's pretraining does. Whatever makes a trial slower (a wider MLP, a
+     longer context, compiling) costs it updates. Run it on a quiet machine, one trial at a
+     time: another job on the cores takes updates from whichever trial it overlaps;
+   - ``time``: ``--budget-minutes`` of this machine's time when quiet. The
      trial's own training throughput (its model, optimizer, precision and ``run.compile``) is
      measured first in CPU time, so a busy machine does not shrink it; times that throughput is
      its token budget. An option that learns more per token but runs slower is charged for it.
@@ -15,7 +20,8 @@ bench/recipe_trials.yaml and bench/recipe_trials_2026.yaml). For each trial the 
    - ``flops``: the same training compute for every trial, ``--budget-minutes`` of a quiet
      machine that does ``--flops-per-second`` (by default measured once on the first trial's
      model) divided by the trial's FLOPs per token;
-2. trains it for the updates that budget buys, through ``codegpt train``, as a user would;
+2. trains it for that budget (``wall``) or the updates the budget buys (``time``, ``flops``),
+   through ``codegpt train``, as a user would;
 3. scores the canonical solutions' bits per byte (``codegpt.eval.likelihood``) and reads the
    last val loss. Each row also holds the trial's tokens, FLOPs and parameters.
 
@@ -108,6 +114,26 @@ def score(run_dir: Path, tokenizer: str) -> dict:
             "wall_s": rows[-1].get("elapsed_s")}
 
 
+def train(config: str, overrides: list[str]) -> None:
+    subprocess.run([sys.executable, "-m", "codegpt", "train", config, *overrides], check=True)
+
+
+def last_step(run_dir: Path) -> int:
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+    return rows[-1]["step"]
+
+
+def row(trial: dict, cfg: TrainConfig, fpt: float, tps: float, compile_s: float,
+        steps: int) -> dict:
+    """The sweep's record of a trained trial: what it was, what it trained, how it scored."""
+    tokens = steps * cfg.batch.global_batch_tokens
+    return {"name": trial["name"], "note": trial.get("note", ""), "set": trial.get("set", {}),
+            "flops_per_token": fpt, "tokens_per_s": round(tps),
+            "compile_s": round(compile_s, 1), "steps": steps, "tokens": tokens,
+            "flops": tokens * fpt, "params": n_params(cfg.model, include_position=True),
+            **score(Path(cfg.out_dir), cfg.tokenizer)}
+
+
 def main() -> None:
     ap = bench_parser(NAME, __doc__)
     ap.add_argument("--trials", type=Path, default=Path("bench/recipe_trials.yaml"))
@@ -115,8 +141,9 @@ def main() -> None:
                     help="quiet-machine training time each trial gets")
     ap.add_argument("--runs", type=Path, default=Path("runs/sweep"))
     ap.add_argument("--only", nargs="*", help="run only these trials")
-    ap.add_argument("--equal", choices=("time", "flops"), default="time",
-                    help="each trial gets the same quiet-machine time (default) or FLOPs")
+    ap.add_argument("--equal", choices=("wall", "time", "flops"), default="wall",
+                    help="each trial gets the same wall time (run.max_minutes, the default), "
+                         "quiet-machine time (from its measured throughput) or FLOPs")
     ap.add_argument("--flops-per-second", type=float, default=0.0,
                     help="--equal flops: the quiet machine's training FLOP/s (0: measure on the "
                          "first trial)")
@@ -141,6 +168,19 @@ def main() -> None:
             cfg.model.vocab_size = meta["vocab_size"]
         fpt = flops_per_token(cfg.model, cfg.seq_len)
         seconds, compile_s = args.budget_minutes * 60, 0.0
+        tokens_per_step = cfg.batch.global_batch_tokens
+        if args.equal == "wall":
+            print(f"[{name}] {args.budget_minutes:g} minutes of wall time", flush=True)
+            train(config, [*overrides, "run.max_steps=100000000",
+                           f"run.max_minutes={args.budget_minutes}", "checkpoint.every=0",
+                           "checkpoint.keep_last=1"])
+            steps = last_step(run_dir)
+            rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+            tps = steps * tokens_per_step / rows[-1]["elapsed_s"]
+            report["trials"].append(row(trial, cfg, fpt, tps, compile_s, steps))
+            write_report(report, args.out)
+            print(json.dumps(report["trials"][-1]), flush=True)
+            continue
         if args.equal == "time":
             tps, compile_s = cpu_throughput(cfg)
             seconds = max(0.0, seconds - compile_s)
@@ -148,24 +188,15 @@ def main() -> None:
             if not report["flops_per_second"]:
                 report["flops_per_second"] = cpu_throughput(cfg)[0] * fpt
             tps = report["flops_per_second"] / fpt
-        tokens_per_step = cfg.batch.global_batch_tokens
         steps = max(1, int(seconds * tps / tokens_per_step))
         print(f"[{name}] {tps:,.0f} tokens/s ({tps * fpt / 1e9:.1f} GFLOP/s"
               f"{f', {compile_s:.0f} s compiling' if compile_s else ''}): "
               f"{steps} updates of {tokens_per_step:,} tokens", flush=True)
-        cmd = [sys.executable, "-m", "codegpt", "train", config, *overrides,
-               f"run.max_steps={steps}", f"data.val_every={steps}", "checkpoint.every=0",
-               "checkpoint.keep_last=1"]
-        subprocess.run(cmd, check=True)
-        row = {"name": name, "note": trial.get("note", ""), "set": trial.get("set", {}),
-               "flops_per_token": fpt, "tokens_per_s": round(tps), "compile_s": round(compile_s, 1),
-               "steps": steps, "tokens": steps * tokens_per_step,
-               "flops": steps * tokens_per_step * fpt,
-               "params": n_params(cfg.model, include_position=True),
-               **score(run_dir, cfg.tokenizer)}
-        report["trials"].append(row)
+        train(config, [*overrides, f"run.max_steps={steps}", f"data.val_every={steps}",
+                       "checkpoint.every=0", "checkpoint.keep_last=1"])
+        report["trials"].append(row(trial, cfg, fpt, tps, compile_s, steps))
         write_report(report, args.out)
-        print(json.dumps(row), flush=True)
+        print(json.dumps(report["trials"][-1]), flush=True)
     print(f"\n{'trial':22s} {'tok/s':>7s} {'steps':>6s} {'tokens':>10s} {'PFLOP':>6s} {'val':>6s} "
           f"{'bits/B':>7s}")
     for r in report["trials"]:
