@@ -34,6 +34,10 @@ class RunSection:
                                   # saves and finishes when the budget is spent, and the lr's
                                   # cosine decays over time (the larger of the step and time
                                   # fractions)
+    # keep freed host memory for the next step's tensors instead of handing it back to the OS
+    # (glibc's malloc; elsewhere nothing changes): a CPU step then stops faulting in fresh
+    # pages, 17-31% more tokens/s for the CPU reference model (docs/benchmarks.md)
+    keep_host_memory: bool = True
 
 
 @dataclass
@@ -47,6 +51,10 @@ class DataSection:
     # those laid out suffix first (SPM) instead of prefix first (PSM)
     fim_rate: float = setting(0.0, ge=0, le=1)
     fim_spm_rate: float = setting(0.5, ge=0, le=1)
+    # tokens per training sequence (0: model.block_size); at most the context. Codex-S pairs
+    # are padded to it one per sequence, so fine-tuning a long-context model on short pairs at
+    # a shorter length spends its compute on the pairs, not the padding
+    seq_len: int = setting(0, ge=0)
 
 
 @dataclass
@@ -125,10 +133,15 @@ class TrainConfig:
         if self.data.fim_rate and not self.tokenizer:
             raise ValueError("data.fim_rate needs tokenizer=FOLDER: the transform decodes and "
                              "re-encodes text with the tokenizer the shards were made with")
+        if self.data.seq_len > self.model.block_size:
+            raise ValueError(f"data.seq_len={self.data.seq_len} is longer than the model's "
+                             f"context (model.block_size={self.model.block_size}): set it to "
+                             f"at most {self.model.block_size}, or 0 for the whole context")
 
     @property
     def seq_len(self) -> int:
-        return self.model.block_size
+        """Tokens per training sequence: ``data.seq_len``, or the model's whole context."""
+        return self.data.seq_len or self.model.block_size
 
     @staticmethod
     def resolve_raw(raw: dict) -> dict:

@@ -33,7 +33,7 @@ from codegpt.train.config import TrainConfig
 from codegpt.train.flops import flops_per_token, mfu, peak_flops
 from codegpt.train.metrics import MetricsLogger
 from codegpt.train.optim import ScheduledOptimizer
-from codegpt.train.setup import build_accelerator
+from codegpt.train.setup import build_accelerator, keep_host_memory
 from codegpt.train.signals import StopFlag
 from codegpt.train.start import (ABSENT, check_resume_config, config_changes, flat_config,
                                  log_data, open_data, resolve_start)
@@ -65,6 +65,8 @@ class Trainer:
         self.cfg = cfg
         check_output(cfg.out_dir, "train")  # a path it may not write is refused before any work
         self.run_dir = Path(cfg.out_dir)
+        if cfg.run.keep_host_memory:
+            keep_host_memory()
         self.accelerator = acc = build_accelerator(cfg.run)
         self.rank, self.world = acc.process_index, acc.num_processes
 
