@@ -341,3 +341,30 @@ def test_two_processes_match_one_process(env, tmp_path):
         assert b[step]["loss_tokens"] == a[step]["loss_tokens"]
     va, vb = step_records(one, "val_loss"), step_records(two, "val_loss")
     assert vb[5]["val_loss"] == pytest.approx(va[5]["val_loss"], rel=1e-5)
+
+
+def test_pairs_are_padded_to_data_seq_len_not_the_whole_context(env, tmp_path):
+    """A model with a 512-token context fine-tuned at data.seq_len=64: its pairs are padded to
+    64 tokens (the first loss is the checkpoint's on that batch), the pair too long for 64 is
+    dropped, the model keeps its context; longer than the context is refused by name."""
+    start = pretrained(tmp_path / "long-context", env.tok, block_size=512)
+    run = tmp_path / "sft"
+    cfg = load_config(TrainConfig, SFT_YAML, [*overrides(env, run, "run.max_steps=1"),
+                                              f"model.init_from={start}", "data.seq_len=64"])
+    assert cfg.seq_len == 64 and cfg.model.block_size == 512
+    data = open_sft_data(str(env.pairs), str(env.tok), 64, with_val=False)
+    assert data.train.dropped == 1 and open_sft_data(
+        str(env.pairs), str(env.tok), 512, with_val=False).train.dropped == 0
+    batches = DistributedBatches(data.train, GLOBAL_BATCH, GLOBAL_BATCH, 0, 1, cfg.run.seed)
+    x, y = data.train.batch(batches.global_indices())
+    assert x.shape == (GLOBAL_BATCH, 64)
+    model, _ = load_checkpoint_model(start)
+    with torch.no_grad():
+        expected = float(token_mean_loss(model, x, y))
+    Trainer(cfg).fit()
+    assert step_records(run)[1]["loss"] == pytest.approx(expected, rel=1e-5)
+    assert load_checkpoint_model(run)[1].block_size == 512
+    with pytest.raises(ConfigError, match=r"data.seq_len=1024 is longer than the model's context "
+                                          r"\(model.block_size=512\)"):
+        load_config(TrainConfig, SFT_YAML, [*overrides(env, tmp_path / "x"),
+                                            f"model.init_from={start}", "data.seq_len=1024"])

@@ -91,7 +91,7 @@ def plan_batch(global_batch_tokens: int, seq_len: int, micro_batch: int, world_s
     if global_batch_tokens % seq_len:
         raise BatchConfigError(
             f"batch.global_batch_tokens={global_batch_tokens} is not a multiple of the sequence "
-            f"length {seq_len} (model.block_size)")
+            f"length {seq_len} (data.seq_len, or model.block_size)")
     global_batch = global_batch_tokens // seq_len
     per_pass = micro_batch * world_size
     if global_batch % per_pass:

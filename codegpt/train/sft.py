@@ -11,7 +11,9 @@ with the pretrained model's tokenizer:
   and an appended ``<|endoftext|>`` are the loss tokens; the model learns to stop there too.
   The text is encoded as plain text, as the token shards were: a literal ``<|endoftext|>`` in
   a pair is text, never the special id.
-* **One example per sequence.** Each sequence is one example, padded to ``seq_len``: the inputs
+* **One example per sequence.** Each sequence is one example, padded to ``seq_len``
+  (``data.seq_len``, by default the model's context; a long-context model is best fine-tuned
+  at a length near its pairs', so that its compute goes to them, not to padding): the inputs
   with ``<|endoftext|>`` (after the real tokens, so causal attention never lets them touch the
   real ones), the targets of the prompt and of the padding with ``IGNORE_INDEX``. No packing:
   packed examples would attend to each other unless the attention were masked per example.
