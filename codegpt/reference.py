@@ -460,7 +460,8 @@ def collect_results(run: Path, cfg: ReferenceConfig) -> dict:
                         bench[key] = res[key]
                 bench["temperatures"][f"{sr.temperature:g}"] = {
                     "n": sr.n, "syntax_rate": res.get("syntax_rate"),
-                    "problems": res.get("problems"),
+                    "problems": res.get("problems"), "solved": res.get("solved"),
+                    "prompts_cut": res.get("prompts_cut"),
                     **{k: v for k, v in res.items()
                        if k.startswith(("pass@", "base_pass@", "exact_match"))}}
             if bench["temperatures"] or bench["canonical_bits_per_byte"] is not None:
@@ -473,11 +474,21 @@ def collect_results(run: Path, cfg: ReferenceConfig) -> dict:
             "skipped": skipped, "models": models}
 
 
+def solved_cell(solved: list[str] | None, shown: int = 8) -> str:
+    """The problems solved (at least one sample passed): how many, and which when few."""
+    if solved is None:
+        return "–"
+    if not solved or len(solved) > shown:
+        return str(len(solved))
+    return f"{len(solved)}: {', '.join(solved)}"
+
+
 def results_table(results: dict) -> str:
     """The README's results table: one row per model, benchmark and temperature (base pass@1:
     a plus set's samples under the original benchmark's tests)."""
-    rows = ["| model | val loss | benchmark | canonical bits/byte | T | n | syntax rate | pass@1 "
-            "| pass@10 | pass@100 | base pass@1 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| model | val loss | benchmark | canonical bits/byte | T | n | prompts cut "
+            "| syntax rate | pass@1 | pass@10 | pass@100 | base pass@1 | solved |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(v, pct=False):
         if v is None:
@@ -501,9 +512,11 @@ def results_table(results: dict) -> str:
                 rows.append(
                     f"| {model} | {fmt(m['val_loss'])} | {bench} | "
                     f"{fmt(b.get('canonical_bits_per_byte'))} | {t} | {r['n']} | "
+                    f"{'–' if r.get('prompts_cut') is None else r['prompts_cut']} | "
                     f"{fmt(r['syntax_rate'], True)} | "
                     + " | ".join(fmt(r.get(k), True) for k in ("pass@1", "pass@10", "pass@100",
-                                                               "base_pass@1")) + " |")
+                                                               "base_pass@1"))
+                    + f" | {solved_cell(r.get('solved'))} |")
     return "\n".join(rows + (infill if len(infill) > 3 else []))
 
 

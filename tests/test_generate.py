@@ -28,7 +28,7 @@ from codegpt.config import yaml_text
 from codegpt.eval import generate as generate_module
 from codegpt.eval.decode import decode_step, prefill, prompt_groups
 from codegpt.eval.config import DEFAULT_STOP
-from codegpt.eval.generate import Completion, encode_prompts
+from codegpt.eval.generate import Completion, encode_prompts, prompts_cut
 from codegpt.eval.generate import generate as generate_healed
 from codegpt.eval.sampling import nucleus_mask, pick_tokens
 from codegpt.model import GPT, ModelConfig
@@ -555,3 +555,18 @@ def test_cli_sample_infills_in_the_order_the_model_learned(setup, tmp_path, caps
         assert main([*argv, "--fim-mode", asked]) == code, (spm_rate, asked)
         err = capsys.readouterr().err
         assert code == 0 or f"never saw {asked} order" in err
+
+
+def test_prompts_cut_counts_the_prompts_kept_to_their_end(setup):
+    """``prompts_cut`` (results.json's count) agrees with what ``encode_prompts`` feeds the
+    model: a prompt longer than the context minus the completion's room keeps its last ids."""
+    _, tok, _, _ = setup
+    prompts = ["x = 1\n", "def f(a, b):\n    return a + b\n" * 8, ""]
+    lengths = [len(tok.encode(p).ids) for p in prompts]
+    block = 64
+    for new in (0, 8, 32, 100):
+        kept = encode_prompts(tok, prompts, block, new, warn=False)
+        room = block - min(new, block // 2)
+        assert [len(k) for k in kept] == [min(n, room) if n else 1 for n in lengths]
+        assert prompts_cut(tok, prompts, block, new) == sum(n > room for n in lengths)
+    assert prompts_cut(tok, prompts, 1024, 128) == 0 and prompts_cut(tok, prompts, 64, 32) == 1

@@ -41,6 +41,7 @@ def test_summary_of_a_hand_made_mix():
     assert out["pass@1"] == pytest.approx((0.5 + 0.0 + 1.0) / 3)
     assert out["pass@2"] == pytest.approx(((1 - comb(2, 2) / comb(4, 2)) + 0 + 1) / 3)
     assert "pass@10" not in out  # not enough samples per problem
+    assert out["solved"] == ["A", "C"]  # at least one sample passed
     # reranked: A's best mean_logp is sample 1 (failed), B fails, C passes
     assert out["reranked_pass@1"] == pytest.approx(1 / 3)
     assert out["rerank_scores"] == "this harness's generation"

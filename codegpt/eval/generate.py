@@ -155,6 +155,22 @@ def _generate_batch(model: GPT, tokenizer, prompt_ids: list[list[int]], rows: li
     return done
 
 
+def _encode(tokenizer, prompts: list[str]) -> list[list[int]]:
+    eot = tokenizer.token_to_id(EOT)
+    return [tokenizer.encode(t, add_special_tokens=False).ids or [eot] for t in prompts]
+
+
+def prompt_room(block: int, max_new_tokens: int) -> int:
+    """The tokens of a prompt that a context of ``block`` keeps beside the completion's."""
+    return block - min(max(max_new_tokens, 0), block // 2)
+
+
+def prompts_cut(tokenizer, prompts: list[str], block: int, max_new_tokens: int) -> int:
+    """How many of ``prompts`` ``encode_prompts`` cuts to their last tokens to fit."""
+    keep = prompt_room(block, max_new_tokens)
+    return sum(len(ids) > keep for ids in _encode(tokenizer, prompts))
+
+
 def encode_prompts(tokenizer, prompts: list[str], block: int, max_new_tokens: int,
                    warn: bool = True) -> list[list[int]]:
     """Each prompt's token ids (<|endoftext|> for an empty one), at most
@@ -162,9 +178,8 @@ def encode_prompts(tokenizer, prompts: list[str], block: int, max_new_tokens: in
     the completion its whole budget, or half the context when the budget is larger (keeping
     block - 1 would leave room for one token). One warning per call (``warn``), not one per
     prompt, which would drown a benchmark's log."""
-    eot = tokenizer.token_to_id(EOT)
-    encoded = [tokenizer.encode(t, add_special_tokens=False).ids or [eot] for t in prompts]
-    keep = block - min(max(max_new_tokens, 0), block // 2)
+    encoded = _encode(tokenizer, prompts)
+    keep = prompt_room(block, max_new_tokens)
     cut = sum(len(ids) > keep for ids in encoded)
     if cut and warn:
         log.warning("%d of %d prompts were longer than %d tokens; kept their last %d tokens to "

