@@ -128,6 +128,9 @@ def test_reference_runs_every_stage_once_and_reports(corpus, tmp_path):
         assert set(he["temperatures"]) == {"0.2", "0.8"}
         assert he["temperatures"]["0.8"]["n"] == 2 and "pass@1" in he["temperatures"]["0.8"]
         assert he["temperatures"]["0.8"]["problems"] == 3
+        # the problems solved by name, and how many prompts were cut to fit the context
+        assert isinstance(he["temperatures"]["0.8"]["solved"], list)
+        assert isinstance(he["temperatures"]["0.8"]["prompts_cut"], int)
     # the fine-tuned model on MBPP too: its first 2 problems, n=2, with the likelihood
     mbpp = results["models"]["sft"]["benchmarks"]["mbpp"]
     assert mbpp["canonical_bits_per_byte"] > 0 and mbpp["temperatures"]["0.8"]["problems"] == 2
@@ -232,12 +235,19 @@ def test_bad_reference_configs_are_refused_by_name(tmp_path):
 
 
 def test_the_shipped_reference_configs_load_and_validate():
-    for name in ("cpu", "gpu"):
+    shipped = sorted(p.stem for p in (REPO / "configs" / "reference").glob("*.yaml"))
+    assert {"cpu", "cpu-gpt3", "gpu"} <= set(shipped)
+    for name in shipped:
         cfg = load_config(ReferenceConfig, name, [])
         validate(cfg)
         assert cfg.train["run"]["max_minutes"] > 0
-    cpu = load_config(ReferenceConfig, "cpu", [])
-    assert cpu.budget_minutes == 30 and cpu.train["run"]["max_minutes"] <= 15
+    for name in ("cpu", "cpu-gpt3"):  # the same budgets: the two recipes side by side
+        cpu = load_config(ReferenceConfig, name, [])
+        assert cpu.budget_minutes == 30 and cpu.train["run"]["max_minutes"] == 15
+    # the GPT-3 recipe keeps GPT-3's architecture and AdamW
+    gpt3 = load_config(ReferenceConfig, "cpu-gpt3", [])
+    assert not {"positions", "norm", "mlp", "qk_norm", "bias"} & set(gpt3.train["model"])
+    assert "name" not in gpt3.train["optim"]
 
 
 def test_an_outdated_stage_output_is_kept_until_its_replacement_is_complete(tmp_path,
