@@ -36,7 +36,8 @@ class RunSection:
                                   # fractions)
     # keep freed host memory for the next step's tensors instead of handing it back to the OS
     # (glibc's malloc; elsewhere nothing changes): a CPU step then stops faulting in fresh
-    # pages, 17-31% more tokens/s for the CPU reference model (docs/benchmarks.md)
+    # pages: 24x fewer page faults and up to 1.38x the steps/s for the CPU reference model
+    # (docs/benchmarks.md)
     keep_host_memory: bool = True
 
 
