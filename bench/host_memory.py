@@ -3,7 +3,7 @@ run, alternating the two settings for ``--rounds`` rounds, each its own process.
 
 With glibc's default, freed blocks above its mmap threshold go back to the OS and the next
 step's tensors fault in fresh pages, which the kernel zeroes; ``run.keep_host_memory`` keeps
-them for reuse. Each run reports its tokens/s over the steps after ``--skip`` (its warmup and
+them for reuse. Each run reports its steps/s over the steps after ``--skip`` (its warmup and
 first allocations left out), its minor page faults and the kernel (system) CPU seconds.
 
     python -m bench.host_memory --config runs/reference/configs/train.yaml

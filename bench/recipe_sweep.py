@@ -118,11 +118,6 @@ def train(config: str, overrides: list[str]) -> None:
     subprocess.run([sys.executable, "-m", "codegpt", "train", config, *overrides], check=True)
 
 
-def last_step(run_dir: Path) -> int:
-    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
-    return rows[-1]["step"]
-
-
 def row(trial: dict, cfg: TrainConfig, fpt: float, tps: float, compile_s: float,
         steps: int) -> dict:
     """The sweep's record of a trained trial: what it was, what it trained, how it scored."""
@@ -174,26 +169,23 @@ def main() -> None:
             train(config, [*overrides, "run.max_steps=100000000",
                            f"run.max_minutes={args.budget_minutes}", "checkpoint.every=0",
                            "checkpoint.keep_last=1"])
-            steps = last_step(run_dir)
-            rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
-            tps = steps * tokens_per_step / rows[-1]["elapsed_s"]
-            report["trials"].append(row(trial, cfg, fpt, tps, compile_s, steps))
-            write_report(report, args.out)
-            print(json.dumps(report["trials"][-1]), flush=True)
-            continue
-        if args.equal == "time":
-            tps, compile_s = cpu_throughput(cfg)
-            seconds = max(0.0, seconds - compile_s)
+            last = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r][-1]
+            steps = last["step"]
+            tps = steps * tokens_per_step / last["elapsed_s"]
         else:
-            if not report["flops_per_second"]:
-                report["flops_per_second"] = cpu_throughput(cfg)[0] * fpt
-            tps = report["flops_per_second"] / fpt
-        steps = max(1, int(seconds * tps / tokens_per_step))
-        print(f"[{name}] {tps:,.0f} tokens/s ({tps * fpt / 1e9:.1f} GFLOP/s"
-              f"{f', {compile_s:.0f} s compiling' if compile_s else ''}): "
-              f"{steps} updates of {tokens_per_step:,} tokens", flush=True)
-        train(config, [*overrides, f"run.max_steps={steps}", f"data.val_every={steps}",
-                       "checkpoint.every=0", "checkpoint.keep_last=1"])
+            if args.equal == "time":
+                tps, compile_s = cpu_throughput(cfg)
+                seconds = max(0.0, seconds - compile_s)
+            else:
+                if not report["flops_per_second"]:
+                    report["flops_per_second"] = cpu_throughput(cfg)[0] * fpt
+                tps = report["flops_per_second"] / fpt
+            steps = max(1, int(seconds * tps / tokens_per_step))
+            print(f"[{name}] {tps:,.0f} tokens/s ({tps * fpt / 1e9:.1f} GFLOP/s"
+                  f"{f', {compile_s:.0f} s compiling' if compile_s else ''}): "
+                  f"{steps} updates of {tokens_per_step:,} tokens", flush=True)
+            train(config, [*overrides, f"run.max_steps={steps}", f"data.val_every={steps}",
+                           "checkpoint.every=0", "checkpoint.keep_last=1"])
         report["trials"].append(row(trial, cfg, fpt, tps, compile_s, steps))
         write_report(report, args.out)
         print(json.dumps(report["trials"][-1]), flush=True)

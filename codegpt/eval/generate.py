@@ -165,10 +165,21 @@ def prompt_room(block: int, max_new_tokens: int) -> int:
     return block - min(max(max_new_tokens, 0), block // 2)
 
 
-def prompts_cut(tokenizer, prompts: list[str], block: int, max_new_tokens: int) -> int:
-    """How many of ``prompts`` ``encode_prompts`` cuts to their last tokens to fit."""
+def prompts_cut(tokenizer, prompts: list[str], block: int, max_new_tokens: int,
+                warn: bool = False) -> int:
+    """How many of ``prompts`` ``encode_prompts`` cuts to their last tokens to fit (``warn``:
+    and say so in one warning)."""
+    return _count_cut(_encode(tokenizer, prompts), block, max_new_tokens, warn)
+
+
+def _count_cut(encoded: list[list[int]], block: int, max_new_tokens: int, warn: bool) -> int:
     keep = prompt_room(block, max_new_tokens)
-    return sum(len(ids) > keep for ids in _encode(tokenizer, prompts))
+    cut = sum(len(ids) > keep for ids in encoded)
+    if cut and warn:
+        log.warning("%d of %d prompts were longer than %d tokens; kept their last %d tokens to "
+                    "leave %d for the completion (model.block_size=%d, max_new_tokens=%d)",
+                    cut, len(encoded), keep, keep, block - keep, block, max_new_tokens)
+    return cut
 
 
 def encode_prompts(tokenizer, prompts: list[str], block: int, max_new_tokens: int,
@@ -179,12 +190,8 @@ def encode_prompts(tokenizer, prompts: list[str], block: int, max_new_tokens: in
     block - 1 would leave room for one token). One warning per call (``warn``), not one per
     prompt, which would drown a benchmark's log."""
     encoded = _encode(tokenizer, prompts)
+    _count_cut(encoded, block, max_new_tokens, warn)
     keep = prompt_room(block, max_new_tokens)
-    cut = sum(len(ids) > keep for ids in encoded)
-    if cut and warn:
-        log.warning("%d of %d prompts were longer than %d tokens; kept their last %d tokens to "
-                    "leave %d for the completion (model.block_size=%d, max_new_tokens=%d)",
-                    cut, len(prompts), keep, keep, block - keep, block, max_new_tokens)
     return [ids[-keep:] for ids in encoded]
 
 

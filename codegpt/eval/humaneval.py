@@ -29,8 +29,8 @@ from tqdm import tqdm
 from codegpt.checkpoint import fim_training, inference_dtype, load_checkpoint_and_tokenizer
 from codegpt.errors import EvalError
 from codegpt.eval.config import EvalConfig, SamplingSection
-from codegpt.eval.generate import (encode_fim_prompts, encode_prompts, fim_order, generate,
-                                   infill, prompts_cut)
+from codegpt.eval.generate import (encode_fim_prompts, fim_order, generate, infill,
+                                   prompts_cut)
 from codegpt.eval.likelihood import canonical_likelihood, infill_likelihood
 from codegpt.eval.keys import logp_key, matches, verdict_key
 from codegpt.eval.samples import read_samples, repair_tail, write_samples
@@ -182,13 +182,12 @@ def summarize(samples: list[dict], ks: Iterable[int] = DEFAULT_KS) -> dict:
     ns = [len(v) for v in by_task.values()]
     out: dict = {"problems": len(by_task), "samples": len(samples),
                  "n_per_problem_min": min(ns), "n_per_problem_max": max(ns)}
+    passes = {t: sum(s.get("passed") is True for s in v) for t, v in by_task.items()}
     for k in ks:
         if k <= min(ns):
-            out[f"pass@{k}"] = float(np.mean([
-                pass_at_k(len(v), sum(s.get("passed") is True for s in v), k)
-                for v in by_task.values()]))
-    out["solved"] = sorted((t for t, v in by_task.items()
-                            if any(s.get("passed") is True for s in v)), key=task_number)
+            out[f"pass@{k}"] = float(np.mean([pass_at_k(len(v), passes[t], k)
+                                              for t, v in by_task.items()]))
+    out["solved"] = sorted((t for t, c in passes.items() if c), key=task_number)
     if all("mean_logp" in s for s in samples):
         # ties go to the lowest sample index, then the first completion in text order: the
         # choice does not depend on the rows' order
@@ -327,8 +326,8 @@ def sample_problems(model, tok, out_path: str | Path, problems: dict[str, dict],
             have[s["task_id"]] += 1
     _check_counts(out_path, {t: have[t] for t in problems if have[t] > n}, n)
     if order in (None, "l2r"):  # one warning for the prompts cut to fit
-        encode_prompts(tok, [problems[t]["prompt"] for t in problems], model.config.block_size,
-                       sampling.max_new_tokens)
+        prompts_cut(tok, [problems[t]["prompt"] for t in problems], model.config.block_size,
+                    sampling.max_new_tokens, warn=True)
     else:
         encode_fim_prompts(tok, [(p["prompt"], p["suffix"]) for p in problems.values()],
                            order == "spm", model.config.block_size, sampling.max_new_tokens)
