@@ -8,7 +8,10 @@ Identical to ``codegpt train``.
 
 import sys
 
-from codegpt.cli import main
+from codegpt.train.signals import catch_early
 
 if __name__ == "__main__":
+    catch_early()  # a preemption signal during the imports below stops the run, cleanly
+    from codegpt.cli import main
+
     sys.exit(main(["train", *sys.argv[1:]]))

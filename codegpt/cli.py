@@ -137,7 +137,10 @@ def run_tokenize(args) -> int:
 
 
 def run_train(args) -> int:
-    result = train(load_config(TrainConfig, args.config, args.overrides))
+    from codegpt.train.signals import caught_early
+
+    with caught_early():
+        result = train(load_config(TrainConfig, args.config, args.overrides))
     if result.status == "preempted":
         return PREEMPTED_EXIT_CODE
     print(f"finished at step {result.step}; last checkpoint {result.last_checkpoint}")

@@ -118,6 +118,26 @@ def test_sigusr1_saves_and_exits_with_the_requeue_code_then_resumes(token_dir, t
     assert sorted(losses(run)) == list(range(1, 21))
 
 
+@pytest.mark.slow
+def test_a_signal_during_startup_stops_the_run_before_its_first_update(token_dir, tmp_path):
+    """Slurm's --signal warning can arrive while Python is still importing torch: the run must
+    not die of it but exit 75 (to be requeued), and a second start trains from step 0."""
+    run = tmp_path / "run"
+    args = smoke_args(token_dir, run, "run.max_steps=4", "data.val_every=0")
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    time.sleep(0.5)  # importing torch, before any of the trainer exists
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == PREEMPTED_EXIT_CODE, err[-2000:]
+    assert json.loads((run / "status.json").read_text())["status"] == "preempted"
+    assert not (run / "metrics.jsonl").exists() or losses(run) == {}
+    check_ok(run_cli(args))
+    assert sorted(losses(run)) == [1, 2, 3, 4]
+
+
 def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(token_dir, tmp_path,
                                                                          monkeypatch):
     cfg = load_config(TrainConfig, SMOKE, [f"data_dir={token_dir}", f"out_dir={tmp_path}",
