@@ -7,6 +7,12 @@ layout (``codegpt.checkpoint``, which reads and verifies them) into ``.tmp_step_
 renames it into place only when complete, so a kill at any moment leaves either the old set of
 checkpoints or the old set plus one whole new one. Every rank saves its RNG state, so a resumed
 run continues the same random streams.
+
+The ranks of a run, on one node or many, share one run folder: out_dir must be on a filesystem
+every node sees. Where it is not (a node-local disk, a relative out_dir in each node's own
+checkout), a save whose temporary folder lacks a rank's RNG state and a resume whose ranks find
+different checkpoints are errors on every rank, never a checkpoint without that rank's state or
+ranks that train different models.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ import logging
 import os
 import random
 import shutil
+import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -33,6 +40,7 @@ from codegpt.checkpoint import (MANIFEST, TIED_KEYS, TMP_PREFIX, CheckpointState
                                 list_checkpoints, load_model_state, load_torch,
                                 load_trainer_state, step_dir_name, verify)
 from codegpt.config import yaml_text
+from codegpt.errors import CheckpointError
 from codegpt.io import atomic_write_json, fsync_dir, sha256_file
 from codegpt.outputs import is_disk_full, swap_in
 from codegpt.train.batches import DistributedBatches
@@ -85,10 +93,27 @@ def write_manifest(folder: Path) -> dict:
     return manifest
 
 
+def rng_name(rank: int) -> str:
+    return f"rng/rank_{rank:05d}.pt"
+
+
+def _missing_rng(tmp: Path, world: int) -> str | None:
+    """Rank 0's check, once every rank has written: which ranks' RNG states the temporary
+    folder ``tmp`` lacks, and why that is (None when it holds all ``world``)."""
+    missing = [r for r in range(world) if not (tmp / rng_name(r)).is_file()]
+    if not missing:
+        return None
+    return (f"rank(s) {', '.join(map(str, missing))} could not write their RNG state into rank "
+            f"0's run folder {tmp.parent.parent.resolve()} (on host {socket.gethostname()}): "
+            "every node must see out_dir on one shared filesystem; a relative out_dir in each "
+            "node's own checkout, or a node-local disk, gives every node a run folder of its own")
+
+
 def save_checkpoint(root: Path, step: int, *, model_state: dict | None, optim_state: dict | None,
                     sched_state: dict | None, trainer_state: dict | None, config_yaml: str | None,
                     rank: int, barrier, keep_last: int, tokenizer_hash: str | None = None,
-                    tied: bool = True) -> Path:
+                    tied: bool = True, world: int = 1,
+                    from_rank0: Callable[[Any], Any] | None = None) -> Path:
     """Collective save: every rank calls it; rank 0 writes the shared files.
 
     ``model_state`` etc. are the full (gathered) states, needed on rank 0 only.
@@ -96,6 +121,12 @@ def save_checkpoint(root: Path, step: int, *, model_state: dict | None, optim_st
     the tokenizer the training ids come from, when known) goes into trainer_state.json, which
     the manifest covers; ``checkpoint_tokenizer_hash`` reads it back. ``tied``: the output head
     is the token embedding, saved once (as the embedding).
+
+    Every one of the ``world`` ranks writes its RNG state into the temporary folder rank 0
+    made, and never makes that folder itself: a rank that does not see rank 0's folder (another
+    node's out_dir on a disk of its own) writes nothing, and rank 0 finds its file missing. That
+    is a CheckpointError on every rank (``from_rank0``: rank 0's value on every rank, a
+    collective call; needed with more than one rank), and the temporary folder is removed.
     """
     root = Path(root)
     tmp = root / f"{TMP_PREFIX}{step_dir_name(step)}"
@@ -103,10 +134,11 @@ def save_checkpoint(root: Path, step: int, *, model_state: dict | None, optim_st
     if rank == 0:
         if tmp.exists():
             shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        (tmp / "rng").mkdir(parents=True)
     barrier()
     try:
-        _write(tmp / "rng" / f"rank_{rank:05d}.pt", lambda p: torch.save(rng_state(), p))
+        if (tmp / "rng").is_dir():
+            _write(tmp / rng_name(rank), lambda p: torch.save(rng_state(), p))
         if rank == 0:
             tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()
                        if not (tied and k in TIED_KEYS)}
@@ -120,6 +152,11 @@ def save_checkpoint(root: Path, step: int, *, model_state: dict | None, optim_st
             if config_yaml is not None:
                 _write(tmp / "config.yaml", lambda p: p.write_text(config_yaml))
         barrier()
+        problem = _missing_rng(tmp, world) if rank == 0 else None
+        if world > 1:
+            problem = from_rank0(problem)
+        if problem:
+            raise CheckpointError(f"checkpoint {final.name}: {problem}")
         if rank == 0:
             write_manifest(tmp)
             fsync_dir(tmp)
@@ -154,7 +191,7 @@ def remove_stale_tmp(root: Path) -> None:
 
 
 def load_rng(folder: Path, rank: int) -> dict | None:
-    name = f"rng/rank_{rank:05d}.pt"
+    name = rng_name(rank)
     return load_torch(folder, name) if (Path(folder) / name).is_file() else None
 
 
@@ -225,17 +262,53 @@ class CheckpointManager:
     def resume_point(self) -> Path | None:
         """The checkpoint run.resume names: auto, the newest whole one in the run folder (an
         interrupted save's temporary folder is removed, a damaged checkpoint skipped); never,
-        none; a path, that checkpoint, which must be whole (an error, never skipped)."""
+        none; a path, that checkpoint, which must be whole (an error, never skipped). Every
+        rank looks, and every rank must find the same (``_same_on_every_rank``)."""
         if self.resume == "never":
             return None
-        if self.resume == "auto":
-            if self.accelerator.is_main_process:
-                remove_stale_tmp(self.root)
-            self.accelerator.wait_for_everyone()
-            return find_latest(self.root)
-        path = Path(self.resume)
-        verify(path)
-        return path
+        found, error = None, None
+        try:
+            if self.resume == "auto":
+                if self.accelerator.is_main_process:
+                    remove_stale_tmp(self.root)
+                self.accelerator.wait_for_everyone()
+                found = find_latest(self.root)
+            else:
+                found = Path(self.resume)
+                verify(found)
+        except CheckpointError as e:
+            error = e
+        self._same_on_every_rank(found, error)
+        if error is not None:
+            raise error
+        return found
+
+    def _same_on_every_rank(self, found: Path | None, error: CheckpointError | None) -> None:
+        """Raise a CheckpointError on every rank unless all of them found the same checkpoint
+        to resume from (``found``), or failed with the same ``error``: ranks that see different
+        run folders (out_dir on node-local disks) would otherwise start from different weights
+        and steps, train different models and wait forever for each other at the end. A
+        collective call."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return
+        mine = (str(found) if found is not None else None, str(error) if error else None)
+        views: list = [None] * acc.num_processes
+        torch.distributed.all_gather_object(views, (socket.gethostname(), *mine))
+        if all(view[1:] == views[0][1:] for view in views):
+            return
+
+        def seen(rank: int) -> str:
+            host, folder, problem = views[rank]
+            what = problem or (f"resumes from {folder}" if folder else "finds no checkpoint")
+            return f"rank {rank} on host {host} {what}"
+
+        others = [seen(r) for r in range(1, acc.num_processes) if views[r][1:] != views[0][1:]]
+        raise CheckpointError(
+            f"the ranks do not find the same checkpoint in {self.root}: {seen(0)}, but "
+            f"{'; '.join(others)}. Every node must see out_dir on one shared filesystem; a "
+            "relative out_dir in each node's own checkout, or a node-local disk, gives every "
+            "node a run folder of its own")
 
     def load(self, folder: Path) -> CheckpointState:
         """Load all of ``folder`` into the run: weights, optimizer state, data position and
@@ -289,11 +362,18 @@ class CheckpointManager:
             sched_state=self.optim.schedule_state(step), trainer_state=trainer_state,
             config_yaml=yaml_text(self.config), rank=acc.process_index,
             barrier=acc.wait_for_everyone, keep_last=self.section.keep_last,
-            tokenizer_hash=self.tokenizer_hash, tied=self.config.model.tie_embeddings)
+            tokenizer_hash=self.tokenizer_hash, tied=self.config.model.tie_embeddings,
+            world=acc.num_processes, from_rank0=self._from_rank0)
         self.last = path
         if acc.is_main_process:
             log.info("saved checkpoint %s", path)
         return path
+
+    def _from_rank0(self, value: Any) -> Any:
+        """Rank 0's ``value`` (any picklable object), on every rank: a collective call."""
+        shared = [value]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        return shared[0]
 
     def remove_unfinished(self) -> None:
         """Remove an interrupted save's temporary folder (after a failure: it frees the space a

@@ -70,6 +70,18 @@ def keep_host_memory() -> bool:
         mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
+def end_process_group() -> None:
+    """Destroy the process group of a multi-process launch, if this process has one.
+
+    A process that exits with its gloo process group alive can abort after its work is done:
+    gloo's worker threads may still hold finished work (and its tensors) when the interpreter
+    shuts down, and freeing them then kills the process with SIGABRT ("terminate called without
+    an active exception"), sometimes, more often on a loaded machine. torch and accelerate
+    leave the destroying to the program (``destroy_process_group``, ``end_training``)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def build_accelerator(run: RunSection) -> Accelerator:
     """The accelerator of this process, in the run's precision."""
     # cpu=True on a machine without CUDA lets torchrun / accelerate launch run gloo (MULTI_CPU)

@@ -33,7 +33,7 @@ from codegpt.train.config import TrainConfig
 from codegpt.train.flops import flops_per_token, mfu, peak_flops
 from codegpt.train.metrics import MetricsLogger
 from codegpt.train.optim import ScheduledOptimizer
-from codegpt.train.setup import build_accelerator, keep_host_memory
+from codegpt.train.setup import build_accelerator, end_process_group, keep_host_memory
 from codegpt.train.signals import StopFlag
 from codegpt.train.start import (ABSENT, check_resume_config, config_changes, flat_config,
                                  log_data, open_data, resolve_start)
@@ -328,4 +328,15 @@ class Trainer:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
-    return Trainer(cfg).fit()
+    """Train ``cfg``'s run: the work of a training process (``codegpt train``, ``train.py``).
+
+    A run that returns, finished or preempted, destroys the process group its launch made
+    (``end_process_group``) on every rank, so no rank can abort at exit: that would turn its
+    exit code 0, or the 75 that requeues a job, into a failure, and under torchrun leave the
+    other nodes' launchers waiting for this one. A process group the caller made is left to
+    it; a failed run leaves it to the process's exit, which reports a failure either way."""
+    made_here = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    result = Trainer(cfg).fit()
+    if made_here:
+        end_process_group()
+    return result
