@@ -46,6 +46,25 @@ def kill_at_checkpoint(args: list[str], run_dir: Path, step: int = 10,
     proc.wait()
 
 
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real Slurm cluster for the session (``slurm_cluster``): the local one-node cluster,
+    stopped at the end with everything it ran, or the existing one SLURM_PARTITION names."""
+    import slurm_cluster
+
+    folder = tmp_path_factory.mktemp("slurm")
+    try:
+        cluster = slurm_cluster.start(folder)
+    except slurm_cluster.CannotStart as e:
+        pytest.skip(f"no Slurm cluster: {e}")
+    try:
+        yield cluster
+    finally:
+        cluster.cancel_ours()
+        if cluster.folder is not None:
+            slurm_cluster.stop(cluster.folder)
+
+
 @pytest.fixture
 def count_runs(monkeypatch):
     """How many programs each call of the scorer's sandbox ran (a list, one entry per call)."""
