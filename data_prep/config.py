@@ -37,12 +37,14 @@ class DecontamConfig:
 class ExecutorConfig:
     type: str = setting("local", choices=("local", "slurm", "ray"))
     tasks: int = setting(2, ge=1)        # keep fixed across a resume
-    # local: parallel processes (-1: one per core, at most tasks)
+    # local: parallel processes (-1: one per core, at most tasks). ray: tasks at a time (-1: as
+    # many as the cluster holds), and the CPUs of a cluster prep starts itself (-1: one per core)
     workers: int = setting(-1, ge=1, choices=(-1,), what="-1 (one per core) or >= 1")
     # local: fork starts workers in milliseconds; spawn/forkserver
     start_method: str = setting("fork", choices=("fork", "spawn", "forkserver"))
     slurm: dict = field(default_factory=dict)  # extra SlurmPipelineExecutor arguments
-    ray: dict = field(default_factory=dict)    # extra RayPipelineExecutor arguments
+    # address, retries (ours: data_prep.ray_executor) and extra RayPipelineExecutor arguments
+    ray: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -298,8 +298,7 @@ class WriteKept(PipelineStep):
 
 # --- running and summarising -------------------------------------------------------------------
 
-_EXECUTOR_CLASSES = {"local": "LocalPipelineExecutor", "slurm": "SlurmPipelineExecutor",
-                     "ray": "RayPipelineExecutor"}
+_EXECUTOR_CLASSES = {"local": "LocalPipelineExecutor"}
 
 
 def _executor_options(ex: ExecutorConfig, name: str, tasks: int) -> tuple[dict, dict]:
@@ -311,9 +310,13 @@ def _executor_options(ex: ExecutorConfig, name: str, tasks: int) -> tuple[dict, 
         workers = ex.workers if ex.workers != -1 else min(tasks, os.cpu_count() or 1)
         return {"workers": workers, "start_method": ex.start_method}, {}
     if ex.type == "slurm":
-        return ({"job_name": f"codegpt-prep-{name}"},
-                {"time": "04:00:00", "partition": "cpu", "cpus_per_task": 1, **ex.slurm})
-    return {}, dict(ex.ray)
+        from data_prep.slurm_executor import slurm_options
+
+        return {"job_name": f"codegpt-prep-{name}", "workers": ex.workers}, slurm_options(ex)
+    from data_prep.ray_executor import ray_settings
+
+    settings = ray_settings(ex)  # our options (address, retries) apart, the rest checked
+    return {"workers": ex.workers, "retries": settings.retries}, settings.executor
 
 
 def make_executors(cfg: PrepConfig) -> list:
@@ -330,9 +333,14 @@ def make_executors(cfg: PrepConfig) -> list:
         ("3_write", [WriteKept(work, str(out), samples)], tasks),
     ]
     # the executors pull in their schedulers' client code (Slurm, Ray): imported when one is built
-    import datatrove.executor
+    if cfg.executor.type == "ray":  # datatrove's, made to run for real: see data_prep.ray_executor
+        from data_prep.ray_executor import RayExecutor as cls
+    elif cfg.executor.type == "slurm":  # datatrove's, made right for sbatch: data_prep.slurm_executor
+        from data_prep.slurm_executor import SlurmJobs as cls
+    else:
+        import datatrove.executor
 
-    cls = getattr(datatrove.executor, _EXECUTOR_CLASSES[cfg.executor.type])
+        cls = getattr(datatrove.executor, _EXECUTOR_CLASSES[cfg.executor.type])
     executors = []
     for name, pipeline, n in jobs:
         ours, opts = _executor_options(cfg.executor, name, n)
@@ -380,21 +388,47 @@ def datatrove_console_to(path: Path) -> Iterator[None]:
 
 
 def run_prep(cfg: PrepConfig) -> dict | None:
-    """Run the three jobs and summarise. On Slurm the jobs are submitted; summarise later.
+    """Run the three jobs and summarise. On Slurm the jobs are submitted and None returned; the
+    same command run again says which are still queued, or submits the tasks left unfinished
+    (cancelled, failed), or once all are complete summarises.
 
     datatrove's own logs go to ``logs/`` in the output folder, not to the console: one file
     per task under each job's folder, and what it would have printed in ``logs/prep.log``."""
     build_sources(cfg.sources)  # a bad source is refused here, before any worker starts
+    if cfg.executor.type == "ray":  # and bad executor.ray options, no ray, no cluster there
+        from data_prep.ray_executor import check_ray_config
+
+        check_ray_config(cfg.executor)
+    slurm = cfg.executor.type == "slurm"
+    if slurm:  # and bad executor.slurm options, or no Slurm commands here
+        from data_prep import slurm_executor
+
+        slurm_executor.slurm_options(cfg.executor)
+        slurm_executor.require_commands()
     with writing_in_place(cfg.out_dir, "prep", cleanup=remove_temporary_files) as place:
         out = place.folder
         _check_resume(out, cfg)
-        remove_temporary_files(out)  # of a killed run: its tasks run again
-        executors = make_executors(cfg)
+        if slurm and (queued := slurm_executor.queued_jobs(out / "work")):
+            log.warning("%s: jobs still queued or running: %s; run the same command again "
+                        "once they finish", out, ", ".join(queued))
+            return None  # their files are left alone
         console_log = out / "logs" / "prep.log"
         log.info("datatrove's logs: %s and %s", console_log, out / "logs" / "*" / "logs")
         with datatrove_console_to(console_log):
-            executors[-1].run()  # runs its dependencies first
-        if cfg.executor.type == "slurm":
+            executors = make_executors(cfg)  # some warn as they are built
+            done = slurm and not any(e.get_incomplete_ranks() for e in executors)
+            if not done:
+                remove_temporary_files(out)  # of a killed run: its tasks run again
+            if cfg.executor.type == "ray":
+                from data_prep.ray_executor import run_on_ray
+
+                run_on_ray(executors, cfg.executor)  # on the configured or a local cluster
+            elif not done:
+                executors[-1].run()  # runs its dependencies first (on Slurm: submits them)
+        if slurm and not done:
+            jobs = slurm_executor.record_jobs(out / "work", executors)
+            log.info("submitted Slurm jobs %s (logs in %s)", ", ".join(jobs),
+                     out / "logs" / "*" / "slurm_logs")
             return None  # the marker says running until a later `codegpt prep` summarises
         stats = summarize(out, cfg)
         place.complete([out / "stats.json", *sorted((out / "data").glob("*.parquet"))])
