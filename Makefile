@@ -13,12 +13,13 @@ EVAL_CONFIG ?= configs/eval/humaneval.yaml
 ARGS ?=
 RUNS ?= runs
 
-.PHONY: install test test-slow test-all demo reference data tokenizer tokens train eval bench-train bench-prep bench-tokenizer bench-generate bench-sandbox bench-fim clean help
+.PHONY: install test test-slow test-cluster test-all demo reference data tokenizer tokens train eval bench-train bench-prep bench-tokenizer bench-generate bench-sandbox bench-fim clean help
 
 help:
 	@echo "make install   create $(VENV) and install codegpt with dev extras"
 	@echo "make test      run the test suite on CPU (under 10 minutes on 2 cores)"
 	@echo "make test-slow run the slow tests: multi-process runs, whole pipelines"
+	@echo "make test-cluster  the Slurm, Ray and multi-node tests, on real schedulers"
 	@echo "make demo      run the pipeline end to end on CPU: prep, tokenizer, shards, train, plot, eval"
 	@echo "make reference the reference run: every stage to a HumanEval report (30 min on 2 cores)"
 	@echo "make data      data prep with DATA_CONFIG=$(DATA_CONFIG) ARGS='section.field=value ...'"
@@ -35,7 +36,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 ifneq ($(HAS_CUDA),1)
 	$(PIP) install "torch==$(TORCH_CPU_VERSION)"
 endif
-	$(PIP) install -e ".[dev,data]"
+	$(PIP) install -e ".[dev,data,ray]"
 	@# EvalPlus's checker: the tests' reference scorer of HumanEval+ and MBPP+. Its declared
 	@# dependencies are model providers (openai, vllm, ...) the checker does not import.
 	$(PIP) install --no-deps "evalplus==0.3.1"
@@ -49,10 +50,15 @@ endif
 install: $(VENV)/.installed
 
 test: install
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not cluster" $(PYTEST_ARGS)
 
 test-slow: install
-	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "slow and not cluster" $(PYTEST_ARGS)
+
+# Slurm, Ray and multi-node tests against real schedulers on this machine: the Slurm tests start
+# (as root) a one-node Slurm cluster of their own, or use an existing one (SLURM_PARTITION=...).
+test-cluster: install
+	$(PY) -m pytest -q -m cluster $(PYTEST_ARGS)
 
 test-all: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
