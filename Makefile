@@ -58,7 +58,7 @@ test-slow: install
 # Slurm, Ray and multi-node tests against real schedulers on this machine: the Slurm tests start
 # (as root) a one-node Slurm cluster of their own, or use an existing one (SLURM_PARTITION=...).
 test-cluster: install
-	$(PY) -m pytest -q -m cluster $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m cluster --durations=20 $(PYTEST_ARGS)
 
 test-all: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
