@@ -21,6 +21,7 @@ SCRIPT = REPO / "scripts" / "slurm" / "local-cluster.sh"
 SKIP_CODE = 77  # local-cluster.sh: cannot start here (not root, no packages)
 DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
         "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
+RELEASE_AFTER = 5  # seconds a requeued job stays held before the tests release it
 
 
 class CannotStart(Exception):
@@ -92,8 +93,12 @@ class Slurm:
     def wait(self, job: str, timeout: float, release: bool = True) -> str:
         """Wait until ``job`` ends; returns its final state. A requeued job is held for two
         minutes (its begin time) before it may start again: with ``release`` the wait is cut
-        short (``scontrol update StartTime=now``), as an impatient user would."""
+        short (``scontrol update StartTime=now``), as an impatient user would, but only
+        ``RELEASE_AFTER`` seconds after the requeue. slurmd revokes the old incarnation's
+        credential with a one-second clock: a new one issued within the same second is
+        refused ("Job credential revoked") and the job ends FAILED."""
         deadline = time.time() + timeout
+        held_since = None
         while time.time() < deadline:
             info = self.job(job)
             state = info.get("JobState")
@@ -103,8 +108,12 @@ class Slurm:
                 hist = self.history(job)
                 if hist and hist[-1]["State"].split()[0] in DONE:
                     return hist[-1]["State"].split()[0]
-            if release and state == "PENDING" and info.get("Reason") == "BeginTime":
-                self.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
+            if state == "PENDING" and info.get("Reason") == "BeginTime":
+                held_since = held_since or time.time()
+                if release and time.time() - held_since >= RELEASE_AFTER:
+                    self.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
+            else:
+                held_since = None
             time.sleep(1)
         raise TimeoutError(f"job {job} still {self.job(job).get('JobState')} after {timeout}s")
 
