@@ -86,19 +86,41 @@ RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]
 HEADS: list[int] = []  # pids of the `ray start` clusters this module runs: theirs may stay
 
 
+@pytest.fixture(scope="module", autouse=True)
+def ray_files():
+    """Ray writes its session files to /tmp/ray and a token to ~/.ray: for this module both go
+    to a folder of its own (RAY_TMPDIR, HOME), short for Ray's socket paths, removed at the
+    end. Afterwards neither /tmp/ray nor ~/.ray exists unless it did before."""
+    outside = [Path(tempfile.gettempdir()) / "ray", Path.home() / ".ray"]
+    before = {p: p.exists() for p in outside}
+    folder = Path(tempfile.mkdtemp(prefix="ray-"))
+    (folder / "tmp").mkdir()
+    (folder / "home").mkdir()
+    env = pytest.MonkeyPatch()
+    env.setenv("RAY_TMPDIR", str(folder / "tmp"))
+    env.setenv("HOME", str(folder / "home"))
+    try:
+        yield folder
+    finally:
+        env.undo()
+        shutil.rmtree(folder, ignore_errors=True)
+    written = [str(p) for p in outside if p.exists() and not before[p]]
+    assert not written, f"Ray wrote outside the test's folders: {written}"
+
+
 @pytest.fixture(scope="module")
-def baseline() -> set[int]:
+def baseline(ray_files) -> set[int]:
     """The Ray processes running before this module's tests (someone else's): left alone."""
     return set(ray_processes())
 
 
 @pytest.fixture(scope="module")
-def head(baseline):
+def head(baseline, ray_files):
     """A 2-CPU Ray cluster started as a user would (`ray start --head --block`), its address;
     stopped by SIGTERM after the module's tests, and then none of its processes may be left.
     Its files go to a folder of its own, not /tmp/ray, so that its address does not stay behind
     in /tmp/ray/ray_current_cluster for a later `ray.init()` to find."""
-    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths
+    temp = Path(tempfile.mkdtemp(prefix="head-", dir=os.environ["RAY_TMPDIR"]))
     env = pytest.MonkeyPatch()
     # Ray's token authentication (recent Rays): `ray start` turns it on once a token exists, and
     # a driver given the cluster's address sends the token only with RAY_AUTH_MODE=token
