@@ -31,7 +31,6 @@ forked afterwards were seen to segfault in Ray's library, and the local run to h
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import logging
 import os
@@ -43,7 +42,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from datatrove.executor.ray import RayPipelineExecutor
 from datatrove.utils.logging import logger as datatrove_logger
@@ -52,6 +50,7 @@ from tqdm import tqdm
 
 from codegpt.errors import ConfigError
 from data_prep.config import ExecutorConfig
+from data_prep.executor_options import FLAG, check_options, number, whole
 
 log = logging.getLogger(__name__)
 
@@ -72,23 +71,17 @@ UNSUPPORTED = {
 }
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-# what each option's value must be: (check, description)
+# what each option's value must be
 _VALUES = {
     "address": (lambda v: isinstance(v, str) and bool(v), "a cluster address (HOST:PORT, "
                 "ray://HOST:PORT or auto)"),
-    "retries": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-                "an integer >= 0"),
-    "cpus_per_task": (lambda v: _number(v) and v > 0, "a number > 0"),
-    "gpus_per_task": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-    "mem_per_cpu_gb": (lambda v: _number(v) and v >= 0, "a number >= 0"),
-    "randomize_start_duration": (lambda v: isinstance(v, int) and not isinstance(v, bool)
-                                 and v >= 0, "an integer >= 0 (seconds)"),
-    "skip_completed": (lambda v: isinstance(v, bool), "true or false"),
-    "log_first": (lambda v: isinstance(v, bool), "true or false"),
+    "retries": whole(0),
+    "cpus_per_task": number(0, strict=True),
+    "gpus_per_task": number(0),
+    "mem_per_cpu_gb": number(0),
+    "randomize_start_duration": (whole(0)[0], "a whole number >= 0 (seconds)"),
+    "skip_completed": FLAG,
+    "log_first": FLAG,
     "ray_remote_kwargs": (lambda v: isinstance(v, dict), "a mapping of Ray task options"),
 }
 
@@ -118,20 +111,10 @@ def ray_settings(ex: ExecutorConfig) -> RaySettings:
     ray = require_ray()
     params = inspect.signature(RayPipelineExecutor.__init__).parameters
     known = [*OURS, *(p for p in PASSED if p in params)]
+    check_options("executor.ray", ex.ray, known=known, set_by_codegpt=SET_BY_CODEGPT,
+                  values=_VALUES, unsupported=UNSUPPORTED)
     settings = RaySettings()
     for key, value in ex.ray.items():
-        if key in SET_BY_CODEGPT:
-            raise ConfigError(f"executor.ray.{key} is set by codegpt (from executor.tasks, "
-                              "executor.workers and out_dir): remove it")
-        if key in UNSUPPORTED:
-            raise ConfigError(f"executor.ray.{key} is not supported: {UNSUPPORTED[key]}")
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f" (known: {', '.join(known)})"
-            raise ConfigError(f"unknown option 'executor.ray.{key}'{hint}")
-        check, what = _VALUES[key]
-        if not check(value):
-            raise ConfigError(f"executor.ray.{key} must be {what}, got {value!r}")
         if key in OURS:
             setattr(settings, key, value)
         else:

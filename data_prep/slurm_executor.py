@@ -23,7 +23,6 @@ whole number of GB) are refused by name before anything is submitted.
 
 from __future__ import annotations
 
-import difflib
 import getpass
 import inspect
 import json
@@ -32,13 +31,13 @@ import shutil
 import subprocess
 import sysconfig
 from pathlib import Path
-from typing import Any
 
 from datatrove.executor.slurm import SlurmPipelineExecutor
 
 from codegpt.errors import ConfigError
 from codegpt.outputs import atomic_write_json
 from data_prep.config import ExecutorConfig
+from data_prep.executor_options import check_options, whole
 
 # SlurmPipelineExecutor arguments that make_executors sets from the rest of the config
 SET_BY_CODEGPT = ("pipeline", "tasks", "workers", "depends", "depends_job_id", "logging_dir",
@@ -54,19 +53,15 @@ _TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,
                    r"\d+-\d+:\d{1,2}:\d{1,2})$")
 
 
-def _whole(v: Any, least: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= least
-
-
 _VALUES = {
-    "time": (lambda v: isinstance(v, str) and bool(_TIME.match(v)) or _whole(v, 1),
+    "time": (lambda v: isinstance(v, str) and bool(_TIME.match(v)) or whole(1)[0](v),
              "a Slurm time limit: MINUTES, HH:MM:SS, D-HH or D-HH:MM:SS"),
-    "cpus_per_task": (lambda v: _whole(v, 1), "a whole number >= 1"),
-    "mem_per_cpu_gb": (lambda v: _whole(v, 1), "a whole number of GB >= 1 (sbatch --mem-per-cpu)"),
-    "gpus_per_task": (lambda v: _whole(v, 0), "a whole number >= 0"),
-    "nodes_per_task": (lambda v: _whole(v, 1), "a whole number >= 1"),
-    "tasks_per_job": (lambda v: _whole(v, 1), "a whole number >= 1"),
-    "max_array_size": (lambda v: _whole(v, 1) or v == -1, "a whole number >= 1, or -1"),
+    "cpus_per_task": whole(1),
+    "mem_per_cpu_gb": (whole(1)[0], "a whole number of GB >= 1 (sbatch --mem-per-cpu)"),
+    "gpus_per_task": whole(0),
+    "nodes_per_task": whole(1),
+    "tasks_per_job": whole(1),
+    "max_array_size": (lambda v: whole(1)[0](v) or v == -1, "a whole number >= 1, or -1"),
     "partition": (lambda v: v is None or isinstance(v, str) and bool(v.strip()),
                   "a partition name (or null: the cluster's default)"),
     "qos": (lambda v: v is None or isinstance(v, str) and bool(v.strip()), "a QOS name or null"),
@@ -78,18 +73,8 @@ _VALUES = {
 def slurm_options(ex: ExecutorConfig) -> dict:
     """The SlurmPipelineExecutor arguments of ``executor.slurm``, checked, with our defaults."""
     known = set(inspect.signature(SlurmPipelineExecutor.__init__).parameters) - {"self"}
-    for key, value in ex.slurm.items():
-        if key in SET_BY_CODEGPT:
-            raise ConfigError(f"executor.slurm.{key} is set by codegpt (from executor.tasks, "
-                              "executor.workers and the pipeline); remove it")
-        if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"executor.slurm: unknown option '{key}'{hint}; datatrove's "
-                              f"SlurmPipelineExecutor takes: {', '.join(sorted(known - set(SET_BY_CODEGPT)))}")
-        check = _VALUES.get(key)
-        if check is not None and not check[0](value):
-            raise ConfigError(f"executor.slurm.{key} must be {check[1]}, got {value!r}")
+    check_options("executor.slurm", ex.slurm, known=known, set_by_codegpt=SET_BY_CODEGPT,
+                  values=_VALUES)
     opts = {**DEFAULTS, **ex.slurm}
     opts["time"] = str(opts["time"])
     opts["sbatch_args"] = {**SBATCH_DEFAULTS, **opts.get("sbatch_args", {})}

@@ -337,7 +337,7 @@ def test_bad_ray_options_are_config_errors_before_anything_is_written(corpus, tm
                               r"'cpus_per_task'"),
         ({"workers": 4}, r"executor.ray.workers is set by codegpt"),
         ({"nodes_per_task": 2}, r"executor.ray.nodes_per_task is not supported"),
-        ({"retries": -1}, r"executor.ray.retries must be an integer >= 0, got -1"),
+        ({"retries": -1}, r"executor.ray.retries must be a whole number >= 0, got -1"),
         ({"mem_per_cpu_gb": "2G"}, r"executor.ray.mem_per_cpu_gb must be a number >= 0"),
         ({"ray_remote_kwargs": {"max_retries": 5}}, r"max_retries is set by executor.ray.retries"),
         ({"ray_remote_kwargs": {"max_restarts": 1}}, r"ray_remote_kwargs: .*max_restarts"),

@@ -40,12 +40,15 @@ def test_the_job_script_asks_only_for_what_was_configured(tmp_path):
 
 
 @pytest.mark.parametrize("option, message", [
-    ("{partiton: cpu}", "unknown option 'partiton' \\(did you mean 'partition'\\?\\)"),
+    ("{partiton: cpu}", "unknown option 'executor.slurm.partiton'; did you mean 'partition'\\?"),
     ("{time: '4 hours'}", "executor.slurm.time must be a Slurm time limit"),
     ("{mem_per_cpu_gb: 1.5}", "executor.slurm.mem_per_cpu_gb must be a whole number of GB"),
     ("{cpus_per_task: 0}", "executor.slurm.cpus_per_task must be a whole number >= 1"),
     ("{tasks: 3}", "executor.slurm.tasks is set by codegpt"),
     ("{partition: ''}", "executor.slurm.partition must be a partition name"),
+    ("{gpus_per_task: true}", "executor.slurm.gpus_per_task must be a whole number >= 0, got True"),
+    ("{max_array_size: 0}", "executor.slurm.max_array_size must be a whole number >= 1, or -1"),
+    ("{zzz: 1}", r"unknown option 'executor.slurm.zzz' \(known: .*cpus_per_task.*partition"),
 ])
 def test_bad_slurm_settings_are_refused_by_name_before_anything_is_written(tmp_path, option,
                                                                             message):
