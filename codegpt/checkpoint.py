@@ -33,7 +33,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from codegpt.config import from_dict
+from codegpt.config import from_dict, load_yaml
 from codegpt.errors import CheckpointError, ConfigError, TokenizerError
 from codegpt.io import sha256_file
 from codegpt.model import GPT, ModelConfig
@@ -202,7 +202,7 @@ def checkpoint_config(folder: str | Path) -> dict:
     ``model`` without ``size`` (already expanded)."""
     path = Path(folder) / "config.yaml"
     try:
-        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
+        raw = load_yaml(path.read_text()) if path.is_file() else None
     except yaml.YAMLError as e:
         raise CheckpointError(f"checkpoint {folder}: config.yaml is not valid YAML ({e})") from e
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):

@@ -396,7 +396,7 @@ def parse_overrides(overrides: Iterable[str], cls: type | None = None) -> dict:
             value = raw
         else:
             try:
-                value = yaml.safe_load(raw) if raw != "" else ""
+                value = load_yaml(raw) if raw != "" else ""
             except yaml.YAMLError:
                 value = raw
         node = out
@@ -419,12 +419,32 @@ def deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+# YAML 1.1 reads 4:00:00 as the base-60 integer 14400 and 1:30 as 90 (YAML 1.2 dropped that):
+# a Slurm time limit written without quotes would become minutes. Here such a value is text.
+_SEXAGESIMAL = r"(?![-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$)"
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without YAML 1.1's base-60 numbers."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, re.compile("^" + _SEXAGESIMAL + rx.pattern.removeprefix("^"), rx.flags)
+                 if tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float") else rx)
+                for tag, rx in resolvers]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def load_yaml(text: str):
+    """``yaml.safe_load`` for configs: the same, except that 4:00:00 stays text."""
+    return yaml.load(text, Loader=ConfigLoader)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):

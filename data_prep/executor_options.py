@@ -8,6 +8,7 @@ option's check. Options without a check are passed through as they are."""
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -23,9 +24,9 @@ def whole(least: int) -> Check:
 
 
 def number(least: float, strict: bool = False) -> Check:
-    """An int or float (not a bool) >= ``least`` (> with ``strict``)."""
+    """A finite int or float (not a bool) >= ``least`` (> with ``strict``)."""
     def ok(v: Any) -> bool:
-        return (isinstance(v, (int, float)) and not isinstance(v, bool)
+        return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                 and (v > least if strict else v >= least))
     return ok, f"a number {'>' if strict else '>='} {least:g}"
 

@@ -49,13 +49,15 @@ JOBS_FILE = "slurm_jobs.json"  # in OUT/work: the job ids of the last submission
 
 # Slurm's time formats: minutes, minutes:seconds, hours:minutes:seconds, days-hours,
 # days-hours:minutes, days-hours:minutes:seconds
+_NO_LIMIT = ("UNLIMITED", "INFINITE")
 _TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|"
                    r"\d+-\d+:\d{1,2}:\d{1,2})$")
 
 
 _VALUES = {
-    "time": (lambda v: isinstance(v, str) and bool(_TIME.match(v)) or whole(1)[0](v),
-             "a Slurm time limit: MINUTES, HH:MM:SS, D-HH or D-HH:MM:SS"),
+    "time": (lambda v: isinstance(v, str) and bool(_TIME.match(v) or v.upper() in _NO_LIMIT)
+             or whole(0)[0](v), "a Slurm time limit: MINUTES, MINUTES:SECONDS, HH:MM:SS, D-HH, "
+             "D-HH:MM or D-HH:MM:SS (0 or UNLIMITED: none)"),
     "cpus_per_task": whole(1),
     "mem_per_cpu_gb": (whole(1)[0], "a whole number of GB >= 1 (sbatch --mem-per-cpu)"),
     "gpus_per_task": whole(0),

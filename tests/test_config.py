@@ -57,3 +57,13 @@ def test_bad_values_are_clear_errors(override, words):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="not found"):
         load_train_config("configs/train/nope.yaml")
+
+
+def test_config_yaml_has_no_base_60_numbers():
+    """YAML 1.1 reads 1:30 as 90 and 4:00:00 as 14400; in a config they stay what was written
+    (times, ratios), and every other number reads as before."""
+    from codegpt.config import load_yaml
+    assert load_yaml("{t: 4:00:00, m: 1:30, f: 1:30.5, n: -2:05}") == \
+        {"t": "4:00:00", "m": "1:30", "f": "1:30.5", "n": "-2:05"}
+    assert load_yaml("[12, -3, 0x1f, 1_000, 1.5, 6.0e-4, .inf, true, null, '4:00']") == \
+        [12, -3, 31, 1000, 1.5, 6e-4, float("inf"), True, None, "4:00"]

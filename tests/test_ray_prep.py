@@ -339,13 +339,15 @@ def test_bad_ray_options_are_config_errors_before_anything_is_written(corpus, tm
         ({"nodes_per_task": 2}, r"executor.ray.nodes_per_task is not supported"),
         ({"retries": -1}, r"executor.ray.retries must be a whole number >= 0, got -1"),
         ({"mem_per_cpu_gb": "2G"}, r"executor.ray.mem_per_cpu_gb must be a number >= 0"),
+        ("{cpus_per_task: .inf}", r"executor.ray.cpus_per_task must be a number > 0, got inf"),
         ({"ray_remote_kwargs": {"max_retries": 5}}, r"max_retries is set by executor.ray.retries"),
         ({"ray_remote_kwargs": {"max_restarts": 1}}, r"ray_remote_kwargs: .*max_restarts"),
         ({"address": f"127.0.0.1:{free}"}, rf"cannot reach the Ray cluster at '127.0.0.1:{free}'"),
     ]
     for options, message in cases:
         with pytest.raises(ConfigError, match=message):
-            prep(root, tmp_path / "out", 1, "executor.type=ray", ray_config(**options))
+            prep(root, tmp_path / "out", 1, "executor.type=ray",
+                 f"executor.ray={options}" if isinstance(options, str) else ray_config(**options))
         assert not (tmp_path / "out").exists()
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     with pytest.raises(ConfigError, match=r"needs ray, which is not installed: "

@@ -42,6 +42,8 @@ def test_the_job_script_asks_only_for_what_was_configured(tmp_path):
 @pytest.mark.parametrize("option, message", [
     ("{partiton: cpu}", "unknown option 'executor.slurm.partiton'; did you mean 'partition'\\?"),
     ("{time: '4 hours'}", "executor.slurm.time must be a Slurm time limit"),
+    ("{time: -5}", "executor.slurm.time must be a Slurm time limit"),
+    ("{time: 1.5}", "executor.slurm.time must be a Slurm time limit"),
     ("{mem_per_cpu_gb: 1.5}", "executor.slurm.mem_per_cpu_gb must be a whole number of GB"),
     ("{cpus_per_task: 0}", "executor.slurm.cpus_per_task must be a whole number >= 1"),
     ("{tasks: 3}", "executor.slurm.tasks is set by codegpt"),
@@ -67,3 +69,20 @@ def test_without_slurm_commands_the_error_says_where_to_run(tmp_path, monkeypatc
     with pytest.raises(ConfigError, match="sbatch and squeue not found"):
         run_prep(cfg)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("written, sent", [
+    ("4:00:00", "4:00:00"),    # YAML 1.1 would read the base-60 integer 14400: 10 days
+    ("1:30", "1:30"),          # Slurm's MINUTES:SECONDS, not 90 minutes
+    ("'2-12'", "2-12"),
+    ("240", "240"),            # minutes
+    ("UNLIMITED", "UNLIMITED"),
+])
+def test_a_time_limit_reaches_sbatch_as_written(tmp_path, written, sent):
+    """Unquoted in a config file or in an override, a time limit is sent as the user wrote it."""
+    config = tmp_path / "prep.yaml"
+    config.write_text(f"executor:\n  type: slurm\n  slurm:\n    time: {written}\n")
+    from_file = load_config(PrepConfig, str(config), [f"out_dir={tmp_path / 'a'}"])
+    assert directives(make_executors(from_file)[0])["time"] == sent
+    assert directives(jobs(tmp_path / "b", f"executor.slurm={{time: {written}}}")[0])["time"] == sent
+

@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import yaml
 
 from codegpt import checkpoint as cp
-from codegpt.config import from_dict, yaml_text
+from codegpt.config import from_dict, load_yaml, yaml_text
 from codegpt.errors import ConfigError
 from codegpt.model import ModelConfig
 from codegpt.train.batches import TrainData, open_token_data
@@ -166,10 +165,10 @@ def check_resume_config(folder: Path, cfg: TrainConfig, warn: bool = True) -> No
     a value (``IMPLIED_BY_ABSENCE``) and the run asks for another. The same config (a requeue)
     says nothing."""
     saved = cp.checkpoint_config(folder)
-    now = yaml.safe_load(yaml_text(cfg))  # as config.yaml holds it
+    now = load_yaml(yaml_text(cfg))  # as config.yaml holds it
     changes = {k: v for k, v in config_changes(saved, now).items()
                if k not in RESUME_IGNORED_KEYS}
-    defaults = flat_config(yaml.safe_load(yaml_text(TrainConfig())))
+    defaults = flat_config(load_yaml(yaml_text(TrainConfig())))
     for key, (old, new) in changes.items():
         if old == ABSENT and key in IMPLIED_BY_ABSENCE:
             old = defaults[key]
