@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,6 +54,11 @@ def test_sigkill_then_resume_gives_bit_identical_losses(token_dir, tmp_path):
     assert a == b  # bit-identical floats, not approximately equal
     assert losses(straight, "grad_norm") == losses(killed, "grad_norm")
     assert losses(straight, "lr") == losses(killed, "lr")
+    # and the last checkpoints are the same files: weights, optimizer (its betas a tuple
+    # again after the load), schedule, and every RNG stream (Python's and numpy's seeded)
+    last = Path("checkpoints") / "step_0000020"
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng/rank_00000.pt"):
+        assert (straight / last / name).read_bytes() == (killed / last / name).read_bytes(), name
 
 
 def free_port() -> int:
@@ -294,6 +300,9 @@ def test_a_muon_run_with_every_option_resumes_bit_exact_and_keeps_its_optimizer(
             for run in (straight, resumed))
     assert "lm_head.weight" in a and a.keys() == b.keys()  # the untied head is saved
     assert all(torch.equal(a[k], b[k]) for k in a)
+    last = Path("checkpoints") / "step_0000006"  # Muon's tuple options too: the same bytes
+    assert (straight / last / "optimizer.pt").read_bytes() == \
+        (resumed / last / "optimizer.pt").read_bytes()
     refused = run_cli(smoke_args(token_dir, resumed, *args[1:], "optim.name=adamw",
                                  "run.max_steps=7"))
     assert refused.returncode == 2, refused.stderr[-3000:]

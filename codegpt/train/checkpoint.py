@@ -328,6 +328,11 @@ class CheckpointManager:
             group.pop("initial_lr", None)
         set_optimizer_state_dict(self.model, self.optim.optimizers, optim_sd,
                                  options=self._options)
+        for opt in self.optim.optimizers:  # the offloading load turned tuples (betas) to lists
+            for group in opt.param_groups:
+                for key, default in opt.defaults.items():
+                    if isinstance(default, tuple) and isinstance(group.get(key), list):
+                        group[key] = tuple(group[key])
         if state.world_size != acc.num_processes:
             log.warning("checkpoint was written by %d process(es), resuming on %d: the data order "
                         "continues exactly, per-rank RNG streams are re-seeded",

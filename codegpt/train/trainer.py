@@ -13,10 +13,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from codegpt import checkpoint as cp
@@ -97,7 +99,12 @@ class Trainer:
             log.info("%d process(es), %s%s, device %s", self.world, acc.distributed_type.value,
                      " (FSDP2: parameters sharded with fully_shard)" if acc.is_fsdp2 else "",
                      acc.device)
-        torch.manual_seed(cfg.run.seed + 1000 * (self.rank + 1))  # per-rank dropout streams
+        # per-rank streams: dropout (torch), and Python's and numpy's (saved in checkpoints
+        # with torch's; seeded, so that two runs of one seed write the same rng files)
+        rank_seed = cfg.run.seed + 1000 * (self.rank + 1)
+        torch.manual_seed(rank_seed)
+        random.seed(rank_seed)
+        np.random.seed(rank_seed % 2**32)
 
         self.ckpts = CheckpointManager(cfg.checkpoint, cfg.run.resume, cfg.out_dir, acc,
                                        config=cfg, tokenizer_hash=data.tokenizer_hash,
