@@ -17,10 +17,10 @@ from codegpt.errors import ConfigError
 Check = tuple[Callable[[Any], bool], str]  # (does the value pass, what it must be)
 
 
-def whole(least: int) -> Check:
-    """An integer (not a bool) >= ``least``."""
+def whole(least: int, what: str | None = None) -> Check:
+    """An integer (not a bool) >= ``least``; ``what`` says so in other words."""
     return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= least,
-            f"a whole number >= {least}")
+            what or f"a whole number >= {least}")
 
 
 def number(least: float, strict: bool = False) -> Check:

@@ -79,7 +79,7 @@ _VALUES = {
     "cpus_per_task": number(0, strict=True),
     "gpus_per_task": number(0),
     "mem_per_cpu_gb": number(0),
-    "randomize_start_duration": (whole(0)[0], "a whole number >= 0 (seconds)"),
+    "randomize_start_duration": whole(0, "a whole number >= 0 (seconds)"),
     "skip_completed": FLAG,
     "log_first": FLAG,
     "ray_remote_kwargs": (lambda v: isinstance(v, dict), "a mapping of Ray task options"),

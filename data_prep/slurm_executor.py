@@ -59,7 +59,7 @@ _VALUES = {
              or whole(0)[0](v), "a Slurm time limit: MINUTES, MINUTES:SECONDS, HH:MM:SS, D-HH, "
              "D-HH:MM or D-HH:MM:SS (0 or UNLIMITED: none)"),
     "cpus_per_task": whole(1),
-    "mem_per_cpu_gb": (whole(1)[0], "a whole number of GB >= 1 (sbatch --mem-per-cpu)"),
+    "mem_per_cpu_gb": whole(1, "a whole number of GB >= 1 (sbatch --mem-per-cpu)"),
     "gpus_per_task": whole(0),
     "nodes_per_task": whole(1),
     "tasks_per_job": whole(1),

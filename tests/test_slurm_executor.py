@@ -85,4 +85,3 @@ def test_a_time_limit_reaches_sbatch_as_written(tmp_path, written, sent):
     from_file = load_config(PrepConfig, str(config), [f"out_dir={tmp_path / 'a'}"])
     assert directives(make_executors(from_file)[0])["time"] == sent
     assert directives(jobs(tmp_path / "b", f"executor.slurm={{time: {written}}}")[0])["time"] == sent
-

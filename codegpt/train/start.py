@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-
 from codegpt import checkpoint as cp
 from codegpt.config import from_dict, load_yaml, yaml_text
 from codegpt.errors import ConfigError
